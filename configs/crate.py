@@ -1,0 +1,49 @@
+"""CRATE (the paper's white-box LM): MSSA attention and a two-step ISTA block, no residual.
+
+This is the base config; every ablation imports it and changes only the keys it ablates.
+`get_config(arg)` takes a size preset: `tiny` (default; trains on a laptop CPU), `1l`, `2l`,
+`3l` (d=128, 4 heads), `s` (6 layers) and `b` (12 layers) (d=768, 12 heads). Use it as
+`--config=configs/crate.py:2l`; any key can be overridden, e.g. `--config.model.num_layers=4`.
+"""
+
+import ml_collections
+
+# Paper sizes share GPT-2's vocabulary (padded to 50304) and context of 1024 tokens.
+SIZES = {
+    "tiny": dict(vocab_size=8192, max_len=256, num_layers=2, embed_dim=128, num_heads=4),
+    "1l": dict(vocab_size=50304, max_len=1024, num_layers=1, embed_dim=128, num_heads=4),
+    "2l": dict(vocab_size=50304, max_len=1024, num_layers=2, embed_dim=128, num_heads=4),
+    "3l": dict(vocab_size=50304, max_len=1024, num_layers=3, embed_dim=128, num_heads=4),
+    "s": dict(vocab_size=50304, max_len=1024, num_layers=6, embed_dim=768, num_heads=12),
+    "b": dict(vocab_size=50304, max_len=1024, num_layers=12, embed_dim=768, num_heads=12),
+}
+
+
+def get_config(arg=None):
+    size = arg or "tiny"
+    if size not in SIZES:
+        raise ValueError(f"unknown size preset {size!r}; choose one of {', '.join(SIZES)} "
+                         f"(e.g. --config=configs/crate.py:2l)")
+
+    config = ml_collections.ConfigDict()
+    config.variant = "crate"
+    config.size = size
+    config.seed = 0
+
+    config.model = ml_collections.ConfigDict(dict(
+        attention="mssa",        # mssa | mhsa
+        sparse_block="ista",     # ista | mlp | none
+        use_bias=True,           # LayerNorm and Dense biases (MSSA's U never has one)
+        ista_expansion=4,        # dictionary D is d x (4 d)
+        ista_steps=2,
+        ista_step_size=0.1,      # eta
+        ista_threshold=0.1,      # lambda
+        ista_residual=False,     # True: x + ISTA(LN(x)), the CRATE-alpha form
+        mlp_expansion=4,
+        mlp_activation="relu",   # relu (the paper's GPT-2 baseline) | gelu
+        dropout_rate=0.0,
+        layer_norm_epsilon=1e-5,
+        dtype="float32",         # compute dtype: float32 | bfloat16
+        **SIZES[size],
+    ))
+    return config
