@@ -67,6 +67,8 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 def _explain_flag_error(error: Exception, argv: Sequence[str]) -> str:
     specs = [a.split("=", 1)[1] for a in argv if a.startswith(f"--{CONFIG_FLAG}=")]
+    specs += [value for flag, value in zip(argv, argv[1:], strict=False)
+              if flag == f"--{CONFIG_FLAG}"]
     if specs and isinstance(error, (AttributeError, KeyError)):
         # The config file itself loaded (else absl would have raised flags.Error), so an
         # override named a missing key: find which one, with its full dotted path.

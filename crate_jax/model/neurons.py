@@ -11,7 +11,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import traverse_util
@@ -19,7 +18,7 @@ from flax import traverse_util
 from crate_jax.model.attention import ATTN_SITE
 from crate_jax.model.config import ModelConfig
 from crate_jax.model.ista import ISTA_SITE
-from crate_jax.model.language_model import RESID_SITE
+from crate_jax.model.language_model import RESID_SITE, LanguageModel
 from crate_jax.model.mlp import MLP_SITE
 
 NEURON_SITES = (ISTA_SITE, MLP_SITE, ATTN_SITE, RESID_SITE)
@@ -40,7 +39,7 @@ def neuron_width(config: ModelConfig, site: str) -> int:
     return widths[site]
 
 
-def apply_with_neurons(model: nn.Module, params: Any, tokens: jax.Array,
+def apply_with_neurons(model: LanguageModel, params: Any, tokens: jax.Array,
                        sites: Iterable[str] | None = None,
                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Logits and the neurons at `sites` (default: all the model has), in one forward pass.
