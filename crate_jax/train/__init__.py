@@ -1,0 +1,1 @@
+"""Training: optimizer, sharded train step, checkpoints, metrics and the training loop."""
