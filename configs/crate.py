@@ -18,6 +18,16 @@ SIZES = {
     "b": dict(vocab_size=50304, max_len=1024, num_layers=12, embed_dim=768, num_heads=12),
 }
 
+# Training defaults: `tiny` finishes in minutes on a laptop CPU; the paper sizes are a starting
+# point for accelerators (override any key, e.g. --config.train.num_steps=20000).
+TRAINING = {
+    "tiny": dict(num_steps=600, batch_size=16, seq_len=128, learning_rate=3e-3, warmup_steps=60,
+                 log_every=50, eval_every=200, eval_batches=8, checkpoint_every=200),
+    "paper": dict(num_steps=100_000, batch_size=64, seq_len=1024, learning_rate=6e-4,
+                  warmup_steps=2000, log_every=100, eval_every=2000, eval_batches=40,
+                  checkpoint_every=2000),
+}
+
 
 def get_config(arg=None):
     size = arg or "tiny"
@@ -46,4 +56,26 @@ def get_config(arg=None):
         dtype="float32",         # compute dtype: float32 | bfloat16
         **SIZES[size],
     ))
+
+    config.data = ml_collections.ConfigDict(dict(
+        source="stdlib",         # stdlib | text:/path/*.txt | tfds:<name>[/<config>][:<split>]
+        data_dir="",             # where TFDS data sets live; "" = $CRATE_JAX_DATA_DIR or ~/.cache
+        tokenizer="bpe",         # bpe (trained on the training split, vocab = model.vocab_size)
+                                 # | gpt2 (tiktoken; needs its cached files offline)
+        val_fraction=0.05,       # documents held out for validation, chosen by a hash of their id
+    ))
+
+    config.train = ml_collections.ConfigDict(dict(
+        grad_accum_steps=1,
+        min_learning_rate_ratio=0.1,  # cosine decay ends at learning_rate * this
+        weight_decay=0.1,        # on matrices and embeddings only
+        b1=0.9,
+        b2=0.95,
+        grad_clip=1.0,
+        keep_checkpoints=3,
+        progress_bar=True,
+        **TRAINING["tiny" if size == "tiny" else "paper"],
+    ))
+
+    config.stages = "train"      # comma-separated stages run by crate_jax.main, in order
     return config

@@ -1,0 +1,137 @@
+"""Tokenizers: a byte-level BPE trained on the run's own training text, or GPT-2's through tiktoken.
+
+The BPE is the offline default: trained once on the training split (never on validation text, so
+validation loss stays honest), saved as `tokenizer.json` in the workdir and reused by every later
+stage and rerun. GPT-2's BPE (what the paper uses) needs the optional `tiktoken` package and its
+cached vocabulary files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+END_OF_TEXT = "<|endoftext|>"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class TokenizerError(RuntimeError):
+    """A tokenizer that cannot be built or loaded; the message says what to install or fix."""
+
+
+class TextTokenizer(Protocol):
+    """What the pipeline needs of a tokenizer. `end_of_text` separates documents."""
+
+    vocab_size: int
+    end_of_text: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+class ByteLevelBPE:
+    """A `tokenizers` byte-level BPE: any text round-trips, no unknown tokens."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.end_of_text = tokenizer.token_to_id(END_OF_TEXT)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encodes in parallel threads (the `tokenizers` Rust core); same result as `encode`."""
+        return [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tokenizer.decode(list(ids))
+
+    def save(self, path: Path) -> None:
+        temporary = path.with_suffix(".tmp")
+        self._tokenizer.save(str(temporary))
+        os.replace(temporary, path)  # never leave a half-written tokenizer behind
+
+    @classmethod
+    def load(cls, path: Path) -> ByteLevelBPE:
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as error:  # tokenizers raises a bare Exception on bad JSON
+            raise TokenizerError(f"cannot read tokenizer {path}: {error}; delete its folder to "
+                                 "retrain it with the token arrays") from error
+
+
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int) -> ByteLevelBPE:
+    """Trains a byte-level BPE with `vocab_size` entries, `<|endoftext|>` among them.
+
+    Deterministic for the same texts in the same order, so a rerun rebuilds the same vocabulary.
+    """
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return ByteLevelBPE(tokenizer)
+
+
+class Gpt2Tiktoken:
+    """GPT-2's 50257-token BPE via tiktoken (the paper's tokenizer)."""
+
+    def __init__(self):
+        try:
+            import tiktoken
+        except ImportError as error:
+            raise TokenizerError("data.tokenizer='gpt2' needs the tiktoken package: "
+                                 "pip install tiktoken (or use data.tokenizer='bpe')") from error
+        try:
+            self._encoding = tiktoken.get_encoding("gpt2")
+        except Exception as error:  # network errors surface as many types
+            raise TokenizerError(
+                "tiktoken could not load GPT-2's BPE files (offline?): fetch them once on a "
+                "machine with network and point TIKTOKEN_CACHE_DIR at that cache, or use "
+                f"data.tokenizer='bpe'. Cause: {error}") from error
+        self.vocab_size = self._encoding.n_vocab
+        self.end_of_text = self._encoding.eot_token
+
+    def encode(self, text: str) -> list[int]:
+        return self._encoding.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self._encoding.encode_ordinary_batch(texts)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._encoding.decode(list(ids))
+
+
+def load_or_train_tokenizer(kind: str, workdir: Path, vocab_size: int,
+                            training_texts: Iterable[str]) -> TextTokenizer:
+    """The run's tokenizer: reused from `workdir` if saved there, else built (and saved).
+
+    `training_texts` is only consumed when a BPE must be trained.
+    """
+    if kind == "gpt2":
+        tokenizer = Gpt2Tiktoken()
+    elif kind == "bpe":
+        path = workdir / TOKENIZER_FILE
+        if path.exists():
+            tokenizer = ByteLevelBPE.load(path)
+        else:
+            tokenizer = train_byte_level_bpe(training_texts, vocab_size)
+            workdir.mkdir(parents=True, exist_ok=True)
+            tokenizer.save(path)
+    else:
+        raise TokenizerError(f"data.tokenizer={kind!r} is not one of bpe, gpt2")
+    if tokenizer.vocab_size > vocab_size:
+        raise TokenizerError(
+            f"the {kind} tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="
+            f"{vocab_size}; raise model.vocab_size (the paper pads GPT-2's 50257 to 50304)")
+    return tokenizer

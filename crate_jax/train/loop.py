@@ -1,0 +1,273 @@
+"""`train_and_evaluate(config, workdir)`: one variant, trained from scratch or resumed exactly.
+
+Every artifact lands in `workdir`: token arrays and tokenizer (`data/`), the config and versions
+(`config.json`, `run_info.json`), checkpoints (`checkpoints/`), metrics (`metrics.jsonl`,
+`tensorboard/`). Rerunning the same command continues from the last checkpoint; SIGTERM or
+Ctrl-C saves one before exiting; a non-finite loss stops the run without saving the bad state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import platform
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from crate_jax.data.sampler import WindowSampler, evaluation_windows
+from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays
+from crate_jax.model import model_from_config
+from crate_jax.train.checkpoints import Checkpointer, CheckpointError
+from crate_jax.train.metrics import MetricsWriter
+from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from crate_jax.train.state import TrainState, initial_state
+from crate_jax.train.step import (
+    eval_batch_sharding,
+    global_batch,
+    make_eval_step,
+    make_mesh,
+    make_train_step,
+    replicated,
+    train_batch_sharding,
+)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (diverged loss, impossible batch layout); says why and what to do."""
+
+
+def train_and_evaluate(config, workdir: str | Path) -> dict:
+    """Trains `config`'s model in `workdir`; returns the final step's metrics.
+
+    Returns `{"step", "status", "train_loss", "validation_loss", "validation_bits_per_byte",
+    "initial_validation_loss"?}` where status is `completed` or `interrupted`.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    train = config.train
+    model = model_from_config(config)
+    _check_layout(config, jax.device_count())
+    tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
+    _write_run_files(config, workdir, tokens)
+
+    mesh = make_mesh()
+    optimizer = make_optimizer(train)
+    schedule = learning_rate_schedule(train)
+    abstract_state = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
+    state_sharding = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
+    checkpointer = Checkpointer(directory=workdir / "checkpoints",
+                                save_every=train.checkpoint_every, keep=train.keep_checkpoints)
+    state = _restore_or_initialize(checkpointer, config, model, optimizer, abstract_state,
+                                   state_sharding)
+    start_step = int(state.step)
+
+    micro_batch = train.batch_size // train.grad_accum_steps
+    sampler = WindowSampler(tokens.train, train.seq_len, train.batch_size, seed=config.seed,
+                            process_index=jax.process_index(), process_count=jax.process_count())
+    # The validation set is `eval_batches` global batches of windows, whatever the accumulation.
+    eval_windows = _local_eval_windows(tokens, train.seq_len,
+                                       train.eval_batches * train.batch_size, micro_batch)
+    train_step = make_train_step(model, optimizer, schedule, mesh, state_sharding)
+    eval_step = make_eval_step(model, mesh, state_sharding.params)
+    batch_layout = (train.grad_accum_steps, micro_batch // jax.process_count(), train.seq_len + 1)
+
+    def evaluate(params) -> dict:
+        total = sum(float(eval_step(params, global_batch(chunk, eval_batch_sharding(mesh))))
+                    for chunk in eval_windows)
+        loss = total / (jax.process_count() * sum(c.shape[0] for c in eval_windows)
+                        * train.seq_len)
+        return {"loss": loss,
+                "bits_per_byte": loss / math.log(2) / tokens.bytes_per_token("validation")}
+
+    summary = {"step": start_step, "status": "completed"}
+    is_main = jax.process_index() == 0
+    # A fresh start (-1) drops metrics of any earlier run here; a resume keeps those <= its step.
+    with (MetricsWriter(workdir, resume_step=start_step or -1) as writer,
+          _stop_on_signals() as stop):
+        if start_step == 0:
+            initial = evaluate(state.params)
+            writer.write(0, initial, split="validation")
+            summary["initial_validation_loss"] = initial["loss"]
+            _say(f"step 0 | validation loss {initial['loss']:.4f} | "
+                 f"{initial['bits_per_byte']:.4f} bits/byte", is_main)
+        progress = tqdm(total=train.num_steps, initial=start_step, unit="step",
+                        disable=not (is_main and train.progress_bar), dynamic_ncols=True)
+        tokens_per_step = train.batch_size * train.seq_len
+        interval_start, interval_steps, timing_from = time.perf_counter(), 0, start_step + 1
+        step = start_step
+        while step < train.num_steps:
+            batch = sampler.batch(step).reshape(batch_layout)
+            state, metrics = train_step(state, global_batch(batch, train_batch_sharding(mesh)))
+            step += 1
+            progress.update()
+            if step == timing_from:  # exclude compilation from throughput
+                jax.block_until_ready(metrics)
+                interval_start, interval_steps = time.perf_counter(), 0
+            else:
+                interval_steps += 1
+            is_last = step == train.num_steps
+            saving = is_last or stop.requested or step % train.checkpoint_every == 0
+            if step % train.log_every == 0 or saving:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not math.isfinite(values["loss"]):
+                    raise TrainingError(_divergence_message(values["loss"], step, checkpointer))
+                if interval_steps:
+                    elapsed = time.perf_counter() - interval_start
+                    values["tokens_per_second"] = interval_steps * tokens_per_step / elapsed
+                    values["seconds_per_step"] = elapsed / interval_steps
+                    interval_start, interval_steps = time.perf_counter(), 0
+                writer.write(step, values)
+                summary["train_loss"] = values["loss"]
+                progress.set_postfix(loss=f"{values['loss']:.3f}",
+                                     tok_s=f"{values.get('tokens_per_second', 0):,.0f}")
+                if step % train.log_every == 0:
+                    _say(_log_line(step, values), is_main, progress)
+            if step % train.eval_every == 0 or is_last:
+                evaluation = evaluate(state.params)
+                writer.write(step, evaluation, split="validation")
+                summary["validation_loss"] = evaluation["loss"]
+                summary["validation_bits_per_byte"] = evaluation["bits_per_byte"]
+                _say(f"step {step} | validation loss {evaluation['loss']:.4f} | "
+                     f"{evaluation['bits_per_byte']:.4f} bits/byte", is_main, progress)
+            if saving:
+                checkpointer.save(step, state.as_dict(), _checkpoint_meta(config, tokens, step),
+                                  force=True)
+            if stop.requested and not is_last:
+                summary["status"] = "interrupted"
+                _say(f"stopped by signal at step {step}; checkpoint saved, rerun the same "
+                     "command to resume", is_main, progress)
+                break
+        progress.close()
+        summary["step"] = step
+    checkpointer.wait()
+    checkpointer.close()
+    return summary
+
+
+def _check_layout(config, device_count: int) -> None:
+    train = config.train
+    if train.seq_len > config.model.max_len:
+        raise TrainingError(f"train.seq_len={train.seq_len} exceeds model.max_len="
+                            f"{config.model.max_len}")
+    if train.batch_size % train.grad_accum_steps:
+        raise TrainingError(f"train.batch_size={train.batch_size} is not divisible by "
+                            f"train.grad_accum_steps={train.grad_accum_steps}")
+    micro_batch = train.batch_size // train.grad_accum_steps
+    if micro_batch % device_count:
+        raise TrainingError(f"the micro-batch (train.batch_size / train.grad_accum_steps = "
+                            f"{micro_batch}) must be divisible by the {device_count} devices")
+
+
+def _restore_or_initialize(checkpointer: Checkpointer, config, model, optimizer, abstract_state,
+                           state_sharding) -> TrainState:
+    """Own checkpoint if there is one (resume), else a fresh initialisation from `config.seed`."""
+    latest = checkpointer.latest_step()
+    if latest is None:
+        init = jax.jit(lambda: initial_state(model, optimizer, config.seed),
+                       out_shardings=state_sharding)
+        return init()
+    target = jax.tree_util.tree_map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract_state, state_sharding)
+    restored, meta = checkpointer.restore(latest, target.as_dict())
+    saved_model = meta.get("config", {}).get("model")
+    if saved_model != config.model.to_dict():
+        changed = sorted(k for k in config.model.to_dict()
+                         if (saved_model or {}).get(k) != config.model[k])
+        raise CheckpointError(
+            f"the checkpoint at step {latest} in {checkpointer.directory} was trained with other "
+            f"model settings ({', '.join(changed)}); use a new --workdir for a new model")
+    return TrainState.from_dict(restored)
+
+
+def _local_eval_windows(tokens: TokenArrays, seq_len: int, max_windows: int,
+                        chunk: int) -> list[np.ndarray]:
+    """This process's share of the fixed validation windows, in chunks of the micro-batch."""
+    windows = evaluation_windows(tokens.validation, seq_len, max_windows)
+    usable = (windows.shape[0] // chunk) * chunk
+    if usable == 0:
+        raise TrainingError(f"the validation split gives {windows.shape[0]} windows of "
+                            f"{seq_len + 1} tokens, fewer than one micro-batch ({chunk})")
+    rows = windows[:usable].reshape(-1, chunk, seq_len + 1)
+    per_process = chunk // jax.process_count()
+    first = jax.process_index() * per_process
+    return [c[first:first + per_process] for c in rows]
+
+
+def _checkpoint_meta(config, tokens: TokenArrays, step: int) -> dict:
+    return {"config": config.to_dict(), "sampler_step": step,
+            "data_fingerprint": tokens.manifest.get("fingerprint"), "versions": _versions()}
+
+
+def _versions() -> dict:
+    import flax
+    import optax
+    import orbax.checkpoint as ocp
+
+    return {"python": platform.python_version(), "jax": jax.__version__,
+            "flax": flax.__version__, "optax": optax.__version__,
+            "orbax_checkpoint": getattr(ocp, "__version__", "unknown")}
+
+
+def _write_run_files(config, workdir: Path, tokens: TokenArrays) -> None:
+    """The config and versions next to every result, so any number can be reproduced."""
+    if jax.process_index() != 0:
+        return
+    (workdir / "config.json").write_text(config.to_json(indent=2, sort_keys=True))
+    run_info = {"versions": _versions(), "devices": [str(d) for d in jax.devices()],
+                "process_count": jax.process_count(), "data": tokens.manifest}
+    (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2, sort_keys=True))
+
+
+def _divergence_message(loss: float, step: int, checkpointer: Checkpointer) -> str:
+    last = checkpointer.latest_step()
+    kept = (f"the last good checkpoint (step {last}) is kept in {checkpointer.directory}"
+            if last is not None else "no checkpoint had been saved yet")
+    return (f"training diverged: loss is {loss} at step {step}; {kept}. Lower "
+            "train.learning_rate or raise train.warmup_steps, then rerun to resume from it.")
+
+
+def _log_line(step: int, values: dict) -> str:
+    line = f"step {step} | loss {values['loss']:.4f}"
+    if "tokens_per_second" in values:
+        line += (f" | {values['tokens_per_second']:,.0f} tokens/s"
+                 f" | {values['seconds_per_step']:.3f} s/step")
+    return line
+
+
+def _say(message: str, is_main: bool, progress: tqdm | None = None) -> None:
+    if is_main:
+        (progress.write if progress is not None else print)(message)
+
+
+class _StopRequest:
+    requested = False
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[_StopRequest]:
+    """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to save and stop at the next step;
+    a second SIGINT interrupts at once."""
+    stop = _StopRequest()
+
+    def request(signum, frame):
+        if stop.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.requested = True
+
+    try:
+        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+    except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+        previous = {}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

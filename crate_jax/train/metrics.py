@@ -1,0 +1,218 @@
+"""Training and eval metrics, written to `metrics.jsonl` and to TensorBoard event files.
+
+Layout under `workdir`:
+
+    metrics.jsonl                      one JSON object per `write`:
+                                       {"step": 10, "split": "train", "time": 1.7e9, "loss": 3.2}
+    tensorboard/<split>/events.out.tfevents.<time>.<host>.<pid>
+                                       scalars tagged by metric name, one directory per split so
+                                       TensorBoard overlays train and eval curves as two runs
+
+`metrics.jsonl` is the record the report code reads (`read_metrics`); TensorBoard is for watching
+a run live. Both are flushed on every write, so a crashed run keeps everything it logged.
+
+Non-finite values: JSON has no NaN or infinity, so they are written as the strings "nan", "inf"
+and "-inf" (keeping which one it was, unlike null) and `read_metrics` turns them back into floats.
+
+In a multi-host run only one process (e.g. `jax.process_index() == 0`) should own a writer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import re
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from crate_jax.train.tensorboard_events import EventFileWriter
+
+METRICS_FILENAME = "metrics.jsonl"
+TENSORBOARD_DIRNAME = "tensorboard"
+# Keys every record carries; a metric with one of these names would overwrite it.
+RESERVED_KEYS = ("step", "split", "time")
+
+_NON_FINITE_AS_STRING = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# A split names a directory, so keep it to characters that are safe in a path.
+_SPLIT_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _json_number(value: int | float) -> int | float | str:
+    """`value` as something `json.dumps(allow_nan=False)` accepts: non-finite floats to strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _metric_number(name: str, value: Any) -> int | float:
+    """A metric value as a plain Python number; ints stay ints (e.g. a token count), anything
+    else float-convertible (numpy/jax scalars, 0-d arrays) becomes a float."""
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"metric {name!r} has value {value!r} of type {type(value).__name__}; metric values "
+            "must be numbers or scalar arrays (use float(x) or x.item())") from error
+
+
+def _check_split(split: str) -> None:
+    if not isinstance(split, str) or not _SPLIT_PATTERN.fullmatch(split) or split in (".", ".."):
+        raise ValueError(
+            f"split {split!r} is not a valid name: it becomes a directory under "
+            f"{TENSORBOARD_DIRNAME}/, so use letters, digits, '_', '-' or '.' (e.g. 'eval')")
+
+
+def _read_complete_lines(path: Path) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    """The file's text and its complete records as `(raw line, parsed object)` pairs.
+
+    A last line that does not parse is what a crash in the middle of a write leaves, and is
+    skipped. An unparseable line anywhere else means the file was damaged some other way, so it
+    raises instead of silently losing data.
+    """
+    text = path.read_text(encoding="utf-8")
+    lines = [(number, line) for number, line in enumerate(text.split("\n"), start=1)
+             if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if index == len(lines) - 1:
+                break
+            raise ValueError(
+                f"{path}:{number} is not valid JSON ({line[:80]!r}); only a truncated last line "
+                "is tolerated. Delete or repair that line.") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(
+                f"{path}:{number} is not a metrics record (a JSON object with an integer 'step'): "
+                f"{line[:80]!r}. Delete or repair that line.")
+        records.append((line, record))
+    return text, records
+
+
+def _replace_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temp file in the same directory and `os.replace`, so a crash
+    leaves either the old file or the new one, never a half-written mix."""
+    descriptor, temp_path = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as temp:
+            temp.write(text)
+            temp.flush()
+            os.fsync(temp.fileno())
+        # mkstemp makes the file private (0600); keep the permissions the original had.
+        os.chmod(temp_path, path.stat().st_mode & 0o777)
+        os.replace(temp_path, path)
+    except BaseException:
+        Path(temp_path).unlink(missing_ok=True)
+        raise
+
+
+def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every record in `workdir/metrics.jsonl`, in write order, as dicts like
+    `{"step": 10, "split": "train", "time": 1.7e9, "loss": 3.2}`.
+
+    A truncated last line (a crash mid-write) is ignored; "nan"/"inf"/"-inf" strings come back
+    as floats. Raises FileNotFoundError if the run never wrote metrics.
+    """
+    path = Path(workdir) / METRICS_FILENAME
+    if not path.exists():
+        raise FileNotFoundError(f"no {METRICS_FILENAME} in {workdir}; is that the run's workdir?")
+    _, records = _read_complete_lines(path)
+    return [_decode_non_finite(record) for _, record in records]
+
+
+def _decode_non_finite(record: dict[str, Any]) -> dict[str, Any]:
+    """Undo `_json_number`: metric values "nan"/"inf"/"-inf" back to floats."""
+    return {key: _NON_FINITE_AS_STRING.get(value, value)
+            if key not in RESERVED_KEYS and isinstance(value, str) else value
+            for key, value in record.items()}
+
+
+class MetricsWriter:
+    """Writes metrics to `workdir/metrics.jsonl` and TensorBoard; see the module docstring.
+
+    Appends to an existing `metrics.jsonl`, so a resumed run continues the same file. Pass
+    `resume_step` (the step of the checkpoint the run restarts from) to first drop the records
+    with `step > resume_step`: the interrupted run logged them after its last checkpoint and the
+    resumed run will log those steps again. A truncated last line is always dropped, so the first
+    new record starts on a line of its own.
+
+    Usable as a context manager; `close` is safe to call twice.
+    """
+
+    def __init__(self, workdir: str | os.PathLike[str], resume_step: int | None = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.workdir / METRICS_FILENAME
+        self.tensorboard_dir = self.workdir / TENSORBOARD_DIRNAME
+        if self.metrics_path.exists():
+            self._drop_stale_records(resume_step)
+        self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
+        self._event_writers: dict[str, EventFileWriter] = {}
+
+    def _drop_stale_records(self, resume_step: int | None) -> None:
+        """Rewrite the file without a truncated last line and, if resuming, without the records
+        past `resume_step`; leaves the file untouched when there is nothing to drop."""
+        text, records = _read_complete_lines(self.metrics_path)
+        kept = [line for line, record in records
+                if resume_step is None or record["step"] <= resume_step]
+        kept_text = "".join(line + "\n" for line in kept)
+        if kept_text != text:
+            _replace_atomically(self.metrics_path, kept_text)
+
+    def write(self, step: int, metrics: Mapping[str, float], split: str = "train") -> None:
+        """Record `metrics` (name -> number) at `step` for `split` ("train", "eval", ...)."""
+        if self._jsonl.closed:
+            raise ValueError(f"MetricsWriter for {self.workdir} is closed; create a new one")
+        if not isinstance(step, numbers.Integral):
+            raise TypeError(f"step must be an int, got {step!r} of type {type(step).__name__}")
+        _check_split(split)
+        values = {}
+        for name, value in metrics.items():
+            if not isinstance(name, str) or name in RESERVED_KEYS:
+                raise ValueError(
+                    f"metric name {name!r} is not allowed: names must be strings other than "
+                    f"{', '.join(RESERVED_KEYS)} (those keys are in every record); rename it")
+            values[name] = _metric_number(name, value)
+        now = time.time()
+        record = {"step": int(step), "split": split, "time": now}
+        record.update({name: _json_number(value) for name, value in values.items()})
+        self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
+        self._jsonl.flush()
+        if values:
+            self._event_writer(split).add_scalars(
+                int(step), {name: float(value) for name, value in values.items()}, wall_time=now)
+
+    def _event_writer(self, split: str) -> EventFileWriter:
+        """The split's event file, created on first use so unused splits leave no directory."""
+        if split not in self._event_writers:
+            self._event_writers[split] = EventFileWriter(self.tensorboard_dir / split)
+        return self._event_writers[split]
+
+    def flush(self) -> None:
+        """Flush all files (every `write` already flushes; this is for callers that expect it)."""
+        if not self._jsonl.closed:
+            self._jsonl.flush()
+        for event_writer in self._event_writers.values():
+            event_writer.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        for event_writer in self._event_writers.values():
+            event_writer.close()
+
+    def __enter__(self) -> MetricsWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()

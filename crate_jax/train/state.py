@@ -1,0 +1,42 @@
+"""The training state: everything a checkpoint must hold to resume a run exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from crate_jax.model import LanguageModel
+
+
+@struct.dataclass
+class TrainState:
+    """`step` counts optimizer updates; `dropout_key` is raw key data (uint32) so that orbax can
+    store it; the key of update `s` is derived from it and `s`, never advanced in place."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    dropout_key: jax.Array
+
+    def as_dict(self) -> dict:
+        return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
+                "dropout_key": self.dropout_key}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainState:
+        return cls(**values)
+
+
+def initial_state(model: LanguageModel, optimizer: optax.GradientTransformation,
+                  seed: int) -> TrainState:
+    """Parameters from `seed`; the same seed gives the same initial model on any device count."""
+    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    tokens = jnp.zeros((1, model.config.max_len), jnp.int32)
+    params = model.init(init_key, tokens)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params),
+                      dropout_key=jax.random.key_data(dropout_key))

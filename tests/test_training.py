@@ -1,0 +1,229 @@
+"""Training end to end on the embedded corpus: learning, exact resume, SPMD equivalence, errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import crate, gpt2, ista_to_mlp, no_ista, standard_attention
+from crate_jax.data.token_arrays import prepare_token_arrays
+from crate_jax.model import model_from_config
+from crate_jax.train.checkpoints import Checkpointer
+from crate_jax.train.loop import TrainingError, train_and_evaluate
+from crate_jax.train.metrics import read_metrics
+from crate_jax.train.optimizer import make_optimizer
+from crate_jax.train.state import initial_state
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = {"crate": crate, "no_ista": no_ista, "standard_attention": standard_attention,
+            "ista_to_mlp": ista_to_mlp, "gpt2": gpt2}
+
+
+def _config(module=crate, **train):
+    """The `tiny` preset, trained briefly with small batches so that the suite stays fast."""
+    config = module.get_config("tiny")
+    defaults = dict(num_steps=40, batch_size=8, seq_len=64, warmup_steps=5, log_every=10,
+                    eval_every=20, eval_batches=4, checkpoint_every=20, progress_bar=False)
+    config.train.update({**defaults, **train})
+    return config
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """The stdlib corpus and its tokens, prepared once; each run gets a copy of `data/`."""
+    root = tmp_path_factory.mktemp("prepared")
+    config = _config()
+    config.data.data_dir = str(root / "tfds")
+    prepare_token_arrays(config.data, config.model.vocab_size, root / "run")
+    return root
+
+
+def _workdir(prepared: Path, tmp_path: Path, name: str = "run") -> Path:
+    workdir = tmp_path / name
+    shutil.copytree(prepared / "run" / "data", workdir / "data")
+    return workdir
+
+
+def _with_data(config, prepared: Path):
+    config.data.data_dir = str(prepared / "tfds")
+    return config
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_tiny_run_of_every_variant_lowers_validation_loss(variant, prepared, tmp_path):
+    config = _with_data(_config(VARIANTS[variant], num_steps=80, eval_every=80), prepared)
+    summary = train_and_evaluate(config, _workdir(prepared, tmp_path))
+    assert summary["status"] == "completed" and summary["step"] == 80
+    initial, final = summary["initial_validation_loss"], summary["validation_loss"]
+    assert abs(initial - np.log(config.model.vocab_size)) < 0.3
+    print(f"{variant}: validation loss {initial:.3f} -> {final:.3f}")
+    assert final < initial - 1.5, f"{variant}: {initial:.3f} -> {final:.3f}"
+    assert 0 < summary["validation_bits_per_byte"] < final / np.log(2)
+
+
+def test_run_writes_config_versions_metrics_and_checkpoints(prepared, tmp_path):
+    workdir = _workdir(prepared, tmp_path)
+    train_and_evaluate(_with_data(_config(), prepared), workdir)
+    assert json.loads((workdir / "config.json").read_text())["model"]["attention"] == "mssa"
+    info = json.loads((workdir / "run_info.json").read_text())
+    assert info["versions"]["jax"] == jax.__version__
+    assert info["data"]["fingerprint"]["num_documents"] > 300
+    records = read_metrics(workdir)
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == [10, 20, 30, 40]
+    assert all(r["tokens_per_second"] > 0 for r in records if r["step"] > 10
+               and r["split"] == "train")
+    assert [r["step"] for r in records if r["split"] == "validation"] == [0, 20, 40]
+    assert sorted(os.listdir(workdir / "tensorboard")) == ["train", "validation"]
+    assert Checkpointer(workdir / "checkpoints", save_every=20, keep=3).latest_step() == 40
+
+
+def _run_main(workdir: Path, prepared: Path, *overrides: str, devices: int = 1,
+              wait: bool = True):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
+            f"--workdir={workdir}", f"--config.data.data_dir={prepared / 'tfds'}",
+            "--config.train.batch_size=8", "--config.train.seq_len=64",
+            "--config.train.warmup_steps=5", "--config.train.eval_batches=4",
+            "--config.train.progress_bar=False", *overrides]
+    if not wait:
+        return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _params(workdir: Path, step: int):
+    config = _config()
+    model = model_from_config(config)
+    optimizer = make_optimizer(config.train)
+    abstract = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
+    with Checkpointer(workdir / "checkpoints", save_every=1, keep=None) as checkpointer:
+        state, _ = checkpointer.restore(step, abstract.as_dict())
+    return state["params"]
+
+
+def test_sigterm_saves_and_rerun_resumes_exactly(prepared, tmp_path):
+    steps = ["--config.train.num_steps=60", "--config.train.checkpoint_every=5",
+             "--config.train.log_every=5", "--config.train.eval_every=30"]
+    reference = _workdir(prepared, tmp_path, "reference")
+    assert _run_main(reference, prepared, *steps).returncode == 0
+
+    interrupted = _workdir(prepared, tmp_path, "interrupted")
+    process = _run_main(interrupted, prepared, *steps, wait=False)
+    deadline = time.time() + 240
+    while not (interrupted / "checkpoints" / "5").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "stopped by signal at step" in output, output
+    stopped_at = int(output.split("stopped by signal at step ")[1].split(";")[0])
+    assert 5 <= stopped_at < 60
+
+    resumed = _run_main(interrupted, prepared, *steps)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step 0 |" not in resumed.stdout  # resumed, not restarted
+    for left, right in zip(jax.tree_util.tree_leaves(_params(reference, 60)),
+                           jax.tree_util.tree_leaves(_params(interrupted, 60)), strict=True):
+        np.testing.assert_allclose(left, right, rtol=1e-6, atol=1e-7)
+    curve = {(r["split"], r["step"]): r["loss"] for r in read_metrics(reference)}
+    resumed_records = read_metrics(interrupted)
+    resumed_curve = {(r["split"], r["step"]): r["loss"] for r in resumed_records}
+    assert len(resumed_curve) == len(resumed_records), "no step is logged twice"
+    assert set(curve) <= set(resumed_curve)
+    for key, loss in curve.items():
+        assert resumed_curve[key] == pytest.approx(loss, rel=1e-6), key
+
+
+def test_one_step_on_eight_devices_matches_one_device(prepared, tmp_path):
+    one_step = ["--config.train.num_steps=1", "--config.train.checkpoint_every=1",
+                "--config.train.log_every=1", "--config.train.eval_every=1"]
+    results = {}
+    for devices in (1, 8):
+        workdir = _workdir(prepared, tmp_path, f"devices_{devices}")
+        result = _run_main(workdir, prepared, *one_step, devices=devices)
+        assert result.returncode == 0, result.stderr
+        info = json.loads((workdir / "run_info.json").read_text())
+        assert len(info["devices"]) == devices
+        results[devices] = (read_metrics(workdir), _params(workdir, 1))
+    (metrics_1, params_1), (metrics_8, params_8) = results[1], results[8]
+    loss = {n: [r["loss"] for r in m if r["split"] == "train"] for n, m in ((1, metrics_1),
+                                                                            (8, metrics_8))}
+    assert loss[1] == pytest.approx(loss[8], rel=1e-5)
+    for left, right in zip(jax.tree_util.tree_leaves(params_1),
+                           jax.tree_util.tree_leaves(params_8), strict=True):
+        np.testing.assert_allclose(left, right, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_accumulation_matches_the_whole_batch(prepared, tmp_path):
+    whole = train_and_evaluate(_with_data(_config(num_steps=3, log_every=1), prepared),
+                               _workdir(prepared, tmp_path, "whole"))
+    accumulated = train_and_evaluate(
+        _with_data(_config(num_steps=3, log_every=1, grad_accum_steps=4), prepared),
+        _workdir(prepared, tmp_path, "accumulated"))
+    assert accumulated["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)
+    assert accumulated["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-5)
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path):
+    workdir = _workdir(prepared, tmp_path)
+    config = _with_data(_config(num_steps=20, checkpoint_every=5, log_every=5), prepared)
+    train_and_evaluate(config, workdir)
+    config.train.num_steps = 40
+    config.train.learning_rate = 1e30  # the resumed steps blow the parameters up
+    config.train.warmup_steps = 0
+    with pytest.raises(TrainingError, match=r"training diverged: loss is nan at step 2\d; the "
+                                            r"last good checkpoint \(step 20\) is kept"):
+        train_and_evaluate(config, workdir)
+    assert Checkpointer(workdir / "checkpoints", save_every=5, keep=3).latest_step() == 20
+
+
+def test_bad_inputs_are_one_line_errors_from_the_cli(prepared, tmp_path):
+    result = _run_main(tmp_path / "a", prepared, "--config.data.source=text:/nonexistent/*.txt")
+    assert result.returncode == 1
+    assert "FATAL: no files match 'text:/nonexistent/*.txt'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    started = time.time()
+    result = _run_main(tmp_path / "b", prepared, "--config.data.source=tfds:lm1b")
+    assert result.returncode == 1 and time.time() - started < 60
+    assert "FATAL: tfds:lm1b is not prepared" in result.stderr
+
+    result = _run_main(tmp_path / "c", prepared, "--config.train.num_stepz=3")
+    assert result.returncode == 1
+    assert "unknown config key 'train.num_stepz' (did you mean 'train.num_steps'?)" in \
+        result.stderr
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_is_left_in_place(prepared, tmp_path):
+    workdir = _workdir(prepared, tmp_path)
+    train_and_evaluate(_with_data(_config(num_steps=5, checkpoint_every=5), prepared), workdir)
+    step_dir = workdir / "checkpoints" / "5"
+    data_files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 1000]
+    assert data_files
+    for path in data_files:
+        path.write_bytes(b"garbage" * 10)
+    result = _run_main(workdir, prepared, "--config.train.num_steps=10",
+                       "--config.train.checkpoint_every=5")
+    assert result.returncode == 1
+    assert "FATAL: checkpoint step 5" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert all(path.exists() for path in data_files)
+
+
+def test_a_different_model_in_the_same_workdir_is_refused(prepared, tmp_path):
+    workdir = _workdir(prepared, tmp_path)
+    train_and_evaluate(_with_data(_config(num_steps=5, checkpoint_every=5), prepared), workdir)
+    result = _run_main(workdir, prepared, "--config.model.ista_steps=3",
+                       "--config.train.num_steps=10")
+    assert result.returncode == 1
+    assert "trained with other model settings (ista_steps)" in result.stderr
