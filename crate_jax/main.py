@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from crate_jax.cli import define_config_flag, parse_flags
 from crate_jax.data.sources import SourceError
@@ -43,6 +43,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     config = _CONFIG.value
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # library INFO chatter; progress is printed
     try:
         for stage in stage_names(config.stages):
             STAGES[stage](config, _WORKDIR.value)

@@ -84,6 +84,9 @@ def test_run_writes_config_versions_metrics_and_checkpoints(prepared, tmp_path):
     assert [r["step"] for r in records if r["split"] == "validation"] == [0, 20, 40]
     assert sorted(os.listdir(workdir / "tensorboard")) == ["train", "validation"]
     assert Checkpointer(workdir / "checkpoints", save_every=20, keep=3).latest_step() == 40
+    again = train_and_evaluate(_with_data(_config(), prepared), workdir)  # finished: no-op
+    assert again == {"step": 40, "status": "completed"}
+    assert read_metrics(workdir) == records
 
 
 def _run_main(workdir: Path, prepared: Path, *overrides: str, devices: int = 1,

@@ -88,6 +88,12 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 
     summary = {"step": start_step, "status": "completed"}
     is_main = jax.process_index() == 0
+    if start_step >= train.num_steps:
+        _say(f"{workdir} already holds a finished run (step {start_step} of "
+             f"train.num_steps={train.num_steps}); raise --config.train.num_steps to continue "
+             "it, or use a new --workdir", is_main)
+        checkpointer.close()
+        return summary
     # A fresh start (-1) drops metrics of any earlier run here; a resume keeps those <= its step.
     with (MetricsWriter(workdir, resume_step=start_step or -1) as writer,
           _stop_on_signals() as stop):
