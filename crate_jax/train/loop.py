@@ -56,14 +56,21 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     _check_layout(config, jax.device_count())
     tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
     _write_run_files(config, workdir, tokens)
+    # Closing the checkpointer waits for in-flight saves, also when the loop raises.
+    with Checkpointer(directory=workdir / "checkpoints", save_every=train.checkpoint_every,
+                      keep=train.keep_checkpoints) as checkpointer:
+        return _train(config, workdir, model, tokens, checkpointer)
 
+
+def _train(config, workdir: Path, model, tokens: TokenArrays,
+           checkpointer: Checkpointer) -> dict:
+    """The loop proper: restore or initialise, then step, log, evaluate and save."""
+    train = config.train
     mesh = make_mesh()
     optimizer = make_optimizer(train)
     schedule = learning_rate_schedule(train)
     abstract_state = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
     state_sharding = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
-    checkpointer = Checkpointer(directory=workdir / "checkpoints",
-                                save_every=train.checkpoint_every, keep=train.keep_checkpoints)
     state = _restore_or_initialize(checkpointer, config, model, optimizer, abstract_state,
                                    state_sharding)
     start_step = int(state.step)
@@ -92,7 +99,6 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         _say(f"{workdir} already holds a finished run (step {start_step} of "
              f"train.num_steps={train.num_steps}); raise --config.train.num_steps to continue "
              "it, or use a new --workdir", is_main)
-        checkpointer.close()
         return summary
     # A fresh start (-1) drops metrics of any earlier run here; a resume keeps those <= its step.
     with (MetricsWriter(workdir, resume_step=start_step or -1) as writer,
@@ -152,8 +158,6 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
                 break
         progress.close()
         summary["step"] = step
-    checkpointer.wait()
-    checkpointer.close()
     return summary
 
 
