@@ -18,6 +18,12 @@ SIZES = {
     "b": dict(vocab_size=50304, max_len=1024, num_layers=12, embed_dim=768, num_heads=12),
 }
 
+# How much held-out text and how many neurons per layer (0 = all) the evaluation covers.
+INTERPRETABILITY = {
+    "tiny": dict(num_sequences=256, neurons_per_layer=0),
+    "paper": dict(num_sequences=2048, neurons_per_layer=200),
+}
+
 # Training defaults: `tiny` finishes in minutes on a laptop CPU; the paper sizes are a starting
 # point for accelerators (override any key, e.g. --config.train.num_steps=20000).
 TRAINING = {
@@ -77,5 +83,33 @@ def get_config(arg=None):
         **TRAINING["tiny" if size == "tiny" else "paper"],
     ))
 
-    config.stages = "train"      # comma-separated stages run by crate_jax.main, in order
+    config.interp = ml_collections.ConfigDict(dict(
+        sites="",                # comma-separated subset of ista,mlp,attn,resid; "" = all it has
+        seq_len=128,             # held-out validation sequences the model reads
+        batch_size=16,
+        window=64,               # tokens per record, centred on the token of interest
+        top_k=20,                # top records per neuron: even ranks explain, odd are held out
+        random_k=20,             # uniformly random records (same halves)
+        quantile_bins=5,         # Anthropic-style bins of the per-sequence max activation
+        per_bin=4,
+        eps=1e-3,                # |a| <= eps counts as zero in the near-zero sparsity columns
+        explainer="token_lookup",  # token_lookup (offline, deterministic) | llm
+        lookup_tokens=10,        # tokens listed by a token_lookup explanation
+        random_baseline=True,    # also score each neuron with another neuron's explanation
+        workers=1,               # neurons explained/simulated concurrently (llm backend)
+        bootstrap_samples=1000,
+        seed=0,
+        llm=ml_collections.ConfigDict(dict(
+            base_url="http://127.0.0.1:8080/v1",  # any OpenAI-compatible server
+            model="",
+            api_key_env="OPENAI_API_KEY",         # read from the environment, never stored
+            timeout_s=60.0,
+            max_retries=3,
+            max_concurrency=4,
+            simulator_mode="auto",                # auto | logprobs | json
+        )),
+        **INTERPRETABILITY["tiny" if size == "tiny" else "paper"],
+    ))
+
+    config.stages = "train,interp"  # comma-separated stages run by crate_jax.main, in order
     return config

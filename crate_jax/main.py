@@ -14,6 +14,9 @@ from crate_jax.cli import define_config_flag, parse_flags
 from crate_jax.data.sources import SourceError
 from crate_jax.data.token_arrays import DataPreparationError
 from crate_jax.data.tokenizer import TokenizerError
+from crate_jax.interp.capture import InterpretabilityError
+from crate_jax.interp.evaluate import evaluate_interpretability
+from crate_jax.interp.explanation import BackendError
 from crate_jax.model import ConfigError
 from crate_jax.train.checkpoints import CheckpointError
 from crate_jax.train.loop import TrainingError, train_and_evaluate
@@ -23,11 +26,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every artifact of
                                "rerunning with the same one resumes.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-STAGES = {"train": train_and_evaluate}
+STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability}
 
 # Failures with a message written for the user: printed as one line, no traceback.
 _USER_ERRORS = (ConfigError, SourceError, DataPreparationError, TokenizerError, CheckpointError,
-                TrainingError)
+                TrainingError, InterpretabilityError, BackendError)
 
 
 def stage_names(stages: str) -> list[str]:

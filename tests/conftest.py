@@ -7,3 +7,20 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """The stdlib corpus and its tokens, prepared once; each run copies `run/data/`."""
+    from run_helpers import tiny_config
+
+    from crate_jax.data.token_arrays import prepare_token_arrays
+
+    root = tmp_path_factory.mktemp("prepared")
+    config = tiny_config()
+    config.data.data_dir = str(root / "tfds")
+    prepare_token_arrays(config.data, config.model.vocab_size, root / "run")
+    return root

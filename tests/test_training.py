@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -12,9 +11,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from run_helpers import REPO, tiny_config, with_data, workdir_with_data
 
 from configs import crate, gpt2, ista_to_mlp, no_ista, standard_attention
-from crate_jax.data.token_arrays import prepare_token_arrays
 from crate_jax.model import model_from_config
 from crate_jax.train.checkpoints import Checkpointer
 from crate_jax.train.loop import TrainingError, train_and_evaluate
@@ -22,45 +21,14 @@ from crate_jax.train.metrics import read_metrics
 from crate_jax.train.optimizer import make_optimizer
 from crate_jax.train.state import initial_state
 
-REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"crate": crate, "no_ista": no_ista, "standard_attention": standard_attention,
             "ista_to_mlp": ista_to_mlp, "gpt2": gpt2}
 
 
-def _config(module=crate, **train):
-    """The `tiny` preset, trained briefly with small batches so that the suite stays fast."""
-    config = module.get_config("tiny")
-    defaults = dict(num_steps=40, batch_size=8, seq_len=64, warmup_steps=5, log_every=10,
-                    eval_every=20, eval_batches=4, checkpoint_every=20, progress_bar=False)
-    config.train.update({**defaults, **train})
-    return config
-
-
-@pytest.fixture(scope="session")
-def prepared(tmp_path_factory):
-    """The stdlib corpus and its tokens, prepared once; each run gets a copy of `data/`."""
-    root = tmp_path_factory.mktemp("prepared")
-    config = _config()
-    config.data.data_dir = str(root / "tfds")
-    prepare_token_arrays(config.data, config.model.vocab_size, root / "run")
-    return root
-
-
-def _workdir(prepared: Path, tmp_path: Path, name: str = "run") -> Path:
-    workdir = tmp_path / name
-    shutil.copytree(prepared / "run" / "data", workdir / "data")
-    return workdir
-
-
-def _with_data(config, prepared: Path):
-    config.data.data_dir = str(prepared / "tfds")
-    return config
-
-
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_tiny_run_of_every_variant_lowers_validation_loss(variant, prepared, tmp_path):
-    config = _with_data(_config(VARIANTS[variant], num_steps=80, eval_every=80), prepared)
-    summary = train_and_evaluate(config, _workdir(prepared, tmp_path))
+    config = with_data(tiny_config(VARIANTS[variant], num_steps=80, eval_every=80), prepared)
+    summary = train_and_evaluate(config, workdir_with_data(prepared, tmp_path))
     assert summary["status"] == "completed" and summary["step"] == 80
     initial, final = summary["initial_validation_loss"], summary["validation_loss"]
     assert abs(initial - np.log(config.model.vocab_size)) < 0.3
@@ -70,8 +38,8 @@ def test_tiny_run_of_every_variant_lowers_validation_loss(variant, prepared, tmp
 
 
 def test_run_writes_config_versions_metrics_and_checkpoints(prepared, tmp_path):
-    workdir = _workdir(prepared, tmp_path)
-    train_and_evaluate(_with_data(_config(), prepared), workdir)
+    workdir = workdir_with_data(prepared, tmp_path)
+    train_and_evaluate(with_data(tiny_config(), prepared), workdir)
     assert json.loads((workdir / "config.json").read_text())["model"]["attention"] == "mssa"
     info = json.loads((workdir / "run_info.json").read_text())
     assert info["versions"]["jax"] == jax.__version__
@@ -84,7 +52,7 @@ def test_run_writes_config_versions_metrics_and_checkpoints(prepared, tmp_path):
     assert [r["step"] for r in records if r["split"] == "validation"] == [0, 20, 40]
     assert sorted(os.listdir(workdir / "tensorboard")) == ["train", "validation"]
     assert Checkpointer(workdir / "checkpoints", save_every=20, keep=3).latest_step() == 40
-    again = train_and_evaluate(_with_data(_config(), prepared), workdir)  # finished: no-op
+    again = train_and_evaluate(with_data(tiny_config(), prepared), workdir)  # finished: no-op
     assert again == {"step": 40, "status": "completed"}
     assert read_metrics(workdir) == records
 
@@ -97,7 +65,7 @@ def _run_main(workdir: Path, prepared: Path, *overrides: str, devices: int = 1,
             f"--workdir={workdir}", f"--config.data.data_dir={prepared / 'tfds'}",
             "--config.train.batch_size=8", "--config.train.seq_len=64",
             "--config.train.warmup_steps=5", "--config.train.eval_batches=4",
-            "--config.train.progress_bar=False", *overrides]
+            "--config.train.progress_bar=False", "--config.stages=train", *overrides]
     if not wait:
         return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
@@ -105,7 +73,7 @@ def _run_main(workdir: Path, prepared: Path, *overrides: str, devices: int = 1,
 
 
 def _params(workdir: Path, step: int):
-    config = _config()
+    config = tiny_config()
     model = model_from_config(config)
     optimizer = make_optimizer(config.train)
     abstract = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
@@ -117,10 +85,10 @@ def _params(workdir: Path, step: int):
 def test_sigterm_saves_and_rerun_resumes_exactly(prepared, tmp_path):
     steps = ["--config.train.num_steps=60", "--config.train.checkpoint_every=5",
              "--config.train.log_every=5", "--config.train.eval_every=30"]
-    reference = _workdir(prepared, tmp_path, "reference")
+    reference = workdir_with_data(prepared, tmp_path, "reference")
     assert _run_main(reference, prepared, *steps).returncode == 0
 
-    interrupted = _workdir(prepared, tmp_path, "interrupted")
+    interrupted = workdir_with_data(prepared, tmp_path, "interrupted")
     process = _run_main(interrupted, prepared, *steps, wait=False)
     deadline = time.time() + 240
     while not (interrupted / "checkpoints" / "5").exists() and time.time() < deadline:
@@ -152,7 +120,7 @@ def test_one_step_on_eight_devices_matches_one_device(prepared, tmp_path):
                 "--config.train.log_every=1", "--config.train.eval_every=1"]
     results = {}
     for devices in (1, 8):
-        workdir = _workdir(prepared, tmp_path, f"devices_{devices}")
+        workdir = workdir_with_data(prepared, tmp_path, f"devices_{devices}")
         result = _run_main(workdir, prepared, *one_step, devices=devices)
         assert result.returncode == 0, result.stderr
         info = json.loads((workdir / "run_info.json").read_text())
@@ -168,18 +136,18 @@ def test_one_step_on_eight_devices_matches_one_device(prepared, tmp_path):
 
 
 def test_gradient_accumulation_matches_the_whole_batch(prepared, tmp_path):
-    whole = train_and_evaluate(_with_data(_config(num_steps=3, log_every=1), prepared),
-                               _workdir(prepared, tmp_path, "whole"))
+    whole = train_and_evaluate(with_data(tiny_config(num_steps=3, log_every=1), prepared),
+                               workdir_with_data(prepared, tmp_path, "whole"))
     accumulated = train_and_evaluate(
-        _with_data(_config(num_steps=3, log_every=1, grad_accum_steps=4), prepared),
-        _workdir(prepared, tmp_path, "accumulated"))
+        with_data(tiny_config(num_steps=3, log_every=1, grad_accum_steps=4), prepared),
+        workdir_with_data(prepared, tmp_path, "accumulated"))
     assert accumulated["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)
     assert accumulated["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-5)
 
 
 def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path):
-    workdir = _workdir(prepared, tmp_path)
-    config = _with_data(_config(num_steps=20, checkpoint_every=5, log_every=5), prepared)
+    workdir = workdir_with_data(prepared, tmp_path)
+    config = with_data(tiny_config(num_steps=20, checkpoint_every=5, log_every=5), prepared)
     train_and_evaluate(config, workdir)
     config.train.num_steps = 40
     config.train.learning_rate = 1e30  # the resumed steps blow the parameters up
@@ -208,8 +176,8 @@ def test_bad_inputs_are_one_line_errors_from_the_cli(prepared, tmp_path):
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_is_left_in_place(prepared, tmp_path):
-    workdir = _workdir(prepared, tmp_path)
-    train_and_evaluate(_with_data(_config(num_steps=5, checkpoint_every=5), prepared), workdir)
+    workdir = workdir_with_data(prepared, tmp_path)
+    train_and_evaluate(with_data(tiny_config(num_steps=5, checkpoint_every=5), prepared), workdir)
     step_dir = workdir / "checkpoints" / "5"
     data_files = [p for p in step_dir.rglob("*") if p.is_file() and p.stat().st_size > 1000]
     assert data_files
@@ -224,8 +192,8 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_left_in_place(prepared, tmp_
 
 
 def test_a_different_model_in_the_same_workdir_is_refused(prepared, tmp_path):
-    workdir = _workdir(prepared, tmp_path)
-    train_and_evaluate(_with_data(_config(num_steps=5, checkpoint_every=5), prepared), workdir)
+    workdir = workdir_with_data(prepared, tmp_path)
+    train_and_evaluate(with_data(tiny_config(num_steps=5, checkpoint_every=5), prepared), workdir)
     result = _run_main(workdir, prepared, "--config.model.ista_steps=3",
                        "--config.train.num_steps=10")
     assert result.returncode == 1

@@ -1,0 +1,1 @@
+"""Neuron-level interpretability: records, sparsity, explanations, simulations and scores."""

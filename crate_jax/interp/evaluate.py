@@ -1,0 +1,124 @@
+"""`evaluate_interpretability(config, workdir)`: the interpretability stage of a run.
+
+Restores the trained parameters from the run's last checkpoint, mines records and sparsity for
+every neuron site (`interp/records/`), explains, simulates and scores the chosen neurons
+(`interp/scores/<site>/layer_<l>/`) and writes `interp/summary.json` and `interp/report.md`.
+Each step reuses what is already on disk, so rerunning after an interruption resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import jax
+
+from crate_jax.data.token_arrays import prepare_token_arrays
+from crate_jax.data.tokenizer import load_or_train_tokenizer
+from crate_jax.interp.backends import make_backend
+from crate_jax.interp.capture import (
+    InterpretabilityError,
+    evaluation_sequences,
+    mine_records,
+    read_records,
+    save_json,
+)
+from crate_jax.interp.neuron_scoring import explain_layer, score_layer
+from crate_jax.interp.report import layer_summary, markdown_report
+from crate_jax.model import model_from_config, neuron_sites
+from crate_jax.train.checkpoints import Checkpointer
+from crate_jax.train.optimizer import make_optimizer
+from crate_jax.train.state import initial_state
+
+
+def restore_params(config, workdir: Path, model):
+    """The parameters of the run's last checkpoint (the trained model this stage explains)."""
+    optimizer = make_optimizer(config.train)
+    abstract = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
+    with Checkpointer(workdir / "checkpoints", save_every=config.train.checkpoint_every,
+                      keep=None) as checkpointer:
+        step = checkpointer.latest_step()
+        if step is None:
+            raise InterpretabilityError(
+                f"no checkpoint in {workdir / 'checkpoints'}: run the 'train' stage first "
+                "(config.stages='train,interp')")
+        state, _ = checkpointer.restore(step, abstract.as_dict())
+    return state["params"], step
+
+
+def requested_sites(config, model) -> tuple[str, ...]:
+    available = neuron_sites(model.config)
+    if not config.interp.sites:
+        return available
+    sites = tuple(s.strip() for s in config.interp.sites.split(",") if s.strip())
+    missing = [s for s in sites if s not in available]
+    if missing:
+        raise InterpretabilityError(f"interp.sites asks for {', '.join(missing)}, which this "
+                                    f"model does not have; it has: {', '.join(available)}")
+    return sites
+
+
+def evaluate_interpretability(config, workdir: str | Path) -> dict:
+    """Runs (or resumes) the evaluation; returns the summary written to `summary.json`."""
+    workdir = Path(workdir)
+    interp = config.interp
+    started = time.perf_counter()
+    model = model_from_config(config)
+    sites = requested_sites(config, model)
+    params, step = restore_params(config, workdir, model)
+    tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
+    tokenizer = load_or_train_tokenizer(config.data.tokenizer, workdir / "data",
+                                        model.config.vocab_size, iter(()))
+    decode = functools.lru_cache(maxsize=None)(lambda token: tokenizer.decode([token]))
+    sequences = evaluation_sequences(tokens.validation, interp.seq_len, interp.num_sequences)
+
+    out = workdir / "interp"
+    records_dir = out / "records"
+    sparsity_path = out / "sparsity.json"
+    if not sparsity_path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        _say(f"interp: mining records of {', '.join(sites)} on {sequences.size:,} tokens")
+        sparsity = mine_records(model, params, sequences, sites, interp, decode, records_dir)
+        save_json(sparsity_path, sparsity)  # written last: its presence means mining finished
+    sparsity = _read_json(sparsity_path)
+
+    explainer, simulator = make_backend(interp)
+    summary_sites: dict = {}
+    scored = 0
+    for site in sites:
+        summary_sites[site] = {}
+        for layer in range(model.config.num_layers):
+            neurons = read_records(records_dir / site / f"layer_{layer}.jsonl")
+            layer_dir = out / "scores" / site / f"layer_{layer}"
+            layer_dir.mkdir(parents=True, exist_ok=True)
+            explanations = explain_layer(neurons, explainer, layer_dir, interp.workers)
+            scores = score_layer(neurons, explanations, simulator, layer_dir,
+                                 random_baseline=interp.random_baseline, seed=interp.seed,
+                                 layer=layer, workers=interp.workers)
+            scored += len(scores)
+            summary_sites[site][str(layer)] = layer_summary(
+                scores, sparsity[site][str(layer)], samples=interp.bootstrap_samples,
+                seed=interp.seed)
+            _say(f"interp: {site} layer {layer}: {len(scores)} neurons scored")
+
+    elapsed = time.perf_counter() - started
+    summary = {"variant": config.variant, "size": config.size, "checkpoint_step": step,
+               "explainer": interp.explainer, "seed": interp.seed,
+               "evaluation_tokens": int(sequences.size), "sites": summary_sites,
+               "config": config.interp.to_dict(), "versions": {"jax": jax.__version__},
+               "seconds_this_run": elapsed, "neurons_scored": scored}
+    save_json(out / "summary.json", summary)
+    (out / "report.md").write_text(markdown_report(summary))
+    _say(markdown_report(summary))
+    return summary
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)

@@ -1,0 +1,160 @@
+"""Explain, simulate and score every neuron of one (site, layer), resumably.
+
+Two append-only files per layer: `explanations.jsonl` (both protocols' explanations of each
+neuron) and `scores.jsonl` (scores per split, the random baseline's scores and the simulations).
+A line is written as soon as its neuron is done; a rerun skips neurons already on file, so an
+interrupted evaluation (a crash, a dead LLM server) loses nothing and resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from crate_jax.interp.explanation import Explainer, Explanation, SimulationFailure, Simulator
+from crate_jax.interp.records import ActivationRecord, NeuronRecord
+from crate_jax.interp.scoring import correlation_score
+from crate_jax.interp.splits import (
+    ANTHROPIC_SPLIT,
+    anthropic_explanation_records,
+    held_out_records,
+    openai_explanation_records,
+    split_groups,
+)
+
+PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_only": "openai",
+                     ANTHROPIC_SPLIT: "anthropic"}
+
+
+def read_jsonl(path: Path) -> dict[int, dict]:
+    """Finished lines by neuron index; a line cut by a crash (the last one) is ignored."""
+    if not path.exists():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        done[entry["neuron"]] = entry
+    return done
+
+
+def _append(path: Path, entry: dict) -> None:
+    with open(path, "a") as file:
+        file.write(json.dumps(entry) + "\n")
+        file.flush()
+
+
+def _parallel(function: Callable, items: Iterable, workers: int) -> Iterable:
+    """`function` over `items` (in a thread pool when `workers > 1`), yielding as they finish."""
+    items = list(items)
+    if workers <= 1:
+        yield from (function(item) for item in items)
+        return
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(function, item) for item in items]
+        for future in concurrent.futures.as_completed(futures):
+            yield future.result()
+
+
+def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Path,
+                  workers: int = 1) -> dict[int, dict]:
+    """Explanations of every neuron (both protocols), reusing those already on file."""
+    path = out_dir / "explanations.jsonl"
+    done = read_jsonl(path)
+
+    def explain(neuron: NeuronRecord) -> dict:
+        index = neuron.neuron_id.neuron_index
+        entry = {"neuron": index}
+        for protocol, records in (("openai", openai_explanation_records(neuron)),
+                                  ("anthropic", anthropic_explanation_records(neuron))):
+            try:
+                explanation = explainer.explain(records, neuron.max_activation)
+                entry[protocol] = dataclasses.asdict(explanation)
+            except SimulationFailure as failure:
+                entry[protocol] = {"failure": str(failure)}
+        return entry
+
+    todo = [n for n in neurons if n.neuron_id.neuron_index not in done]
+    for entry in _parallel(explain, todo, workers):
+        _append(path, entry)
+        done[entry["neuron"]] = entry
+    return done
+
+
+def baseline_partners(indices: list[int], seed: int, layer: int) -> dict[int, int]:
+    """Each neuron's random-baseline partner: the next neuron in a seeded cyclic order, so no
+    neuron is ever given its own explanation (with at least two neurons)."""
+    order = np.random.default_rng([seed, layer]).permutation(sorted(indices)).tolist()
+    return {order[k]: order[(k + 1) % len(order)] for k in range(len(order))}
+
+
+def _simulate_and_score(explanation_entry: dict, groups: dict[str, list[ActivationRecord]],
+                        simulator: Simulator, protocol: str) -> tuple[dict, dict, dict]:
+    """(scores by split, failures by split, simulations by group) of one protocol."""
+    splits = [s for s, p in PROTOCOL_OF_SPLIT.items() if p == protocol]
+    needed = sorted({g for s in splits for g in split_groups()[s]})
+    if "failure" in explanation_entry:
+        return {}, {s: f"explanation failed: {explanation_entry['failure']}"
+                    for s in splits}, {}
+    explanation = Explanation(**explanation_entry)
+    try:
+        simulated = {g: simulator.simulate(explanation, [r.tokens for r in groups[g]])
+                     for g in needed}
+    except SimulationFailure as failure:
+        return {}, {s: str(failure) for s in splits}, {}
+    scores = {}
+    for split in splits:
+        true = [r.activations for g in split_groups()[split] for r in groups[g]]
+        predicted = [p for g in split_groups()[split] for p in simulated[g]]
+        scores[split] = correlation_score(true, predicted)
+    rounded = {g: [[round(v, 3) for v in seq] for seq in simulated[g]] for g in needed}
+    return scores, {}, rounded
+
+
+def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
+                simulator: Simulator, out_dir: Path, *, random_baseline: bool, seed: int,
+                layer: int, workers: int = 1) -> dict[int, dict]:
+    """Scores of every neuron (and of the random baseline), reusing those already on file."""
+    path = out_dir / "scores.jsonl"
+    done = read_jsonl(path)
+    partners = baseline_partners([n.neuron_id.neuron_index for n in neurons], seed, layer)
+
+    def score(neuron: NeuronRecord) -> dict:
+        index = neuron.neuron_id.neuron_index
+        groups = held_out_records(neuron)
+        entry = {"neuron": index, "scores": {}, "failures": {}, "simulations": {},
+                 "explanation": explanations[index].get("openai", {}).get("text")}
+        for protocol in ("openai", "anthropic"):
+            scores, failures, simulations = _simulate_and_score(
+                explanations[index][protocol], groups, simulator, protocol)
+            entry["scores"].update(scores)
+            entry["failures"].update(failures)
+            entry["simulations"][protocol] = simulations
+        if random_baseline and len(partners) > 1:
+            partner = partners[index]
+            baseline = {}
+            for protocol in ("openai", "anthropic"):
+                scores, _, _ = _simulate_and_score(explanations[partner][protocol], groups,
+                                                   simulator, protocol)
+                baseline.update(scores)
+            entry["baseline_partner"] = partner
+            entry["baseline_scores"] = baseline
+        entry["scores"] = {k: (None if math.isnan(v) else v) for k, v in entry["scores"].items()}
+        if "baseline_scores" in entry:
+            entry["baseline_scores"] = {k: (None if math.isnan(v) else v)
+                                        for k, v in entry["baseline_scores"].items()}
+        return entry
+
+    todo = [n for n in neurons if n.neuron_id.neuron_index not in done]
+    for entry in _parallel(score, todo, workers):
+        _append(path, entry)
+        done[entry["neuron"]] = entry
+    return done

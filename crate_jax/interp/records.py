@@ -1,0 +1,85 @@
+"""Activation records per neuron, in the layout of OpenAI's neuron-explainer (`NeuronRecord`).
+
+A record is a window of tokens with one neuron's activation on each token. Keeping OpenAI's
+field names (and their `dataclass_name` tags in JSON) lets their explainer/simulator tools read
+our records unchanged, and ours read theirs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+
+@dataclasses.dataclass
+class ActivationRecord:
+    """`tokens[i]` (decoded text of one token) and the neuron's activation on it."""
+
+    tokens: list[str]
+    activations: list[float]
+
+
+@dataclasses.dataclass
+class NeuronId:
+    layer_index: int
+    neuron_index: int
+
+
+@dataclasses.dataclass
+class NeuronRecord:
+    """Everything mined for one neuron. Quantile bins hold the Anthropic-style samples."""
+
+    neuron_id: NeuronId
+    random_sample: list[ActivationRecord] = dataclasses.field(default_factory=list)
+    random_sample_by_quantile: list[list[ActivationRecord]] | None = None
+    quantile_boundaries: list[float] | None = None
+    mean: float | None = math.nan
+    variance: float | None = math.nan
+    skewness: float | None = math.nan
+    kurtosis: float | None = math.nan
+    most_positive_activation_records: list[ActivationRecord] = dataclasses.field(
+        default_factory=list)
+    most_negative_activation_records: list[ActivationRecord] = dataclasses.field(
+        default_factory=list)
+
+    @property
+    def max_activation(self) -> float:
+        """The largest activation among the top records (the scale explanations are given in)."""
+        return max((max(r.activations) for r in self.most_positive_activation_records),
+                   default=0.0)
+
+
+_TYPES = {cls.__name__: cls for cls in (ActivationRecord, NeuronId, NeuronRecord)}
+
+
+def to_json(value: Any) -> str:
+    """JSON with a `dataclass_name` tag on every record object, as neuron-explainer writes it.
+
+    NaN (an unknown statistic) is written as null, as their orjson-based writer does, so the
+    output is strict JSON.
+    """
+    return json.dumps(_tagged(value), allow_nan=False)
+
+
+def from_json(text: str) -> Any:
+    return json.loads(text, object_hook=_untag)
+
+
+def _tagged(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: _tagged(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"dataclass_name": type(value).__name__, **fields}
+    if isinstance(value, (list, tuple)):
+        return [_tagged(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _untag(obj: dict) -> Any:
+    name = obj.get("dataclass_name")
+    if name in _TYPES:
+        return _TYPES[name](**{k: v for k, v in obj.items() if k != "dataclass_name"})
+    return obj

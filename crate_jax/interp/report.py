@@ -1,0 +1,67 @@
+"""The per-run interpretability summary: `interp/summary.json` and `interp/report.md`.
+
+Per site and layer: mean score per split with a 95% bootstrap confidence interval, how many
+neurons were scored, how many scores were NaN (constant simulations) or failed, the random
+baseline, and sparsity. The seeds, config and versions behind the numbers are written with them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from crate_jax.interp.neuron_scoring import PROTOCOL_OF_SPLIT
+from crate_jax.interp.scoring import mean_with_confidence_interval
+
+SPLITS = tuple(PROTOCOL_OF_SPLIT)
+
+
+def layer_summary(scores: dict[int, dict], sparsity: dict, *, samples: int, seed: int) -> dict:
+    """Aggregates one (site, layer)'s per-neuron score lines."""
+    entries = list(scores.values())
+    summary = {"neurons": len(entries), "sparsity": sparsity, "splits": {}, "baseline": {}}
+    for split in SPLITS:
+        values = [math.nan if e["scores"].get(split) is None else e["scores"][split]
+                  for e in entries if split not in e["failures"]]
+        summary["splits"][split] = {
+            **mean_with_confidence_interval(values, samples=samples, seed=seed),
+            "n_failed": sum(split in e["failures"] for e in entries)}
+        baseline = [math.nan if e.get("baseline_scores", {}).get(split) is None
+                    else e["baseline_scores"][split]
+                    for e in entries if "baseline_scores" in e]
+        if baseline:
+            summary["baseline"][split] = mean_with_confidence_interval(baseline,
+                                                                       samples=samples, seed=seed)
+    return summary
+
+
+def _cell(stats: dict) -> str:
+    if not stats or math.isnan(stats["mean"]):
+        return "n/a"
+    interval = ("" if math.isnan(stats["ci_low"])
+                else f" [{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]")
+    return f"{stats['mean']:.3f}{interval}"
+
+
+def markdown_report(summary: dict) -> str:
+    """A table people can paste: one row per site and layer."""
+    lines = [f"# Interpretability of `{summary['variant']}` (size {summary['size']})", "",
+             f"Explainer `{summary['explainer']}`; {summary['evaluation_tokens']:,} held-out "
+             f"tokens; seed {summary['seed']}; scores are Pearson r between simulated and true "
+             "activations, mean [95% bootstrap CI] over neurons; NaN = constant simulation.", "",
+             "| site | layer | neurons | top-and-random | random-only | top-only | anthropic "
+             "| random baseline (t&r) | NaN | zeros | L0/token | dead |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for site, layers in summary["sites"].items():
+        for layer, entry in layers.items():
+            splits, sparsity = entry["splits"], entry["sparsity"]
+            nans = sum(splits[s]["n_nan"] for s in SPLITS)
+            lines.append(
+                f"| {site} | {layer} | {entry['neurons']} | "
+                + " | ".join(_cell(splits[s]) for s in SPLITS)
+                + f" | {_cell(entry['baseline'].get('top_and_random', {}))} | {nans} | "
+                f"{sparsity['zero_fraction']:.3f} | {sparsity['mean_l0']:.1f} | "
+                f"{sparsity['dead_neurons']} |")
+    lines += ["", "Sparsity: `zeros` is the fraction of exactly-zero activations, `L0/token` the "
+              "mean number of non-zero neurons per token, `dead` the neurons never active on the "
+              "evaluation text (near-zero variants with |a| <= eps in summary.json).", ""]
+    return "\n".join(lines)

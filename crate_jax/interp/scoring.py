@@ -1,0 +1,56 @@
+"""Scores of explanations, as OpenAI's automated-interpretability computes them.
+
+The score of an explanation on a set of records is the Pearson correlation between the simulated
+and the true activations, pooled over every token of those records (OpenAI's
+`correlation_score` / `score_from_simulation`). Predictions that are constant have no correlation:
+the score is NaN, counted and left out of averages, as the paper did.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def correlation_score(true_activations: Sequence[Sequence[float]],
+                      predicted_activations: Sequence[Sequence[float]]) -> float:
+    """Pearson r over all tokens of all records; NaN if either side is constant.
+
+    Both arguments are lists of per-record lists with matching lengths.
+    """
+    if len(true_activations) != len(predicted_activations):
+        raise ValueError(f"{len(true_activations)} true records but "
+                         f"{len(predicted_activations)} simulated")
+    for index, (true, predicted) in enumerate(zip(true_activations, predicted_activations,
+                                                  strict=True)):
+        if len(true) != len(predicted):
+            raise ValueError(f"record {index}: {len(true)} true activations but "
+                             f"{len(predicted)} simulated")
+    true = np.concatenate([np.asarray(r, np.float64) for r in true_activations])
+    predicted = np.concatenate([np.asarray(r, np.float64) for r in predicted_activations])
+    if true.size < 2 or np.ptp(true) == 0 or np.ptp(predicted) == 0:
+        return math.nan
+    return float(np.corrcoef(true, predicted)[0, 1])
+
+
+def mean_with_confidence_interval(scores: Sequence[float], *, samples: int = 1000,
+                                  seed: int = 0, level: float = 0.95) -> dict:
+    """Mean of the finite scores with a percentile-bootstrap confidence interval.
+
+    Returns `{"mean", "ci_low", "ci_high", "n", "n_nan"}`; with fewer than two finite scores the
+    interval is NaN (a single neuron has no spread to resample).
+    """
+    values = np.asarray([s for s in scores if s is not None], np.float64)
+    finite = values[np.isfinite(values)]
+    result = {"n": int(finite.size), "n_nan": int(values.size - finite.size),
+              "mean": float(finite.mean()) if finite.size else math.nan,
+              "ci_low": math.nan, "ci_high": math.nan}
+    if finite.size >= 2:
+        rng = np.random.default_rng(seed)
+        means = finite[rng.integers(0, finite.size, (samples, finite.size))].mean(axis=1)
+        tail = (1 - level) / 2 * 100
+        result["ci_low"], result["ci_high"] = (float(v) for v in
+                                               np.percentile(means, [tail, 100 - tail]))
+    return result

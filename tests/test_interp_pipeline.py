@@ -1,0 +1,121 @@
+"""The interpretability stage end to end on a briefly trained tiny CRATE: artifacts, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from run_helpers import REPO, tiny_config, with_data, workdir_with_data
+
+from crate_jax.interp.capture import InterpretabilityError
+from crate_jax.interp.evaluate import evaluate_interpretability
+from crate_jax.interp.records import from_json
+from crate_jax.train.loop import train_and_evaluate
+
+SMALL_INTERP = dict(num_sequences=24, seq_len=64, window=16, top_k=8, random_k=8,
+                    quantile_bins=2, per_bin=2, neurons_per_layer=24, bootstrap_samples=200)
+
+
+def _interp_config(prepared, **interp):
+    config = with_data(tiny_config(num_steps=30, checkpoint_every=30), prepared)
+    config.interp.update({**SMALL_INTERP, **interp})
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("interp"), "trained")
+    train_and_evaluate(_interp_config(prepared), workdir)
+    return workdir
+
+
+def _copy_run(trained, tmp_path, name):
+    target = tmp_path / name
+    subprocess.run(["cp", "-r", str(trained), str(target)], check=True)
+    return target
+
+
+def _scores(workdir):
+    summary = json.loads((workdir / "interp" / "summary.json").read_text())
+    return {(site, layer): entry["splits"] for site, layers in summary["sites"].items()
+            for layer, entry in layers.items()}
+
+
+def test_evaluation_writes_records_scores_summary_and_report(prepared, trained, tmp_path):
+    workdir = _copy_run(trained, tmp_path, "run")
+    summary = evaluate_interpretability(_interp_config(prepared), workdir)
+    assert set(summary["sites"]) == {"ista", "attn", "resid"}
+    interp = workdir / "interp"
+    for site in ("ista", "attn", "resid"):
+        for layer in ("0", "1"):
+            entry = summary["sites"][site][layer]
+            assert entry["neurons"] == 24
+            assert entry["splits"]["top_and_random"]["n"] + \
+                entry["splits"]["top_and_random"]["n_nan"] == 24
+            records = (interp / "records" / site / f"layer_{layer}.jsonl").read_text()
+            neurons = [from_json(line) for line in records.splitlines()]
+            assert len(neurons) == 24 and len(neurons[0].most_positive_activation_records) <= 8
+            assert all(len(r.tokens) == 16 for r in neurons[0].most_positive_activation_records)
+    ista = summary["sites"]["ista"]["0"]
+    assert ista["sparsity"]["zero_fraction"] > 0.2  # ISTA codes have exact zeros
+    assert summary["sites"]["resid"]["0"]["sparsity"]["zero_fraction"] == 0.0
+    # Real explanations beat another neuron's explanation on the same records.
+    assert ista["splits"]["top_and_random"]["mean"] > ista["baseline"]["top_and_random"]["mean"]
+    report = (interp / "report.md").read_text()
+    assert "| ista | 0 | 24 |" in report and "| resid | 1 | 24 |" in report
+    line = json.loads((interp / "scores" / "ista" / "layer_0" / "scores.jsonl")
+                      .read_text().splitlines()[0])
+    assert set(line["scores"]) | set(line["failures"]) == {
+        "top_and_random", "random_only", "top_only", "anthropic"}
+    assert line["explanation"].startswith(("fires on:", "never fires"))
+
+
+def test_killed_evaluation_resumes_to_the_same_scores(prepared, trained, tmp_path):
+    reference = _copy_run(trained, tmp_path, "reference")
+    evaluate_interpretability(_interp_config(prepared, neurons_per_layer=0), reference)
+
+    killed = _copy_run(trained, tmp_path, "killed")
+    args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
+            f"--workdir={killed}", "--config.stages=interp",
+            f"--config.data.data_dir={prepared / 'tfds'}", "--config.train.batch_size=8",
+            "--config.train.seq_len=64", "--config.train.num_steps=30",
+            "--config.train.checkpoint_every=30",
+            *[f"--config.interp.{k}={v}" for k, v in {**SMALL_INTERP,
+                                                      "neurons_per_layer": 0}.items()]]
+    process = subprocess.Popen(args, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_scores = killed / "interp" / "scores" / "ista" / "layer_0" / "scores.jsonl"
+    deadline = time.time() + 240
+    while not first_scores.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (killed / "interp" / "summary.json").exists(), "killed before it finished"
+
+    evaluate_interpretability(_interp_config(prepared, neurons_per_layer=0), killed)
+    assert _scores(killed) == _scores(reference)
+
+
+def test_interrupted_mining_is_redone_identically(prepared, trained, tmp_path):
+    workdir = _copy_run(trained, tmp_path, "run")
+    config = _interp_config(prepared)
+    evaluate_interpretability(config, workdir)
+    records = workdir / "interp" / "records" / "ista" / "layer_1.jsonl"
+    first = records.read_text()
+    (workdir / "interp" / "sparsity.json").unlink()  # as if killed while mining
+    records.write_text(first[:100])
+    evaluate_interpretability(config, workdir)
+    assert records.read_text() == first
+
+
+def test_evaluation_without_a_checkpoint_or_with_a_missing_site_is_a_clear_error(prepared,
+                                                                                 tmp_path):
+    workdir = workdir_with_data(prepared, tmp_path)
+    with pytest.raises(InterpretabilityError, match="no checkpoint .* run the 'train' stage"):
+        evaluate_interpretability(_interp_config(prepared), workdir)
+    config = _interp_config(prepared, sites="mlp")
+    with pytest.raises(InterpretabilityError, match="asks for mlp, which this model does not"):
+        evaluate_interpretability(config, workdir)

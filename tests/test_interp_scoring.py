@@ -1,0 +1,117 @@
+"""Scoring, the token-lookup backend and the random baseline, on hand-made neurons."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from crate_jax.interp.miner import RecordMiner
+from crate_jax.interp.neuron_scoring import baseline_partners, explain_layer, score_layer
+from crate_jax.interp.records import ActivationRecord, NeuronId, NeuronRecord, from_json, to_json
+from crate_jax.interp.scoring import correlation_score, mean_with_confidence_interval
+from crate_jax.interp.splits import held_out_records, peak_snippet
+from crate_jax.interp.token_lookup import TokenLookupExplainer, TokenLookupSimulator
+
+
+def test_correlation_is_pearson_pooled_over_all_tokens_of_all_records():
+    # x = [1, 2, 3], y = [2, 4, 5]: cov = 3, var_x = 2, var_y = 42/9 -> r = 3 / sqrt(2 * 42 / 9).
+    assert correlation_score([[1, 2], [3]], [[2, 4], [5]]) == pytest.approx(
+        3 / math.sqrt(2 * 42 / 9), abs=1e-12)
+    assert correlation_score([[1, 2, 3]], [[3, 2, 1]]) == pytest.approx(-1.0)
+    assert math.isnan(correlation_score([[1, 2], [3]], [[4, 4], [4]]))  # constant simulation
+    assert math.isnan(correlation_score([[0, 0], [0]], [[1, 2], [3]]))  # neuron never fires
+    with pytest.raises(ValueError, match="record 0: 2 true activations but 1 simulated"):
+        correlation_score([[1, 2]], [[1]])
+
+
+def test_mean_skips_nan_counts_it_and_brackets_the_mean():
+    stats = mean_with_confidence_interval([0.2, 0.4, math.nan, 0.6, None, 0.8], seed=1)
+    assert stats["n"] == 4 and stats["n_nan"] == 1
+    assert stats["mean"] == pytest.approx(0.5)
+    assert 0.2 <= stats["ci_low"] < 0.5 < stats["ci_high"] <= 0.8
+    assert stats == mean_with_confidence_interval([0.2, 0.4, math.nan, 0.6, None, 0.8], seed=1)
+    single = mean_with_confidence_interval([0.3])
+    assert single["mean"] == 0.3 and math.isnan(single["ci_low"])
+
+
+def _planted_records(tmp_path):
+    """Neuron 0 fires (5.0) exactly on token 7, neuron 1 (3.0) exactly on token 11."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 50, size=(40, 64))
+    activations = np.stack([(tokens == 7) * 5.0, (tokens == 11) * 3.0], axis=-1)
+    miner = RecordMiner(2, seq_len=64, num_sequences=40, window=16, top_k=10, random_k=10,
+                        quantile_bins=2, per_bin=2, seed=0)
+    for start in range(0, 40, 8):
+        miner.observe(np.arange(start, start + 8), tokens[start:start + 8],
+                      activations[start:start + 8])
+    for start in range(0, 40, 8):
+        miner.observe_second_pass(np.arange(start, start + 8), tokens[start:start + 8],
+                                  activations[start:start + 8])
+    return list(miner.neuron_records(0, [0, 1], lambda token: f"tok{token}"))
+
+
+def test_planted_neuron_is_explained_by_its_token_and_scores_high(tmp_path):
+    neurons = _planted_records(tmp_path)
+    explainer, simulator = TokenLookupExplainer(), TokenLookupSimulator()
+    explanations = explain_layer(neurons, explainer, tmp_path)
+    assert explanations[0]["openai"]["details"]["token_weights"] == {"tok7": 10.0}
+    assert explanations[0]["openai"]["text"] == "fires on: 'tok7' (10)"
+    scores = score_layer(neurons, explanations, simulator, tmp_path, random_baseline=True,
+                         seed=0, layer=0)
+    for split in ("top_and_random", "top_only", "anthropic"):
+        assert scores[0]["scores"][split] > 0.95, split
+    assert scores[0]["baseline_partner"] == 1
+    assert abs(scores[0]["baseline_scores"]["top_and_random"]) < 0.2
+    # Random records rarely hold token 7, but when they do the explanation predicts it.
+    random_only = scores[0]["scores"]["random_only"]
+    assert random_only is None or random_only > 0.95
+
+
+def test_scoring_resumes_from_a_cut_file_with_identical_results(tmp_path):
+    neurons = _planted_records(tmp_path)
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    explainer, simulator = TokenLookupExplainer(), TokenLookupSimulator()
+    full = score_layer(neurons, explain_layer(neurons, explainer, whole), simulator, whole,
+                       random_baseline=True, seed=0, layer=0)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    first_line = (whole / "scores.jsonl").read_text().splitlines()[0]
+    (cut / "scores.jsonl").write_text(first_line + "\n" + first_line[:40])  # killed mid-write
+    resumed = score_layer(neurons, explain_layer(neurons, explainer, cut), simulator, cut,
+                          random_baseline=True, seed=0, layer=0)
+    assert resumed == full
+
+
+def test_baseline_partner_is_never_the_neuron_itself():
+    partners = baseline_partners(list(range(9)), seed=3, layer=1)
+    assert sorted(partners) == list(range(9)) and sorted(partners.values()) == list(range(9))
+    assert all(neuron != partner for neuron, partner in partners.items())
+
+
+def test_records_round_trip_in_neuron_explainer_json_layout():
+    record = NeuronRecord(neuron_id=NeuronId(layer_index=1, neuron_index=5),
+                          random_sample=[ActivationRecord(["a", "b"], [0.0, 1.5])],
+                          most_positive_activation_records=[ActivationRecord(["c"], [2.0])])
+    text = to_json(record)
+    raw = json.loads(text)
+    assert raw["dataclass_name"] == "NeuronRecord"
+    assert raw["neuron_id"] == {"dataclass_name": "NeuronId", "layer_index": 1, "neuron_index": 5}
+    assert raw["random_sample"][0]["dataclass_name"] == "ActivationRecord"
+    assert raw["mean"] is None  # NaN statistics are null: strict JSON
+    restored = from_json(text)
+    assert restored.random_sample == record.random_sample
+    assert restored.most_positive_activation_records == record.most_positive_activation_records
+    assert to_json(restored) == text
+
+
+def test_held_out_groups_alternate_with_the_explanation_half_and_snippets_are_3_tokens():
+    top = [ActivationRecord([f"t{i}"] * 5, [0.0, 1.0, float(10 - i), 1.0, 0.0])
+           for i in range(6)]
+    neuron = NeuronRecord(NeuronId(0, 0), random_sample=top[:4],
+                          most_positive_activation_records=top)
+    groups = held_out_records(neuron)
+    assert groups["top"] == top[1::2] and groups["random"] == top[1:4:2]
+    snippet = peak_snippet(top[1])
+    assert snippet.tokens == ["t1"] * 3 and snippet.activations == [1.0, 9.0, 1.0]
