@@ -26,180 +26,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
+from crate_jax.interp.moments import RunningMoments
+from crate_jax.interp.record_pool import RecordPool, gather_windows
 from crate_jax.interp.records import ActivationRecord, NeuronId, NeuronRecord
 
 _CONFIG_KEYS = ("num_neurons", "seq_len", "num_sequences", "window", "top_k", "random_k",
                 "quantile_bins", "per_bin", "seed")
-
-
-def _window_starts(centres: np.ndarray, seq_len: int, window: int) -> np.ndarray:
-    """First position of the window around each centre: `c - window // 2`, shifted into range."""
-    return np.clip(centres - window // 2, 0, max(seq_len - window, 0))
-
-
-def _gather_windows(activations: np.ndarray, tokens: np.ndarray, rows: np.ndarray,
-                    centres: np.ndarray, neurons: np.ndarray | None,
-                    window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows of `activations` `[B, T, N]` and `tokens` `[B, T]` for M (row, centre) pairs.
-
-    Returns activations `[M, width]` of the given `neurons` `[M]` (or `[M, width, N]` of all
-    neurons when `neurons` is None) and token ids `[M, width]`, `width = min(window, T)`.
-    Indexing a sliding-window view copies whole windows: ~6x faster than per-element indices.
-    """
-    seq_len = tokens.shape[1]
-    width = min(window, seq_len)
-    starts = _window_starts(centres, seq_len, window)
-    window_tokens = sliding_window_view(tokens, width, axis=1)[rows, starts]
-    view = sliding_window_view(activations, width, axis=1)  # [B, T - width + 1, N, width]
-    if neurons is None:
-        return view[rows, starts].transpose(0, 2, 1), window_tokens
-    return view[rows, starts, neurons], window_tokens
-
-
-class _RecordPool:
-    """Per column, the `capacity` candidates that come first in (key, sequence index) order.
-
-    Columns are `[N]` (top records) or `[bins, N]` (quantile samples); the last column axis is
-    always the neuron. A candidate is a sequence; its key is `-max` (top records) or a random
-    priority (samples), infinite for no candidate (empty place, or a sequence outside the bin).
-    `key`, `sequence` (-1 when empty), `centre` are `[capacity, *columns]`, sorted best first.
-
-    Windows (`[capacity, *columns, width]`) are never moved: `slot[rank, *column]` says where
-    rank's window lies, and a newcomer takes the slot of the candidate it evicts. So a merge
-    writes only the windows of newcomers, which become rare as the stream goes on.
-    """
-
-    _FIELDS = ("key", "sequence", "centre", "slot", "activations", "tokens")
-
-    def __init__(self, capacity: int, columns: tuple[int, ...], width: int):
-        shape = (capacity, *columns)
-        self.key = np.full(shape, np.inf)  # float64
-        self.sequence = np.full(shape, -1, np.int64)
-        self.centre = np.zeros(shape, np.int64)
-        self.slot = np.broadcast_to(
-            np.arange(capacity).reshape((-1,) + (1,) * len(columns)), shape).copy()
-        self.activations = np.zeros((*shape, width), np.float32)  # [slot, *columns, width]
-        self.tokens = np.zeros((*shape, width), np.int32)
-
-    def merge(self, key: np.ndarray, sequence: np.ndarray, activations: np.ndarray,
-              tokens: np.ndarray, window: int) -> None:
-        """Adds a batch's candidates: `key` `[B, *columns]`, `sequence` `[B]`.
-
-        Vectorised over columns: one lexsort of `[capacity + B, *columns]`; then, for the
-        newcomers only, the centre (first argmax) and window are taken from `activations`
-        `[B, T, N]` and `tokens` `[B, T]`.
-        """
-        capacity = self.key.shape[0]
-        if capacity == 0:
-            return
-        batch_shape = key.shape
-        keys = np.concatenate([self.key, key])
-        sequences = np.concatenate([
-            self.sequence,
-            np.broadcast_to(sequence.reshape((-1,) + (1,) * (key.ndim - 1)), batch_shape)])
-        order = np.lexsort((sequences, keys), axis=0)[:capacity]
-        self.key = np.take_along_axis(keys, order, axis=0)
-        self.sequence = np.take_along_axis(sequences, order, axis=0)
-        valid = np.isfinite(self.key)
-        self.sequence[~valid] = -1
-        placeholder = np.zeros(batch_shape, np.int64)
-        self.centre = np.take_along_axis(np.concatenate([self.centre, placeholder]), order, 0)
-        slot = np.take_along_axis(np.concatenate([self.slot, placeholder]), order, axis=0)
-
-        # Each column has as many newcomers as evicted candidates; pair them column by column
-        # (nonzero over column-major views lists both in the same column order).
-        newcomer = order >= capacity
-        kept = np.zeros(keys.shape, bool)
-        np.put_along_axis(kept, order, True, axis=0)
-        evicted = np.nonzero(np.moveaxis(~kept[:capacity], 0, -1))
-        arriving = np.nonzero(np.moveaxis(newcomer, 0, -1))
-        slot[arriving[-1:] + arriving[:-1]] = self.slot[evicted[-1:] + evicted[:-1]]
-        self.slot = slot
-
-        fresh = np.nonzero(newcomer & valid)
-        if fresh[0].size:
-            rows, neurons = order[fresh] - capacity, fresh[-1]
-            self.centre[fresh] = activations[rows, :, neurons].argmax(axis=1)
-            window_activations, window_tokens = _gather_windows(
-                activations, tokens, rows, self.centre[fresh], neurons, window)
-            stored = (slot[fresh],) + fresh[1:]
-            self.activations[stored] = window_activations
-            self.tokens[stored] = window_tokens
-
-    def windows(self) -> tuple[np.ndarray, np.ndarray]:
-        """Window activations and token ids `[capacity, *columns, width]`, in rank order."""
-        return (np.take_along_axis(self.activations, self.slot[..., None], axis=0),
-                np.take_along_axis(self.tokens, self.slot[..., None], axis=0))
-
-    def state(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}_{name}": getattr(self, name) for name in self._FIELDS}
-
-    def load(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
-        for name in self._FIELDS:
-            setattr(self, name, np.array(arrays[f"{prefix}_{name}"]))
-
-
-class _Moments:
-    """Count, mean and central moment sums `M2..M4` per neuron, in float64.
-
-    Batches are combined with the pairwise update of Chan et al. / Pébay (2008), which stays
-    accurate when the mean is large compared with the spread (raw power sums would not).
-    """
-
-    _FIELDS = ("count", "mean", "m2", "m3", "m4")
-
-    def __init__(self, num_neurons: int):
-        self.count = 0
-        self.mean, self.m2, self.m3, self.m4 = (np.zeros(num_neurons) for _ in range(4))
-        self._scratch: np.ndarray | None = None  # [2, rows, N] float64, reused across blocks
-
-    def add(self, values: np.ndarray) -> None:
-        """`values` `[rows, N]` float32. Blocks of 2**18 elements (2 MiB of float64, cache-sized)
-        in two reused scratch buffers: measured ~2x faster than whole-batch temporaries."""
-        block_rows = max(1, (1 << 18) // values.shape[1])
-        for start in range(0, values.shape[0], block_rows):
-            self._add_block(values[start:start + block_rows])
-
-    def _add_block(self, values: np.ndarray) -> None:
-        n_b = values.shape[0]
-        if self._scratch is None or self._scratch.shape[1] < n_b:
-            self._scratch = np.empty((2, n_b, values.shape[1]))
-        deviation, power = self._scratch[0, :n_b], self._scratch[1, :n_b]
-        mean_b = values.sum(axis=0, dtype=np.float64) / n_b
-        np.subtract(values, mean_b, out=deviation)
-        np.multiply(deviation, deviation, out=power)
-        m2_b = power.sum(axis=0)
-        power *= deviation
-        m3_b = power.sum(axis=0)
-        power *= deviation
-        m4_b = power.sum(axis=0)
-        n_a = float(self.count)
-        n = n_a + n_b
-        delta = mean_b - self.mean
-        m2_a, m3_a = self.m2, self.m3
-        self.m4 = (self.m4 + m4_b
-                   + delta**4 * n_a * n_b * (n_a * n_a - n_a * n_b + n_b * n_b) / n**3
-                   + 6 * delta**2 * (n_a * n_a * m2_b + n_b * n_b * m2_a) / n**2
-                   + 4 * delta * (n_a * m3_b - n_b * m3_a) / n)
-        self.m3 = (m3_a + m3_b + delta**3 * n_a * n_b * (n_a - n_b) / n**2
-                   + 3 * delta * (n_a * m2_b - n_b * m2_a) / n)
-        self.m2 = m2_a + m2_b + delta**2 * n_a * n_b / n
-        self.mean = self.mean + delta * n_b / n
-        self.count += n_b
-
-    def summary(self) -> dict[str, np.ndarray]:
-        """Population mean, variance, skewness and excess kurtosis `[N]`; NaN where undefined."""
-        if not self.count:
-            return {name: np.full(self.mean.shape, np.nan)
-                    for name in ("mean", "variance", "skewness", "kurtosis")}
-        variance = self.m2 / self.count
-        with np.errstate(divide="ignore", invalid="ignore"):
-            skewness = np.where(variance > 0, self.m3 / self.count / variance**1.5, np.nan)
-            kurtosis = np.where(variance > 0, self.m4 / self.count / variance**2 - 3.0, np.nan)
-        return {"mean": self.mean.copy(), "variance": variance, "skewness": skewness,
-                "kurtosis": kurtosis}
 
 
 class RecordMiner:
@@ -232,8 +65,8 @@ class RecordMiner:
         self.quantile_bins, self.per_bin, self.seed = quantile_bins, per_bin, seed
         width = min(window, seq_len)
 
-        self._top = _RecordPool(top_k, (num_neurons,), width)
-        self._binned = _RecordPool(per_bin if quantile_bins else 0, (quantile_bins, num_neurons),
+        self._top = RecordPool(top_k, (num_neurons,), width)
+        self._binned = RecordPool(per_bin if quantile_bins else 0, (quantile_bins, num_neurons),
                                    width)
         positions = np.random.default_rng(seed).choice(
             num_sequences * seq_len, size=min(random_k, num_sequences * seq_len), replace=False)
@@ -242,7 +75,7 @@ class RecordMiner:
         self.random_activations = np.zeros((len(positions), width, num_neurons), np.float32)
         self.random_tokens = np.zeros((len(positions), width), np.int32)
 
-        self._moments = _Moments(num_neurons)
+        self._moments = RunningMoments(num_neurons)
         self.max_activation = np.full(num_neurons, -np.inf, np.float32)  # [N]
         self.firing_count = np.zeros(num_neurons, np.int64)  # [N] tokens with activation > 0
         self.seen_first = np.zeros(num_sequences, bool)  # [S] observed in pass 1
@@ -267,7 +100,7 @@ class RecordMiner:
             by_sequence = np.argsort(sequences)
             rows = by_sequence[np.searchsorted(sequences, self.random_sequence[chosen],
                                                sorter=by_sequence)]
-            window_activations, window_tokens = _gather_windows(
+            window_activations, window_tokens = gather_windows(
                 activations, tokens, rows, self.random_centre[chosen], None, self.window)
             self.random_activations[chosen] = window_activations
             self.random_tokens[chosen] = window_tokens
@@ -426,7 +259,7 @@ class RecordMiner:
         where to resume), so a pipeline need not redo forward passes. Uncompressed `.npz`."""
         arrays = {"config": np.array([getattr(self, k) for k in _CONFIG_KEYS], np.int64),
                   **self._top.state("top"), **self._binned.state("binned"),
-                  **{f"moments_{k}": getattr(self._moments, k) for k in _Moments._FIELDS}}
+                  **{f"moments_{k}": getattr(self._moments, k) for k in RunningMoments._FIELDS}}
         for name in ("random_sequence", "random_centre", "random_activations", "random_tokens",
                      "max_activation", "firing_count", "seen_first", "seen_second"):
             arrays[name] = getattr(self, name)
@@ -442,7 +275,7 @@ class RecordMiner:
                                                  strict=True)})
         miner._top.load("top", arrays)
         miner._binned.load("binned", arrays)
-        for name in _Moments._FIELDS:
+        for name in RunningMoments._FIELDS:
             setattr(miner._moments, name, np.array(arrays[f"moments_{name}"]))
         miner._moments.count = int(miner._moments.count)
         for name in ("random_sequence", "random_centre", "random_activations", "random_tokens",

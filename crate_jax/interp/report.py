@@ -49,7 +49,7 @@ def markdown_report(summary: dict) -> str:
              f"tokens; seed {summary['seed']}; scores are Pearson r between simulated and true "
              "activations, mean [95% bootstrap CI] over neurons; NaN = constant simulation.", "",
              "| site | layer | neurons | top-and-random | random-only | top-only | anthropic "
-             "| random baseline (t&r) | NaN | zeros | L0/token | dead |",
+             "| random baseline (t&r) | NaN scores | zeros | L0/token | dead |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for site, layers in summary["sites"].items():
         for layer, entry in layers.items():
