@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from crate_jax.interp.explanation import Explainer, Simulator
 from crate_jax.interp.token_lookup import TokenLookupExplainer, TokenLookupSimulator
+from crate_jax.model import ConfigError
 
 BACKENDS = ("token_lookup", "llm")
 
@@ -17,7 +18,20 @@ def make_backend(interp_config) -> tuple[Explainer, Simulator]:
     if kind == "token_lookup":
         return TokenLookupExplainer(interp_config.lookup_tokens), TokenLookupSimulator()
     if kind == "llm":
-        from crate_jax.interp.llm_backend import make_llm_backend  # optional, lazily imported
+        return _llm_backend(interp_config.llm)
+    raise ConfigError(f"interp.explainer={kind!r} is not one of {', '.join(BACKENDS)}")
 
-        return make_llm_backend(interp_config.llm)
-    raise ValueError(f"interp.explainer={kind!r} is not one of {', '.join(BACKENDS)}")
+
+def _llm_backend(llm_config) -> tuple[Explainer, Simulator]:
+    """One client (shared concurrency limit and retries) for the explainer and the simulator."""
+    from crate_jax.interp.llm_backend import LLMExplainer, LLMSimulator
+    from crate_jax.interp.llm_client import OpenAICompatibleClient
+
+    if not llm_config.model:
+        raise ConfigError("interp.explainer='llm' needs interp.llm.model (the model name the "
+                         f"server at {llm_config.base_url} serves)")
+    client = OpenAICompatibleClient(
+        llm_config.base_url, llm_config.model, api_key_env=llm_config.api_key_env or None,
+        timeout_s=llm_config.timeout_s, max_retries=llm_config.max_retries,
+        max_concurrency=llm_config.max_concurrency)
+    return LLMExplainer(client), LLMSimulator(client, mode=llm_config.simulator_mode)
