@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from run_helpers import REPO, tiny_config, with_data, workdir_with_data
 
@@ -59,6 +60,10 @@ def test_evaluation_writes_records_scores_summary_and_report(prepared, trained, 
             neurons = [from_json(line) for line in records.splitlines()]
             assert len(neurons) == 24 and len(neurons[0].most_positive_activation_records) <= 8
             assert all(len(r.tokens) == 16 for r in neurons[0].most_positive_activation_records)
+    statistics = np.load(interp / "records" / "ista" / "layer_0_statistics.npz")
+    assert statistics["neuron_index"].shape == (24,)
+    assert set(statistics) >= {"mean", "variance", "max", "firing_frequency"}
+    assert (statistics["firing_frequency"] <= 1).all() and (statistics["max"] >= 0).all()
     ista = summary["sites"]["ista"]["0"]
     assert ista["sparsity"]["zero_fraction"] > 0.2  # ISTA codes have exact zeros
     assert summary["sites"]["resid"]["0"]["sparsity"]["zero_fraction"] == 0.0

@@ -103,6 +103,12 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
                 record.neuron_id.neuron_index = int(indices[record.neuron_id.neuron_index])
                 file.write(to_json(record) + "\n")
         os.replace(temporary, path)
+        # Per-neuron max and firing frequency (not fields of OpenAI's NeuronRecord) with the
+        # moments, for the chosen neurons in file order.
+        statistics = path.with_name(f"layer_{layer}_statistics.npz")
+        with open(statistics.with_suffix(".tmp"), "wb") as file:
+            np.savez(file, neuron_index=indices, **miner.neuron_statistics())
+        os.replace(statistics.with_suffix(".tmp"), statistics)
     return {site: {str(layer): counters[site, layer].summary() for layer in layers}
             for site in sites}
 
