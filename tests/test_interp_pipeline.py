@@ -80,7 +80,7 @@ def test_evaluation_writes_records_scores_summary_and_report(prepared, trained, 
 
 def test_killed_evaluation_resumes_to_the_same_scores(prepared, trained, tmp_path):
     reference = _copy_run(trained, tmp_path, "reference")
-    evaluate_interpretability(_interp_config(prepared, neurons_per_layer=0), reference)
+    evaluate_interpretability(_interp_config(prepared, neurons_per_layer=48), reference)
 
     killed = _copy_run(trained, tmp_path, "killed")
     args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
@@ -89,7 +89,7 @@ def test_killed_evaluation_resumes_to_the_same_scores(prepared, trained, tmp_pat
             "--config.train.seq_len=64", "--config.train.num_steps=30",
             "--config.train.checkpoint_every=30",
             *[f"--config.interp.{k}={v}" for k, v in {**SMALL_INTERP,
-                                                      "neurons_per_layer": 0}.items()]]
+                                                      "neurons_per_layer": 48}.items()]]
     process = subprocess.Popen(args, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_scores = killed / "interp" / "scores" / "ista" / "layer_0" / "scores.jsonl"
@@ -100,7 +100,7 @@ def test_killed_evaluation_resumes_to_the_same_scores(prepared, trained, tmp_pat
     process.wait(timeout=60)
     assert not (killed / "interp" / "summary.json").exists(), "killed before it finished"
 
-    evaluate_interpretability(_interp_config(prepared, neurons_per_layer=0), killed)
+    evaluate_interpretability(_interp_config(prepared, neurons_per_layer=48), killed)
     assert _scores(killed) == _scores(reference)
 
 

@@ -27,9 +27,9 @@ VARIANTS = {"crate": crate, "no_ista": no_ista, "standard_attention": standard_a
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_tiny_run_of_every_variant_lowers_validation_loss(variant, prepared, tmp_path):
-    config = with_data(tiny_config(VARIANTS[variant], num_steps=80, eval_every=80), prepared)
+    config = with_data(tiny_config(VARIANTS[variant], num_steps=60, eval_every=60), prepared)
     summary = train_and_evaluate(config, workdir_with_data(prepared, tmp_path))
-    assert summary["status"] == "completed" and summary["step"] == 80
+    assert summary["status"] == "completed" and summary["step"] == 60
     initial, final = summary["initial_validation_loss"], summary["validation_loss"]
     assert abs(initial - np.log(config.model.vocab_size)) < 0.3
     print(f"{variant}: validation loss {initial:.3f} -> {final:.3f}")
@@ -83,8 +83,8 @@ def _params(workdir: Path, step: int):
 
 
 def test_sigterm_saves_and_rerun_resumes_exactly(prepared, tmp_path):
-    steps = ["--config.train.num_steps=60", "--config.train.checkpoint_every=5",
-             "--config.train.log_every=5", "--config.train.eval_every=30"]
+    steps = ["--config.train.num_steps=30", "--config.train.checkpoint_every=5",
+             "--config.train.log_every=5", "--config.train.eval_every=15"]
     reference = workdir_with_data(prepared, tmp_path, "reference")
     assert _run_main(reference, prepared, *steps).returncode == 0
 
@@ -98,13 +98,13 @@ def test_sigterm_saves_and_rerun_resumes_exactly(prepared, tmp_path):
     assert process.returncode == 0, output
     assert "stopped by signal at step" in output, output
     stopped_at = int(output.split("stopped by signal at step ")[1].split(";")[0])
-    assert 5 <= stopped_at < 60
+    assert 5 <= stopped_at < 30
 
     resumed = _run_main(interrupted, prepared, *steps)
     assert resumed.returncode == 0, resumed.stderr
     assert "step 0 |" not in resumed.stdout  # resumed, not restarted
-    for left, right in zip(jax.tree_util.tree_leaves(_params(reference, 60)),
-                           jax.tree_util.tree_leaves(_params(interrupted, 60)), strict=True):
+    for left, right in zip(jax.tree_util.tree_leaves(_params(reference, 30)),
+                           jax.tree_util.tree_leaves(_params(interrupted, 30)), strict=True):
         np.testing.assert_allclose(left, right, rtol=1e-6, atol=1e-7)
     curve = {(r["split"], r["step"]): r["loss"] for r in read_metrics(reference)}
     resumed_records = read_metrics(interrupted)
