@@ -320,3 +320,48 @@ def test_server_killed_mid_run_then_restarted_resumes_cleanly(gguf_model):
         assert explainer.explain(RECORDS, max_activation=2.0) == before
     finally:
         server.stop()
+
+
+def test_evaluation_with_the_llm_backend_records_failures_and_resumes_after_a_dead_server(
+        gguf_model, prepared, tmp_path):
+    """The whole interp stage against the real server: a dead server stops the run with a
+    clear error and no partial scores; once a server is back, the rerun reuses the mined
+    records and finishes, recording unparsable simulations as failures, never as zeros."""
+    from run_helpers import tiny_config, with_data, workdir_with_data
+
+    from crate_jax.interp.evaluate import evaluate_interpretability
+    from crate_jax.train.loop import train_and_evaluate
+
+    workdir = workdir_with_data(prepared, tmp_path)
+    config = with_data(tiny_config(num_steps=10, checkpoint_every=10), prepared)
+    train_and_evaluate(config, workdir)
+    config.interp.update(dict(sites="ista", num_sequences=8, seq_len=32, window=8, top_k=4,
+                              random_k=2, quantile_bins=0, per_bin=0, neurons_per_layer=1,
+                              random_baseline=False, explainer="llm"))
+    port = _free_port()
+    config.interp.llm.update(dict(base_url=f"http://127.0.0.1:{port}/v1", model="smollm2",
+                                  api_key_env="", simulator_mode="json", timeout_s=60.0,
+                                  max_retries=1))
+    with pytest.raises(BackendError, match=f"127.0.0.1:{port}"):
+        evaluate_interpretability(config, workdir)  # nothing listens yet
+    records = workdir / "interp" / "records" / "ista" / "layer_0.jsonl"
+    mined = records.stat().st_mtime_ns
+    assert not (workdir / "interp" / "scores" / "ista" / "layer_0" / "scores.jsonl").exists()
+
+    server = LlamaServer(gguf_model, port).start()
+    try:
+        summary = evaluate_interpretability(config, workdir)
+    finally:
+        server.stop()
+    assert records.stat().st_mtime_ns == mined  # mining was not redone
+    for layer in ("0", "1"):
+        layer_dir = workdir / "interp" / "scores" / "ista" / f"layer_{layer}"
+        (explained,) = [json.loads(x) for x in
+                        (layer_dir / "explanations.jsonl").read_text().splitlines()]
+        assert explained["openai"].get("text") or explained["openai"].get("failure")
+        (scored,) = [json.loads(x) for x in (layer_dir / "scores.jsonl").read_text().splitlines()]
+        splits = {"top_and_random", "random_only", "top_only", "anthropic"}
+        assert set(scored["scores"]) | set(scored["failures"]) == splits
+        assert not set(scored["scores"]) & set(scored["failures"])
+        entry = summary["sites"]["ista"][layer]["splits"]
+        assert sum(entry[s]["n"] + entry[s]["n_nan"] + entry[s]["n_failed"] for s in splits) == 4
