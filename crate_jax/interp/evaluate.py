@@ -31,6 +31,7 @@ from crate_jax.model import model_from_config, neuron_sites
 from crate_jax.train.checkpoints import Checkpointer
 from crate_jax.train.optimizer import make_optimizer
 from crate_jax.train.state import initial_state
+from crate_jax.versions import package_versions
 
 
 def restore_params(config, workdir: Path, model):
@@ -107,7 +108,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     summary = {"variant": config.variant, "size": config.size, "checkpoint_step": step,
                "explainer": interp.explainer, "seed": interp.seed,
                "evaluation_tokens": int(sequences.size), "sites": summary_sites,
-               "config": config.interp.to_dict(), "versions": {"jax": jax.__version__},
+               "config": config.interp.to_dict(), "versions": package_versions(),
                "seconds_this_run": elapsed, "neurons_scored": scored}
     save_json(out / "summary.json", summary)
     (out / "report.md").write_text(markdown_report(summary))

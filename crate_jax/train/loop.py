@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import platform
 import signal
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from crate_jax.train.step import (
     replicated,
     train_batch_sharding,
 )
+from crate_jax.versions import package_versions
 
 
 class TrainingError(RuntimeError):
@@ -213,17 +213,7 @@ def _local_eval_windows(tokens: TokenArrays, seq_len: int, max_windows: int,
 
 def _checkpoint_meta(config, tokens: TokenArrays, step: int) -> dict:
     return {"config": config.to_dict(), "sampler_step": step,
-            "data_fingerprint": tokens.manifest.get("fingerprint"), "versions": _versions()}
-
-
-def _versions() -> dict:
-    import flax
-    import optax
-    import orbax.checkpoint as ocp
-
-    return {"python": platform.python_version(), "jax": jax.__version__,
-            "flax": flax.__version__, "optax": optax.__version__,
-            "orbax_checkpoint": getattr(ocp, "__version__", "unknown")}
+            "data_fingerprint": tokens.manifest.get("fingerprint"), "versions": package_versions()}
 
 
 def _write_run_files(config, workdir: Path, tokens: TokenArrays) -> None:
@@ -231,7 +221,7 @@ def _write_run_files(config, workdir: Path, tokens: TokenArrays) -> None:
     if jax.process_index() != 0:
         return
     (workdir / "config.json").write_text(config.to_json(indent=2, sort_keys=True))
-    run_info = {"versions": _versions(), "devices": [str(d) for d in jax.devices()],
+    run_info = {"versions": package_versions(), "devices": [str(d) for d in jax.devices()],
                 "process_count": jax.process_count(), "data": tokens.manifest}
     (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2, sort_keys=True))
 
