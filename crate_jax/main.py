@@ -18,6 +18,7 @@ from crate_jax.interp.capture import InterpretabilityError
 from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.interp.explanation import BackendError
 from crate_jax.model import ConfigError
+from crate_jax.study import run_study
 from crate_jax.train.checkpoints import CheckpointError
 from crate_jax.train.loop import TrainingError, train_and_evaluate
 
@@ -26,7 +27,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every artifact of
                                "rerunning with the same one resumes.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability}
+STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability, "study": run_study}
 
 # Failures with a message written for the user: printed as one line, no traceback.
 _USER_ERRORS = (ConfigError, SourceError, DataPreparationError, TokenizerError, CheckpointError,

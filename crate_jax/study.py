@@ -1,0 +1,76 @@
+"""The `study` stage: run every (variant, seed) of an ablation study as an ordinary run.
+
+Each run lives in `workdir/runs/<variant>_seed<seed>/` and goes through the `train` and `interp`
+stages, which resume on their own; so a finished run is never redone and an interrupted study
+continues where it stopped. The study's shared settings (size, data, training budget,
+interpretability) override each variant's, and everything is checked before any training starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+from crate_jax.data.token_arrays import prepare_token_arrays
+from crate_jax.interp.evaluate import evaluate_interpretability
+from crate_jax.model import ConfigError, model_from_config, neuron_sites
+from crate_jax.train.loop import train_and_evaluate
+
+SHARED_SECTIONS = ("data", "train", "interp")
+
+
+def _names(text: str, what: str) -> list[str]:
+    names = [name.strip() for name in str(text).split(",") if name.strip()]
+    if not names:
+        raise ConfigError(f"study.{what} is empty")
+    return names
+
+
+def run_configs(config) -> dict[str, object]:
+    """`{run name: config}` for every variant and seed, validated before anything runs."""
+    variants, seeds = _names(config.study.variants, "variants"), _names(config.study.seeds, "seeds")
+    requested_sites = _names(config.interp.sites, "sites") if config.interp.sites else []
+    runs = {}
+    for variant in variants:
+        try:
+            module = importlib.import_module(f"configs.{variant}")
+        except ModuleNotFoundError as error:
+            raise ConfigError(f"study.variants names {variant!r}, but there is no "
+                              f"configs/{variant}.py") from error
+        for seed in seeds:
+            run = module.get_config(config.size)
+            run.seed = int(seed)
+            for section in SHARED_SECTIONS:
+                run[section] = config[section]
+            run.stages = "train,interp"
+            model = model_from_config(run)  # checks the variant's model keys
+            missing = [s for s in requested_sites if s not in neuron_sites(model.config)]
+            if missing:
+                raise ConfigError(f"variant {variant!r} has no {', '.join(missing)} site (it has "
+                                  f"{', '.join(neuron_sites(model.config))}); drop it from "
+                                  "interp.sites or from study.variants")
+            runs[f"{variant}_seed{seed}"] = run
+    return runs
+
+
+def run_study(config, workdir: str | Path) -> dict:
+    """Trains and evaluates every run of the study (skipping finished work); returns a manifest."""
+    workdir = Path(workdir)
+    runs = run_configs(config)
+    workdir.mkdir(parents=True, exist_ok=True)
+    # Tokenize once: every run shares the data settings, so they share the token arrays.
+    prepare_token_arrays(config.data, config.model.vocab_size, workdir)
+    manifest = {"runs": {}, "variants": config.study.variants, "seeds": config.study.seeds}
+    for index, (name, run) in enumerate(runs.items(), start=1):
+        run_dir = workdir / "runs" / name
+        if not (run_dir / "data").exists():
+            shutil.copytree(workdir / "data", run_dir / "data")
+        print(f"study: run {index}/{len(runs)}: {name}", flush=True)
+        train_and_evaluate(run, run_dir)
+        evaluate_interpretability(run, run_dir)
+        manifest["runs"][name] = {"variant": run.variant, "seed": run.seed,
+                                  "workdir": str(run_dir.relative_to(workdir))}
+    (workdir / "study.json").write_text(json.dumps(manifest, indent=2))
+    return manifest

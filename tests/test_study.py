@@ -1,0 +1,65 @@
+"""The ablation study stage: validation before training, and resuming without retraining."""
+
+import pytest
+from run_helpers import with_data, workdir_with_data
+
+from configs import ablation
+from crate_jax.model import ConfigError
+from crate_jax.study import run_configs, run_study
+
+
+def _study(prepared, **study):
+    config = with_data(ablation.get_config("tiny"), prepared)
+    config.train.update(dict(num_steps=10, batch_size=8, seq_len=64, warmup_steps=2,
+                             log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
+                             progress_bar=False))
+    config.interp.update(dict(num_sequences=8, seq_len=64, window=16, top_k=4, random_k=4,
+                              quantile_bins=2, per_bin=2, neurons_per_layer=8,
+                              bootstrap_samples=100))
+    config.study.update(study)
+    return config
+
+
+def test_every_run_shares_the_study_settings_and_keeps_its_ablation_keys(prepared):
+    runs = run_configs(_study(prepared))
+    assert len(runs) == 15
+    assert runs["no_ista_seed1"].model.sparse_block == "none"
+    assert runs["standard_attention_seed2"].model.attention == "mhsa"
+    assert runs["gpt2_seed0"].model.use_bias is False
+    assert {run.seed for run in runs.values()} == {0, 1, 2}
+    assert all(run.train.num_steps == 10 and run.interp.neurons_per_layer == 8
+               for run in runs.values())
+
+
+def test_unknown_variant_or_missing_site_fails_before_any_training(prepared, tmp_path):
+    with pytest.raises(ConfigError, match="no configs/no_sta.py"):
+        run_study(_study(prepared, variants="crate,no_sta"), tmp_path / "a")
+    config = _study(prepared, variants="crate,gpt2")
+    config.interp.sites = "ista,attn"
+    with pytest.raises(ConfigError, match="variant 'gpt2' has no ista site"):
+        run_study(config, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_miniature_study_runs_and_a_rerun_retrains_nothing(prepared, tmp_path):
+    workdir = workdir_with_data(prepared, tmp_path, "study")
+    config = _study(prepared, variants="crate,no_ista", seeds="0")
+    manifest = run_study(config, workdir)
+    assert set(manifest["runs"]) == {"crate_seed0", "no_ista_seed0"}
+    stamps = {}
+    for name in manifest["runs"]:
+        run_dir = workdir / "runs" / name
+        assert (run_dir / "interp" / "summary.json").exists()
+        stamps[name] = (run_dir / "checkpoints" / "10").stat().st_mtime_ns, \
+            (run_dir / "interp" / "summary.json").read_text()
+    run_study(config, workdir)  # finished runs are skipped, results unchanged
+    for name, (mtime, summary) in stamps.items():
+        run_dir = workdir / "runs" / name
+        assert (run_dir / "checkpoints" / "10").stat().st_mtime_ns == mtime
+        assert _scores_of(summary) == _scores_of((run_dir / "interp" / "summary.json").read_text())
+
+
+def _scores_of(summary_text):
+    import json
+
+    return json.loads(summary_text)["sites"]
