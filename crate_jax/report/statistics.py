@@ -1,0 +1,69 @@
+"""Confidence intervals over neurons and seeds, and for differences between variants.
+
+A study's score for one variant and site pools every scored neuron of every seed. Neurons of the
+same seed share a trained model, so they are not independent draws; the interval comes from a
+two-level bootstrap: resample seeds, then neurons within each resampled seed. With one seed it
+is the ordinary bootstrap over neurons. A difference between two variants resamples each
+independently (they are separate training runs) and takes percentiles of the difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+LEVEL = 0.95
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    array = np.asarray([math.nan if v is None else v for v in values], np.float64)
+    return array[np.isfinite(array)]
+
+
+def bootstrap_means(groups: Sequence[Sequence[float]], samples: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """`samples` bootstrap replicates of the pooled mean: `[samples]`.
+
+    `groups` holds one list of per-neuron scores per seed (NaN and None are dropped).
+    """
+    groups = [g for g in (_finite(g) for g in groups) if g.size]
+    if not groups:
+        return np.full(samples, math.nan)
+    means = np.empty(samples)
+    for b in range(samples):
+        chosen = rng.integers(0, len(groups), len(groups))
+        pooled = [groups[i][rng.integers(0, groups[i].size, groups[i].size)] for i in chosen]
+        means[b] = np.concatenate(pooled).mean()
+    return means
+
+
+def _interval(replicates: np.ndarray) -> tuple[float, float]:
+    if np.isnan(replicates).any():
+        return math.nan, math.nan
+    tail = (1 - LEVEL) / 2 * 100
+    low, high = np.percentile(replicates, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def pooled_mean_interval(groups: Sequence[Sequence[float]], *, samples: int = 1000,
+                         seed: int = 0) -> dict:
+    """`{"mean", "ci_low", "ci_high", "n"}` of the pooled finite scores of all groups."""
+    finite = [_finite(g) for g in groups]
+    n = int(sum(g.size for g in finite))
+    mean = float(np.concatenate(finite).mean()) if n else math.nan
+    low, high = _interval(bootstrap_means(groups, samples, np.random.default_rng(seed)))
+    return {"mean": mean, "ci_low": low, "ci_high": high, "n": n}
+
+
+def difference_interval(groups: Sequence[Sequence[float]],
+                        reference: Sequence[Sequence[float]], *, samples: int = 1000,
+                        seed: int = 0) -> dict:
+    """The pooled mean of `groups` minus that of `reference`, with its bootstrap interval."""
+    rng = np.random.default_rng(seed)
+    ours, theirs = bootstrap_means(groups, samples, rng), bootstrap_means(reference, samples, rng)
+    own = pooled_mean_interval(groups, samples=1)["mean"]
+    other = pooled_mean_interval(reference, samples=1)["mean"]
+    low, high = _interval(ours - theirs)
+    return {"difference": own - other, "ci_low": low, "ci_high": high}
