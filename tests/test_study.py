@@ -52,6 +52,7 @@ def test_miniature_study_runs_and_a_rerun_retrains_nothing(prepared, tmp_path):
         assert (run_dir / "interp" / "summary.json").exists()
         stamps[name] = (run_dir / "checkpoints" / "10").stat().st_mtime_ns, \
             (run_dir / "interp" / "summary.json").read_text()
+    _check_report_against_run_files(workdir)
     run_study(config, workdir)  # finished runs are skipped, results unchanged
     for name, (mtime, summary) in stamps.items():
         run_dir = workdir / "runs" / name
@@ -63,3 +64,36 @@ def _scores_of(summary_text):
     import json
 
     return json.loads(summary_text)["sites"]
+
+
+def _check_report_against_run_files(workdir):
+    """The CSV's means equal those recomputed here from the per-run score files."""
+    import csv
+    import json
+    import math
+
+    rows = {row["variant"]: row for row in csv.DictReader(open(workdir / "report" /
+                                                                "ablation.csv"))}
+    assert set(rows) == {"crate", "no_ista"}
+    assert (workdir / "report" / "ablation.md").read_text().startswith("| variant |")
+    assert rows["no_ista"]["ista/top_and_random/mean"] == ""  # absent, not zero
+    for variant in rows:
+        run_dir = workdir / "runs" / f"{variant}_seed0"
+        for site in ("ista", "attn", "resid"):
+            values = []
+            for path in sorted((run_dir / "interp" / "scores" / site).glob("*/scores.jsonl")):
+                for line in path.read_text().splitlines():
+                    entry = json.loads(line)
+                    if "random_only" not in entry["failures"] and \
+                            entry["scores"]["random_only"] is not None:
+                        values.append(entry["scores"]["random_only"])
+            column = f"{site}/random_only/mean"
+            if not values:
+                assert rows[variant].get(column, "") == ""
+                continue
+            assert math.isclose(float(rows[variant][column]), sum(values) / len(values),
+                                rel_tol=1e-9)
+        last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+                if json.loads(x)["split"] == "validation"][-1]
+        assert math.isclose(float(rows[variant]["validation_loss/mean"]), last["loss"])
+    assert rows["no_ista"]["attn/random_only/vs_crate/difference"] != ""
