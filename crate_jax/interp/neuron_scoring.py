@@ -64,6 +64,17 @@ def _parallel(function: Callable, items: Iterable, workers: int) -> Iterable:
             yield future.result()
 
 
+def _complete(neurons: list[NeuronRecord], work: Callable[[NeuronRecord], dict], path: Path,
+              done: dict[int, dict], workers: int) -> dict[int, dict]:
+    """Runs `work` on the neurons not yet in `done`, appending each entry to `path` as it
+    finishes; returns every neuron's entry."""
+    todo = [n for n in neurons if n.neuron_id.neuron_index not in done]
+    for entry in _parallel(work, todo, workers):
+        _append(path, entry)
+        done[entry["neuron"]] = entry
+    return done
+
+
 def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Path,
                   workers: int = 1) -> dict[int, dict]:
     """Explanations of every neuron (both protocols), reusing those already on file."""
@@ -82,11 +93,7 @@ def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Pa
                 entry[protocol] = {"failure": str(failure)}
         return entry
 
-    todo = [n for n in neurons if n.neuron_id.neuron_index not in done]
-    for entry in _parallel(explain, todo, workers):
-        _append(path, entry)
-        done[entry["neuron"]] = entry
-    return done
+    return _complete(neurons, explain, path, done, workers)
 
 
 def baseline_partners(indices: list[int], seed: int, layer: int) -> dict[int, int]:
@@ -153,8 +160,4 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                                         for k, v in entry["baseline_scores"].items()}
         return entry
 
-    todo = [n for n in neurons if n.neuron_id.neuron_index not in done]
-    for entry in _parallel(score, todo, workers):
-        _append(path, entry)
-        done[entry["neuron"]] = entry
-    return done
+    return _complete(neurons, score, path, done, workers)
