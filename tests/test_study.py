@@ -76,6 +76,11 @@ def _check_report_against_run_files(workdir):
                                                                 "ablation.csv"))}
     assert set(rows) == {"crate", "no_ista"}
     assert (workdir / "report" / "ablation.md").read_text().startswith("| variant |")
+    for name in ("scores_by_layer_top_and_random", "scores_by_layer_random_only",
+                 "scores_by_layer_anthropic", "sparsity_by_layer", "validation_loss",
+                 "score_vs_loss"):
+        png = (workdir / "report" / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
     assert rows["no_ista"]["ista/top_and_random/mean"] == ""  # absent, not zero
     for variant in rows:
         run_dir = workdir / "runs" / f"{variant}_seed0"
