@@ -17,6 +17,7 @@ from crate_jax.data.token_arrays import prepare_token_arrays
 from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.model import ConfigError, model_from_config, neuron_sites
 from crate_jax.report.ablation_table import build_table, markdown_table, write_table
+from crate_jax.report.page import write_page
 from crate_jax.report.plots import write_plots
 from crate_jax.train.loop import train_and_evaluate
 
@@ -77,7 +78,7 @@ def run_study(config, workdir: str | Path) -> dict:
     (workdir / "study.json").write_text(json.dumps(manifest, indent=2))
     rows = build_table(workdir, samples=config.interp.bootstrap_samples, seed=config.interp.seed)
     write_table(rows, workdir / "report")
-    write_plots(workdir, workdir / "report")
+    page = write_page(workdir, workdir / "report", write_plots(workdir, workdir / "report"))
     print(markdown_table(rows), flush=True)
-    print(f"study: comparison in {workdir / 'report'}", flush=True)
+    print(f"study: open {page}", flush=True)
     return manifest

@@ -1,5 +1,8 @@
 """The ablation study stage: validation before training, and resuming without retraining."""
 
+import shutil
+import subprocess
+
 import pytest
 from run_helpers import with_data, workdir_with_data
 
@@ -41,23 +44,58 @@ def test_unknown_variant_or_missing_site_fails_before_any_training(prepared, tmp
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_miniature_study_runs_and_a_rerun_retrains_nothing(prepared, tmp_path):
-    workdir = workdir_with_data(prepared, tmp_path, "study")
+@pytest.fixture(scope="module")
+def miniature(prepared, tmp_path_factory):
+    """A finished 2-variant, 1-seed study: (its config, its workdir)."""
+    workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("study"), "study")
     config = _study(prepared, variants="crate,no_ista", seeds="0")
     manifest = run_study(config, workdir)
     assert set(manifest["runs"]) == {"crate_seed0", "no_ista_seed0"}
+    return config, workdir
+
+
+def test_miniature_study_writes_every_report_file(miniature):
+    _, workdir = miniature
+    _check_report_against_run_files(workdir)
+
+
+def test_rerunning_a_finished_study_retrains_nothing(miniature):
+    config, workdir = miniature
     stamps = {}
-    for name in manifest["runs"]:
+    for name in ("crate_seed0", "no_ista_seed0"):
         run_dir = workdir / "runs" / name
-        assert (run_dir / "interp" / "summary.json").exists()
         stamps[name] = (run_dir / "checkpoints" / "10").stat().st_mtime_ns, \
             (run_dir / "interp" / "summary.json").read_text()
-    _check_report_against_run_files(workdir)
     run_study(config, workdir)  # finished runs are skipped, results unchanged
     for name, (mtime, summary) in stamps.items():
         run_dir = workdir / "runs" / name
         assert (run_dir / "checkpoints" / "10").stat().st_mtime_ns == mtime
         assert _scores_of(summary) == _scores_of((run_dir / "interp" / "summary.json").read_text())
+
+
+def test_report_page_renders_in_a_headless_browser(miniature, tmp_path):
+    """Opens index.html from disk in Chromium (no server, no network) and reads what it shows."""
+    _, workdir = miniature
+    page = workdir / "report" / "index.html"
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs Debian's chromium package)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert '<table id="ablation-table">' in dom.stdout
+    assert "<td>crate</td>" in dom.stdout and "<td>no_ista</td>" in dom.stdout
+    assert dom.stdout.count('class="neuron"') >= 2 and 'class="token"' in dom.stdout
+    screenshot = tmp_path / "page.png"
+    shot = subprocess.run([browser, *flags, f"--screenshot={screenshot}",
+                           "--window-size=1280,2000", page.as_uri()], capture_output=True,
+                          text=True, timeout=120)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
+    assert screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
 
 
 def _scores_of(summary_text):
@@ -76,6 +114,8 @@ def _check_report_against_run_files(workdir):
                                                                 "ablation.csv"))}
     assert set(rows) == {"crate", "no_ista"}
     assert (workdir / "report" / "ablation.md").read_text().startswith("| variant |")
+    assert (workdir / "report" / "ablation.json").exists()
+    assert "neuron-viewer" in (workdir / "report" / "index.html").read_text()
     for name in ("scores_by_layer_top_and_random", "scores_by_layer_random_only",
                  "scores_by_layer_anthropic", "sparsity_by_layer", "validation_loss",
                  "score_vs_loss"):

@@ -7,6 +7,7 @@ from pathlib import Path
 from absl import app, flags
 
 from crate_jax.report.ablation_table import build_table, markdown_table, write_table
+from crate_jax.report.page import write_page
 from crate_jax.report.plots import write_plots
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir (holding study.json).")
@@ -22,9 +23,9 @@ def main(argv: list[str]) -> None:
                              "(python -m crate_jax.main --config=configs/ablation.py ...)")
     rows = build_table(workdir)
     write_table(rows, workdir / "report")
-    write_plots(workdir, workdir / "report")
+    page = write_page(workdir, workdir / "report", write_plots(workdir, workdir / "report"))
     print(markdown_table(rows))
-    print(f"report: {workdir / 'report'}")
+    print(f"report: open {page}")
 
 
 if __name__ == "__main__":
