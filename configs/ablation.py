@@ -19,5 +19,11 @@ def get_config(arg=None):
         variants="crate,no_ista,standard_attention,gpt2,ista_to_mlp",
         seeds="0,1,2",
     )
+    if config.size == "tiny":
+        # 15 runs on a 2-core laptop CPU: a shorter budget per run than a single `tiny` run,
+        # and a seeded sample of 128 neurons per site and layer.
+        config.train.update(dict(num_steps=200, warmup_steps=20, eval_every=100,
+                                 checkpoint_every=100))
+        config.interp.update(dict(num_sequences=128, neurons_per_layer=128))
     config.stages = "study"
     return config
