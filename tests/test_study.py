@@ -59,6 +59,22 @@ def test_miniature_study_writes_every_report_file(miniature):
     _check_report_against_run_files(workdir)
 
 
+def test_an_interrupted_study_finishes_without_retraining_finished_runs(miniature):
+    """As if killed while scoring no_ista: the rerun redoes only that run's missing work."""
+    config, workdir = miniature
+    stamps = {}
+    for name in ("crate_seed0", "no_ista_seed0"):
+        stamps[name] = (workdir / "runs" / name / "checkpoints" / "10").stat().st_mtime_ns
+    interp = workdir / "runs" / "no_ista_seed0" / "interp"
+    expected = _scores_of((interp / "summary.json").read_text())
+    shutil.rmtree(interp / "scores")
+    (interp / "summary.json").unlink()
+    run_study(config, workdir)
+    assert _scores_of((interp / "summary.json").read_text()) == expected
+    for name, mtime in stamps.items():
+        assert (workdir / "runs" / name / "checkpoints" / "10").stat().st_mtime_ns == mtime
+
+
 def test_rerunning_a_finished_study_retrains_nothing(miniature):
     config, workdir = miniature
     stamps = {}

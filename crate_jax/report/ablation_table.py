@@ -126,12 +126,15 @@ def markdown_table(rows: list[dict]) -> str:
         for split in REPORTED_SPLITS:
             if any(f"{site}/{split}" in row for row in rows):
                 columns.append(f"{site}/{split}")
-    lines = ["| " + " | ".join(header + columns + [f"{c} vs CRATE" for c in columns]) + " |",
-             "|" + "---|" * (len(header) + 2 * len(columns))]
+    sparse = [f"{site}/{kind}" for site in ("ista", "mlp") for kind in ("zero_fraction", "mean_l0")
+              if any(f"{site}/{kind}" in row for row in rows)]
+    lines = ["| " + " | ".join(header + sparse + columns + [f"{c} vs CRATE" for c in columns])
+             + " |", "|" + "---|" * (len(header) + len(sparse) + 2 * len(columns))]
     for row in rows:
         cells = [row["variant"], str(row["seeds"]), f"{row['parameters'] / 1e6:.2f}M",
                  _interval_text(row["validation_loss"]),
                  _interval_text(row["validation_bits_per_byte"])]
+        cells += [f"{row[c]:.3f}" if c in row else "—" for c in sparse]
         cells += [_interval_text(row.get(c)) for c in columns]
         cells += [_interval_text(row.get(f"{c}/vs_crate"), "difference") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
