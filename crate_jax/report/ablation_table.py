@@ -9,6 +9,7 @@ Sites a variant lacks are absent from its row (empty in the CSV), never zero.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 from collections import defaultdict
@@ -22,13 +23,18 @@ REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic")
 REFERENCE_VARIANT = "crate"
 
 
+@functools.cache
+def score_entries(path: Path) -> tuple[dict, ...]:
+    """The per-neuron lines of one scores.jsonl (parsed once: they hold the simulations)."""
+    return tuple(json.loads(line) for line in path.read_text().splitlines())
+
+
 def _run_scores(run_dir: Path) -> dict[str, dict[str, list[float]]]:
     """`{site: {split: [score per neuron over all layers]}}` from a run's scores.jsonl files."""
     scores: dict = defaultdict(lambda: defaultdict(list))
     for path in sorted((run_dir / "interp" / "scores").glob("*/layer_*/scores.jsonl")):
         site = path.parent.parent.name
-        for line in path.read_text().splitlines():
-            entry = json.loads(line)
+        for entry in score_entries(path):
             for split in REPORTED_SPLITS:
                 if split not in entry["failures"]:
                     value = entry["scores"].get(split)

@@ -21,7 +21,11 @@ matplotlib.use("Agg")  # files only: no display, works on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from crate_jax.report.ablation_table import REPORTED_SPLITS, SITES  # noqa: E402
+from crate_jax.report.ablation_table import (  # noqa: E402
+    REPORTED_SPLITS,
+    SITES,
+    score_entries,
+)
 from crate_jax.report.statistics import pooled_mean_interval  # noqa: E402
 
 _FIGURE = dict(figsize=(7.0, 2.6), dpi=150)
@@ -39,7 +43,7 @@ def _layer_scores(run_dir: Path, site: str, split: str) -> dict[int, list[float]
     scores = {}
     for path in sorted((run_dir / "interp" / "scores" / site).glob("layer_*/scores.jsonl")):
         layer = int(path.parent.name.split("_")[1])
-        entries = [json.loads(line) for line in path.read_text().splitlines()]
+        entries = score_entries(path)
         scores[layer] = [math.nan if e["scores"].get(split) is None else e["scores"][split]
                          for e in entries if split not in e["failures"]]
     return scores

@@ -26,17 +26,19 @@ def bootstrap_means(groups: Sequence[Sequence[float]], samples: int,
                     rng: np.random.Generator) -> np.ndarray:
     """`samples` bootstrap replicates of the pooled mean: `[samples]`.
 
-    `groups` holds one list of per-neuron scores per seed (NaN and None are dropped).
+    `groups` holds one list of per-neuron scores per seed (NaN and None are dropped). Vectorised:
+    every group's resampled sums are drawn for every (replicate, seed slot), then each slot keeps
+    the sum of the group its resampled seed names.
     """
     groups = [g for g in (_finite(g) for g in groups) if g.size]
     if not groups:
         return np.full(samples, math.nan)
-    means = np.empty(samples)
-    for b in range(samples):
-        chosen = rng.integers(0, len(groups), len(groups))
-        pooled = [groups[i][rng.integers(0, groups[i].size, groups[i].size)] for i in chosen]
-        means[b] = np.concatenate(pooled).mean()
-    return means
+    chosen = rng.integers(0, len(groups), (samples, len(groups)))      # resampled seeds
+    sums = np.stack([g[rng.integers(0, g.size, (samples, len(groups), g.size))].sum(axis=-1)
+                     for g in groups])                                  # [G, samples, G]
+    sizes = np.asarray([g.size for g in groups])
+    picked = np.take_along_axis(sums, chosen[None], axis=0)[0]          # [samples, G]
+    return picked.sum(axis=1) / sizes[chosen].sum(axis=1)
 
 
 def _interval(replicates: np.ndarray) -> tuple[float, float]:
