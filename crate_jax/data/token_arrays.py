@@ -94,7 +94,7 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
     manifest = {**settings, "dtype": dtype.name, "splits": splits,
                 "fingerprint": source_fingerprint(source, data_dir),
                 "end_of_text": tokenizer.end_of_text, "tokenizer_vocab_size": tokenizer.vocab_size}
-    _write_json_atomically(manifest_path, manifest)  # written last: its presence means "complete"
+    write_json_atomically(manifest_path, manifest)  # written last: its presence means "complete"
     return _load_prepared(directory, settings)
 
 
@@ -169,7 +169,8 @@ def _load_prepared(directory: Path, settings: dict) -> TokenArrays:
     return TokenArrays(train=arrays["train"], validation=arrays["validation"], manifest=manifest)
 
 
-def _write_json_atomically(path: Path, value: dict) -> None:
+def write_json_atomically(path: Path, value: dict) -> None:
+    """Temp file + rename: a crash leaves the old file or the new one, never half of one."""
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(value, indent=2, sort_keys=True))
     os.replace(temporary, path)

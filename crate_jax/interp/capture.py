@@ -8,7 +8,6 @@ and are then dropped, so memory does not grow with the evaluation set.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,7 +117,3 @@ def read_records(path: Path) -> list[NeuronRecord]:
         return [from_json(line) for line in file if line.strip()]
 
 
-def save_json(path: Path, value) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True))
-    os.replace(temporary, path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import jax
 
-from crate_jax.data.token_arrays import prepare_token_arrays
+from crate_jax.data.token_arrays import prepare_token_arrays, write_json_atomically
 from crate_jax.data.tokenizer import load_or_train_tokenizer
 from crate_jax.interp.backends import make_backend
 from crate_jax.interp.capture import (
@@ -23,7 +23,6 @@ from crate_jax.interp.capture import (
     evaluation_sequences,
     mine_records,
     read_records,
-    save_json,
 )
 from crate_jax.interp.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.report import layer_summary, markdown_report
@@ -82,7 +81,8 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         _say(f"interp: mining records of {', '.join(sites)} on {sequences.size:,} tokens")
         sparsity = mine_records(model, params, sequences, sites, interp, decode, records_dir)
-        save_json(sparsity_path, sparsity)  # written last: its presence means mining finished
+        # Written last: its presence means mining finished.
+        write_json_atomically(sparsity_path, sparsity)
     sparsity = _read_json(sparsity_path)
 
     explainer, simulator = make_backend(interp)
@@ -110,7 +110,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
                "evaluation_tokens": int(sequences.size), "sites": summary_sites,
                "config": config.interp.to_dict(), "versions": package_versions(),
                "seconds_this_run": elapsed, "neurons_scored": scored}
-    save_json(out / "summary.json", summary)
+    write_json_atomically(out / "summary.json", summary)
     (out / "report.md").write_text(markdown_report(summary))
     _say(markdown_report(summary))
     return summary
