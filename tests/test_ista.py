@@ -78,12 +78,16 @@ def test_block_code_is_nonnegative_with_exact_zeros_and_output_is_dictionary_tim
     np.testing.assert_allclose(output, code @ dictionary.T, rtol=1e-5, atol=1e-6)
 
 
-def test_dictionary_init_is_kaiming_uniform_over_its_last_axis():
-    """PyTorch's kaiming_uniform_ on a [d, 4d] tensor: U(-b, b) with b = sqrt(6 / (4d))."""
+def test_dictionary_init_is_pytorch_kaiming_uniform_on_the_papers_4d_by_d_tensor():
+    """The paper calls `torch.nn.init.kaiming_uniform_` on a `[4d, d]` tensor: fan_in is its
+    size(1) = d, so D ~ U(-b, b) with b = gain * sqrt(3 / fan_in) = sqrt(2) * sqrt(3 / d)."""
+    width = 128
     block = SparseCodingBlock()
-    params = block.init(jax.random.key(0), jnp.zeros((1, 1, 128)))["params"]
+    params = block.init(jax.random.key(0), jnp.zeros((1, 1, width)))["params"]
     dictionary = np.asarray(params["dictionary"])
-    bound = np.sqrt(6.0 / 512)
+    assert dictionary.shape == (width, 4 * width)  # stored as [d, 4d], the transpose of theirs
+    bound = np.sqrt(2.0) * np.sqrt(3.0 / width)
     assert np.abs(dictionary).max() <= bound
-    assert np.abs(dictionary).max() > 0.98 * bound
+    assert np.abs(dictionary).max() > 0.98 * bound  # 65k samples reach the bound's edge
+    assert np.abs(dictionary).max() > np.sqrt(6.0 / (4 * width))  # not fan_in = 4d
     np.testing.assert_allclose(dictionary.std(), bound / np.sqrt(3), rtol=0.02)

@@ -17,6 +17,7 @@ def residual_output_init(num_layers: int) -> nn.initializers.Initializer:
     return nn.initializers.normal(DEFAULT_STDDEV / math.sqrt(2 * num_layers))
 
 
-# PyTorch's `kaiming_uniform_` on a `[d, 4d]` tensor (the CRATE dictionary's layout) bounds it by
-# sqrt(6 / fan_in) with fan_in = 4d, the size of its last axis; `in_axis=-1` reproduces that.
-DICTIONARY_INIT = nn.initializers.kaiming_uniform(in_axis=-1, out_axis=-2)
+# The paper's code calls PyTorch's `kaiming_uniform_` (a=0, gain sqrt(2)) on a `[4d, d]` tensor,
+# whose fan_in is its size(1) = d: U(-b, b) with b = sqrt(2) * sqrt(3 / d) = sqrt(6 / d). Our
+# dictionary is stored transposed, `[d, 4d]`, so its fan_in is the first axis (`in_axis=-2`).
+DICTIONARY_INIT = nn.initializers.kaiming_uniform(in_axis=-2, out_axis=-1)
