@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from crate_jax.interp.explanation import Explanation
 from crate_jax.interp.miner import RecordMiner
 from crate_jax.interp.neuron_scoring import baseline_partners, explain_layer, score_layer
 from crate_jax.interp.records import ActivationRecord, NeuronId, NeuronRecord, from_json, to_json
@@ -115,3 +116,40 @@ def test_held_out_groups_alternate_with_the_explanation_half_and_snippets_are_3_
     assert groups["top"] == top[1::2] and groups["random"] == top[1:4:2]
     snippet = peak_snippet(top[1])
     assert snippet.tokens == ["t1"] * 3 and snippet.activations == [1.0, 9.0, 1.0]
+
+
+class _PromptExplainer:
+    """Explains with the LLM explainer's prompt itself, so a test can see what it was shown."""
+
+    def explain(self, records, max_activation):
+        from crate_jax.interp.llm_backend import explanation_prompt
+        return Explanation(text=explanation_prompt(records, max_activation))
+
+
+def _neuron_with_held_out_peak(held_out_peak: float) -> NeuronRecord:
+    """Top records whose rank-1 record (held out in every protocol) peaks at `held_out_peak`,
+    while every explanation record peaks at 2.0."""
+    top = [ActivationRecord(["x", "a", "y"], [0.0, 2.0, 1.0]) for _ in range(10)]
+    top[1] = ActivationRecord(["x", "b", "y"], [0.0, held_out_peak, 1.0])
+    random = [ActivationRecord(["x", "y", "z"], [0.0, 0.5, 0.0]) for _ in range(10)]
+    return NeuronRecord(NeuronId(0, 0), random_sample=random,
+                        most_positive_activation_records=top)
+
+
+@pytest.mark.parametrize("explainer", [TokenLookupExplainer(), _PromptExplainer()],
+                         ids=["token_lookup", "llm_prompt"])
+def test_explanations_are_scaled_by_their_own_records_not_the_held_out_ones(tmp_path,
+                                                                          explainer):
+    """The 0-10 scale shown to the explainer is set by the records it is given (as OpenAI's
+    demo does with `calculate_max_activation(train_activation_records)`): a held-out record
+    ten times larger must not change the explainer's input."""
+    shown = {}
+    for peak in (2.0, 20.0):
+        out = tmp_path / str(peak)
+        out.mkdir()
+        shown[peak] = explain_layer([_neuron_with_held_out_peak(peak)], explainer, out)[0]
+    assert shown[20.0] == shown[2.0]
+    if isinstance(explainer, TokenLookupExplainer):
+        assert shown[20.0]["openai"]["details"]["token_weights"]["a"] == 10.0
+    else:
+        assert "a\t10" in shown[20.0]["openai"]["text"]

@@ -37,8 +37,9 @@ class SimulationFailure(RuntimeError):
 
 class Explainer(Protocol):
     def explain(self, records: Sequence[ActivationRecord], max_activation: float) -> Explanation:
-        """An explanation of the neuron whose `records` these are; `max_activation` is the scale
-        on which activations are normalised to 0-10."""
+        """An explanation of the neuron whose `records` these are; `max_activation` (the largest
+        activation in `records` themselves, never in held-out ones) is the scale on which
+        activations are normalised to 0-10."""
         ...
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from crate_jax.interp.explanation import Explainer, Explanation, SimulationFailure, Simulator
-from crate_jax.interp.records import ActivationRecord, NeuronRecord
+from crate_jax.interp.records import ActivationRecord, NeuronRecord, max_activation
 from crate_jax.interp.scoring import correlation_score
 from crate_jax.interp.splits import (
     ANTHROPIC_SPLIT,
@@ -87,7 +87,7 @@ def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Pa
         for protocol, records in (("openai", openai_explanation_records(neuron)),
                                   ("anthropic", anthropic_explanation_records(neuron))):
             try:
-                explanation = explainer.explain(records, neuron.max_activation)
+                explanation = explainer.explain(records, max_activation(records))
                 entry[protocol] = dataclasses.asdict(explanation)
             except SimulationFailure as failure:
                 entry[protocol] = {"failure": str(failure)}

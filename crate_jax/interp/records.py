@@ -46,9 +46,17 @@ class NeuronRecord:
 
     @property
     def max_activation(self) -> float:
-        """The largest activation among the top records (the scale explanations are given in)."""
-        return max((max(r.activations) for r in self.most_positive_activation_records),
-                   default=0.0)
+        """The largest activation among all top records, held-out ones included (for display;
+        explanations are scaled by `max_activation(records)` of their own records)."""
+        return max_activation(self.most_positive_activation_records)
+
+
+def max_activation(records: list[ActivationRecord]) -> float:
+    """The largest activation in `records` (0.0 if there are none): the scale an explanation's
+    0-10 activations are given in. Computed over the explanation records only, as OpenAI's
+    `calculate_max_activation(train_activation_records)`, so held-out records never leak into
+    the explainer's input."""
+    return max((max(r.activations) for r in records if r.activations), default=0.0)
 
 
 _TYPES = {cls.__name__: cls for cls in (ActivationRecord, NeuronId, NeuronRecord)}
