@@ -153,3 +153,21 @@ def test_explanations_are_scaled_by_their_own_records_not_the_held_out_ones(tmp_
         assert shown[20.0]["openai"]["details"]["token_weights"]["a"] == 10.0
     else:
         assert "a\t10" in shown[20.0]["openai"]["text"]
+
+
+class _ThirdsSimulator:
+    """Predicts k/3 on the k-th token: values no short decimal holds exactly."""
+
+    def simulate(self, explanation, token_sequences):
+        return [[k / 3 for k in range(len(tokens))] for tokens in token_sequences]
+
+
+def test_simulations_are_stored_at_full_precision(tmp_path):
+    neuron = _neuron_with_held_out_peak(2.0)
+    explanations = explain_layer([neuron], TokenLookupExplainer(), tmp_path)
+    score_layer([neuron], explanations, _ThirdsSimulator(), tmp_path, random_baseline=False,
+                seed=0, layer=0)
+    stored = json.loads((tmp_path / "scores.jsonl").read_text().splitlines()[0])
+    expected = [[k / 3 for k in range(3)] for _ in held_out_records(neuron)["top"]]
+    assert stored["simulations"]["openai"]["top"] == expected
+    assert stored["simulations"]["anthropic"]["snippets"][0] == [k / 3 for k in range(3)]

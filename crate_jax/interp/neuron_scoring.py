@@ -122,8 +122,8 @@ def _simulate_and_score(explanation_entry: dict, groups: dict[str, list[Activati
         true = [r.activations for g in split_groups()[split] for r in groups[g]]
         predicted = [p for g in split_groups()[split] for p in simulated[g]]
         scores[split] = correlation_score(true, predicted)
-    rounded = {g: [[round(v, 3) for v in seq] for seq in simulated[g]] for g in needed}
-    return scores, {}, rounded
+    # Stored unrounded, so a score can be recomputed exactly from the file.
+    return scores, {}, {g: [[float(v) for v in seq] for seq in simulated[g]] for g in needed}
 
 
 def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
