@@ -109,11 +109,14 @@ def test_records_round_trip_in_neuron_explainer_json_layout():
 
 def test_held_out_groups_alternate_with_the_explanation_half_and_snippets_are_3_tokens():
     top = [ActivationRecord([f"t{i}"] * 5, [0.0, 1.0, float(10 - i), 1.0, 0.0])
-           for i in range(6)]
+           for i in range(8)]
     neuron = NeuronRecord(NeuronId(0, 0), random_sample=top[:4],
                           most_positive_activation_records=top)
-    groups = held_out_records(neuron)
-    assert groups["top"] == top[1::2] and groups["random"] == top[1:4:2]
+    openai = held_out_records(neuron, "openai")
+    assert openai["top"] == top[1::2] and openai["random"] == top[1:4:2]
+    anthropic = held_out_records(neuron, "anthropic")
+    assert anthropic["top"] == top[1::4] and anthropic["random"] == top[1:4:2]
+    assert anthropic["snippets"] == [peak_snippet(r) for r in top[3::4]]
     snippet = peak_snippet(top[1])
     assert snippet.tokens == ["t1"] * 3 and snippet.activations == [1.0, 9.0, 1.0]
 
@@ -168,6 +171,48 @@ def test_simulations_are_stored_at_full_precision(tmp_path):
     score_layer([neuron], explanations, _ThirdsSimulator(), tmp_path, random_baseline=False,
                 seed=0, layer=0)
     stored = json.loads((tmp_path / "scores.jsonl").read_text().splitlines()[0])
-    expected = [[k / 3 for k in range(3)] for _ in held_out_records(neuron)["top"]]
+    expected = [[k / 3 for k in range(3)] for _ in held_out_records(neuron, "openai")["top"]]
     assert stored["simulations"]["openai"]["top"] == expected
     assert stored["simulations"]["anthropic"]["snippets"][0] == [k / 3 for k in range(3)]
+
+
+def _ranked_neuron(top_k: int = 20, random_k: int = 20) -> NeuronRecord:
+    """Records whose tokens name them: top rank i holds `t{i}_0..4` (peak in the middle),
+    random record j holds `r{j}_0..4`."""
+    def record(name, index, peak):
+        return ActivationRecord([f"{name}{index}_{k}" for k in range(5)],
+                                [0.0, 1.0, peak, 1.0, 0.0])
+    return NeuronRecord(NeuronId(0, 0),
+                        random_sample=[record("r", j, 0.5) for j in range(random_k)],
+                        most_positive_activation_records=[record("t", i, 100.0 - i)
+                                                          for i in range(top_k)])
+
+
+class _NamingSimulator:
+    """Predicts, on every token `t{i}_k` or `r{j}_k`, the rank it names (+1000 for random
+    records), so the stored simulations tell which records each group held."""
+
+    def simulate(self, explanation, token_sequences):
+        def rank(token):
+            number = float(token[1:].split("_")[0])
+            return number + (1000.0 if token[0] == "r" else 0.0)
+        return [[rank(token) for token in tokens] for tokens in token_sequences]
+
+
+def _simulated_ranks(tmp_path, neuron, **protocol):
+    """{protocol: {group: [record rank, ...]}} read back from scores.jsonl."""
+    explanations = explain_layer([neuron], TokenLookupExplainer(), tmp_path, **protocol)
+    score_layer([neuron], explanations, _NamingSimulator(), tmp_path, random_baseline=False,
+                seed=0, layer=0, **protocol)
+    stored = json.loads((tmp_path / "scores.jsonl").read_text().splitlines()[0])
+    return {protocol: {group: [int(sequence[0]) for sequence in sequences]
+                       for group, sequences in groups.items()}
+            for protocol, groups in stored["simulations"].items()}
+
+
+def test_out_of_context_snippets_come_from_top_records_not_scored_in_context(tmp_path):
+    ranks = _simulated_ranks(tmp_path, _ranked_neuron())["anthropic"]
+    in_context, snippets = set(ranks["top"]), set(ranks["snippets"])
+    assert snippets and in_context and not snippets & in_context
+    assert all(rank % 2 == 1 for rank in in_context | snippets)  # never an explanation record
+    assert sorted(in_context | snippets) == list(range(1, 20, 2))  # every held-out top record

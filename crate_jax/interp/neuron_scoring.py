@@ -22,9 +22,8 @@ from crate_jax.interp.records import ActivationRecord, NeuronRecord, max_activat
 from crate_jax.interp.scoring import correlation_score
 from crate_jax.interp.splits import (
     ANTHROPIC_SPLIT,
-    anthropic_explanation_records,
+    explanation_records,
     held_out_records,
-    openai_explanation_records,
     split_groups,
 )
 
@@ -84,8 +83,8 @@ def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Pa
     def explain(neuron: NeuronRecord) -> dict:
         index = neuron.neuron_id.neuron_index
         entry = {"neuron": index}
-        for protocol, records in (("openai", openai_explanation_records(neuron)),
-                                  ("anthropic", anthropic_explanation_records(neuron))):
+        for protocol in ("openai", "anthropic"):
+            records = explanation_records(neuron, protocol)
             try:
                 explanation = explainer.explain(records, max_activation(records))
                 entry[protocol] = dataclasses.asdict(explanation)
@@ -136,12 +135,13 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
 
     def score(neuron: NeuronRecord) -> dict:
         index = neuron.neuron_id.neuron_index
-        groups = held_out_records(neuron)
+        groups = {protocol: held_out_records(neuron, protocol)
+                  for protocol in ("openai", "anthropic")}
         entry = {"neuron": index, "scores": {}, "failures": {}, "simulations": {},
                  "explanation": explanations[index].get("openai", {}).get("text")}
         for protocol in ("openai", "anthropic"):
             scores, failures, simulations = _simulate_and_score(
-                explanations[index][protocol], groups, simulator, protocol)
+                explanations[index][protocol], groups[protocol], simulator, protocol)
             entry["scores"].update(scores)
             entry["failures"].update(failures)
             entry["simulations"][protocol] = simulations
@@ -149,8 +149,8 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
             partner = partners[index]
             baseline = {}
             for protocol in ("openai", "anthropic"):
-                scores, _, _ = _simulate_and_score(explanations[partner][protocol], groups,
-                                                   simulator, protocol)
+                scores, _, _ = _simulate_and_score(explanations[partner][protocol],
+                                                   groups[protocol], simulator, protocol)
                 baseline.update(scores)
             entry["baseline_partner"] = partner
             entry["baseline_scores"] = baseline
