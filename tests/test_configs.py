@@ -104,3 +104,16 @@ def test_summary_cli_rejects_an_invalid_value_and_an_unknown_size():
     result = _summary("--config=configs/no_ista.py:xl")
     assert result.returncode == 1
     assert "unknown size preset 'xl'" in result.stderr
+
+
+def test_unknown_interp_protocol_stops_the_run_with_one_fatal_line(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
+         "--config.stages=interp", "--config.interp.protocol=papr", f"--workdir={tmp_path}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert ("FATAL: interp.protocol='papr' is not one of default, paper"
+            in result.stderr.splitlines())
+    assert "Traceback" not in result.stderr
+    assert crate.get_config().interp.protocol == "default"

@@ -11,8 +11,9 @@ from crate_jax.interp.miner import RecordMiner
 from crate_jax.interp.neuron_scoring import baseline_partners, explain_layer, score_layer
 from crate_jax.interp.records import ActivationRecord, NeuronId, NeuronRecord, from_json, to_json
 from crate_jax.interp.scoring import correlation_score, mean_with_confidence_interval
-from crate_jax.interp.splits import held_out_records, peak_snippet
+from crate_jax.interp.splits import held_out_records, peak_snippet, split_groups
 from crate_jax.interp.token_lookup import TokenLookupExplainer, TokenLookupSimulator
+from crate_jax.model import ConfigError
 
 
 def test_correlation_is_pearson_pooled_over_all_tokens_of_all_records():
@@ -216,3 +217,34 @@ def test_out_of_context_snippets_come_from_top_records_not_scored_in_context(tmp
     assert snippets and in_context and not snippets & in_context
     assert all(rank % 2 == 1 for rank in in_context | snippets)  # never an explanation record
     assert sorted(in_context | snippets) == list(range(1, 20, 2))  # every held-out top record
+
+
+def test_paper_protocol_explains_from_even_top_ranks_and_scores_odd_top_and_even_random(
+        tmp_path):
+    """Bai & Ma 2024: explain from top[0:10:2]; top-and-random scores top[1:10:2] +
+    random[0:10:2], random-only random[0:10:2]; the Anthropic-style records do not change."""
+    neuron = _ranked_neuron(top_k=20, random_k=20)
+    explanation = explain_layer([neuron], TokenLookupExplainer(max_tokens=1000), tmp_path,
+                                record_protocol="paper")[0]["openai"]
+    seen = {int(token[1:].split("_")[0]) for token in explanation["details"]["token_weights"]}
+    assert seen == {0, 2, 4, 6, 8}
+    ranks = _simulated_ranks(tmp_path, neuron, record_protocol="paper")
+    assert ranks["openai"] == {"top": [1, 3, 5, 7, 9], "random": [1000, 1002, 1004, 1006, 1008]}
+    (tmp_path / "default").mkdir()
+    default = _simulated_ranks(tmp_path / "default", neuron)
+    assert default["openai"] == {"top": list(range(1, 20, 2)),
+                                 "random": list(range(1001, 1020, 2))}
+    assert ranks["anthropic"] == default["anthropic"]
+    assert split_groups()["top_and_random"] == ("top", "random")
+    assert split_groups()["random_only"] == ("random",)
+
+
+def test_unknown_record_protocol_or_too_few_records_for_the_paper_is_a_config_error():
+    from crate_jax.interp.splits import check_record_protocol  # new with `interp.protocol`
+
+    with pytest.raises(ConfigError, match="interp.protocol='papr' is not one of default, paper"):
+        check_record_protocol("papr", top_k=20, random_k=20)
+    with pytest.raises(ConfigError, match="interp.protocol='paper' needs interp.top_k >= 10"):
+        check_record_protocol("paper", top_k=8, random_k=20)
+    check_record_protocol("paper", top_k=10, random_k=10)
+    check_record_protocol("default", top_k=2, random_k=2)

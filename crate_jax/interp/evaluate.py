@@ -26,6 +26,7 @@ from crate_jax.interp.capture import (
 )
 from crate_jax.interp.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.report import layer_summary, markdown_report
+from crate_jax.interp.splits import check_record_protocol
 from crate_jax.model import model_from_config, neuron_sites
 from crate_jax.train.checkpoints import Checkpointer
 from crate_jax.train.optimizer import make_optimizer
@@ -64,6 +65,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     """Runs (or resumes) the evaluation; returns the summary written to `summary.json`."""
     workdir = Path(workdir)
     interp = config.interp
+    check_record_protocol(interp.protocol, interp.top_k, interp.random_k)
     started = time.perf_counter()
     model = model_from_config(config)
     sites = requested_sites(config, model)
@@ -94,10 +96,12 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
             neurons = read_records(records_dir / site / f"layer_{layer}.jsonl")
             layer_dir = out / "scores" / site / f"layer_{layer}"
             layer_dir.mkdir(parents=True, exist_ok=True)
-            explanations = explain_layer(neurons, explainer, layer_dir, interp.workers)
+            explanations = explain_layer(neurons, explainer, layer_dir, interp.workers,
+                                         record_protocol=interp.protocol)
             scores = score_layer(neurons, explanations, simulator, layer_dir,
                                  random_baseline=interp.random_baseline, seed=interp.seed,
-                                 layer=layer, workers=interp.workers)
+                                 layer=layer, workers=interp.workers,
+                                 record_protocol=interp.protocol)
             scored += len(scores)
             summary_sites[site][str(layer)] = layer_summary(
                 scores, sparsity[site][str(layer)], samples=interp.bootstrap_samples,

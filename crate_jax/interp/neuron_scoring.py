@@ -75,8 +75,11 @@ def _complete(neurons: list[NeuronRecord], work: Callable[[NeuronRecord], dict],
 
 
 def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Path,
-                  workers: int = 1) -> dict[int, dict]:
-    """Explanations of every neuron (both protocols), reusing those already on file."""
+                  workers: int = 1, *, record_protocol: str = "default") -> dict[int, dict]:
+    """Explanations of every neuron (both protocols), reusing those already on file.
+
+    `record_protocol` (`interp.protocol`) picks the records each explanation is shown
+    (see `splits`)."""
     path = out_dir / "explanations.jsonl"
     done = read_jsonl(path)
 
@@ -84,7 +87,7 @@ def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Pa
         index = neuron.neuron_id.neuron_index
         entry = {"neuron": index}
         for protocol in ("openai", "anthropic"):
-            records = explanation_records(neuron, protocol)
+            records = explanation_records(neuron, protocol, record_protocol)
             try:
                 explanation = explainer.explain(records, max_activation(records))
                 entry[protocol] = dataclasses.asdict(explanation)
@@ -127,15 +130,18 @@ def _simulate_and_score(explanation_entry: dict, groups: dict[str, list[Activati
 
 def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                 simulator: Simulator, out_dir: Path, *, random_baseline: bool, seed: int,
-                layer: int, workers: int = 1) -> dict[int, dict]:
-    """Scores of every neuron (and of the random baseline), reusing those already on file."""
+                layer: int, workers: int = 1, record_protocol: str = "default"
+                ) -> dict[int, dict]:
+    """Scores of every neuron (and of the random baseline), reusing those already on file.
+
+    `record_protocol` (`interp.protocol`) picks the held-out records each split pools."""
     path = out_dir / "scores.jsonl"
     done = read_jsonl(path)
     partners = baseline_partners([n.neuron_id.neuron_index for n in neurons], seed, layer)
 
     def score(neuron: NeuronRecord) -> dict:
         index = neuron.neuron_id.neuron_index
-        groups = {protocol: held_out_records(neuron, protocol)
+        groups = {protocol: held_out_records(neuron, protocol, record_protocol)
                   for protocol in ("openai", "anthropic")}
         entry = {"neuron": index, "scores": {}, "failures": {}, "simulations": {},
                  "explanation": explanations[index].get("openai", {}).get("text")}
