@@ -129,7 +129,9 @@ def _check_report_against_run_files(workdir):
     rows = {row["variant"]: row for row in csv.DictReader(open(workdir / "report" /
                                                                 "ablation.csv"))}
     assert set(rows) == {"crate", "no_ista"}
-    assert (workdir / "report" / "ablation.md").read_text().startswith("| variant |")
+    markdown = (workdir / "report" / "ablation.md").read_text()
+    assert markdown.startswith("## Answer") and "Ablation A (no_ista vs crate):" in markdown
+    assert markdown.index("## Answer") < markdown.index("| variant |")
     assert (workdir / "report" / "ablation.json").exists()
     assert "neuron-viewer" in (workdir / "report" / "index.html").read_text()
     for name in ("scores_by_layer_top_and_random", "scores_by_layer_random_only",

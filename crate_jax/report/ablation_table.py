@@ -1,112 +1,180 @@
 """The study's comparison table, rebuilt from the runs' own artifacts alone.
 
-One row per variant: parameters, validation loss and bits per byte, sparsity and the
-interpretability scores of every site the variant has (pooled over layers and seeds, with 95%
-intervals from `statistics`), and each score's difference from CRATE with its own interval.
-Sites a variant lacks are absent from its row (empty in the CSV), never zero.
+One row per variant: parameters, validation loss and bits per byte beside the reference losses
+of its data (count-based unigram and bigram, and the entropy floor of a planted corpus) with a
+flag on runs that do not beat the bigram reference, sparsity, the interpretability scores of
+every site the variant has (pooled over layers and seeds, with 95% intervals from `statistics`)
+with the neurons they leave out, ground-truth recovery where the corpus is planted, and each
+score's difference from CRATE with its own interval. Sites a variant lacks are absent from its
+row (empty in the CSV), never zero. `markdown_table` puts the answer to the ablations
+(`answer`) before the wide table.
 """
 
 from __future__ import annotations
 
 import csv
-import functools
 import json
 import math
 from collections import defaultdict
 from pathlib import Path
 
 from crate_jax.model import ModelConfig, paper_parameter_count
+from crate_jax.report import run_files
+from crate_jax.report.answer import answer_json, answer_markdown
+from crate_jax.report.run_files import REFERENCE_KEYS, score_entries
 from crate_jax.report.statistics import difference_interval, pooled_mean_interval
+from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
 
 SITES = ("ista", "mlp", "attn", "resid")
 REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic")
 REFERENCE_VARIANT = "crate"
+GROUND_TRUTH = ("recovery", "mean_monosemanticity", "spearman")
+_SHORT_SPLIT = {"top_and_random": "t&r", "random_only": "r-o", "anthropic": "anth"}
+_TRUTH_HEADER = {"recovery": "recovery", "mean_monosemanticity": "monosemanticity",
+                 "spearman": "score vs truth ρ"}
+
+__all__ = ["SITES", "REPORTED_SPLITS", "build_table", "markdown_table", "score_entries",
+           "study_runs", "wide_table_cells", "write_table"]
 
 
-@functools.cache
-def score_entries(path: Path) -> tuple[dict, ...]:
-    """The per-neuron lines of one scores.jsonl (parsed once: they hold the simulations)."""
-    return tuple(json.loads(line) for line in path.read_text().splitlines())
+def study_runs(workdir: Path) -> dict[str, list[tuple[str, Path]]]:
+    """`{variant: [(run name, run dir), ...]}` in the study's order, from `study.json`."""
+    study = json.loads((workdir / "study.json").read_text())
+    runs: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for name, run in study["runs"].items():
+        runs[run["variant"]].append((name, workdir / run["workdir"]))
+    return dict(runs)
 
 
-def _run_scores(run_dir: Path) -> dict[str, dict[str, list[float]]]:
-    """`{site: {split: [score per neuron over all layers]}}` from a run's scores.jsonl files."""
+def _run_scores(run_dir: Path) -> tuple[dict, dict]:
+    """`({site: {split: [finite-or-NaN score per neuron, all layers]}},
+    {site: {split: neurons left out (NaN score or failed)}, site: {"neurons": scored}})`."""
     scores: dict = defaultdict(lambda: defaultdict(list))
+    counts: dict = defaultdict(lambda: defaultdict(int))
     for path in sorted((run_dir / "interp" / "scores").glob("*/layer_*/scores.jsonl")):
         site = path.parent.parent.name
         for entry in score_entries(path):
+            counts[site]["neurons"] += 1
             for split in REPORTED_SPLITS:
+                value = entry["scores"].get(split)
+                if split in entry["failures"] or value is None or not math.isfinite(value):
+                    counts[site][split] += 1
                 if split not in entry["failures"]:
-                    value = entry["scores"].get(split)
                     scores[site][split].append(math.nan if value is None else value)
-    return scores
+    return scores, counts
 
 
-def _final_validation(run_dir: Path) -> dict:
-    config = json.loads((run_dir / "config.json").read_text())
-    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if json.loads(line)["split"] == "validation"][-1]
-    return {"loss": last["loss"], "bits_per_byte": last["bits_per_byte"], "config": config}
+def _mean_references(references: list[dict | None]) -> dict | None:
+    present = [r for r in references if r is not None]
+    if not present:
+        return None
+    merged = {}
+    for key in REFERENCE_KEYS:
+        values = [r[key] for r in present if r.get(key) is not None]
+        merged[key] = sum(values) / len(values) if values else None
+    merged["floor_source"] = present[0].get("floor_source")
+    return merged
 
 
 def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> list[dict]:
     """Rows of the comparison, in the study's variant order."""
     workdir = Path(workdir)
-    study = json.loads((workdir / "study.json").read_text())
-    runs_by_variant: dict[str, list[Path]] = defaultdict(list)
-    for run in study["runs"].values():
-        runs_by_variant[run["variant"]].append(workdir / run["workdir"])
-
     per_variant = {}
-    for variant, run_dirs in runs_by_variant.items():
-        validation = [_final_validation(d) for d in run_dirs]
-        scores = [_run_scores(d) for d in run_dirs]
-        sparsity = [json.loads((d / "interp" / "sparsity.json").read_text()) for d in run_dirs]
-        per_variant[variant] = (validation, scores, sparsity)
+    for variant, runs in study_runs(workdir).items():
+        per_variant[variant] = {
+            "names": [name for name, _ in runs],
+            "validation": [run_files.final_validation(d) for _, d in runs],
+            "references": [run_files.references(d) for _, d in runs],
+            "scores": [_run_scores(d) for _, d in runs],
+            "sparsity": [json.loads((d / "interp" / "sparsity.json").read_text())
+                         for _, d in runs],
+            "truth": [run_files.ground_truth_by_site(run_files.ground_truth(d))
+                      for _, d in runs]}
 
     rows = []
     reference = per_variant.get(REFERENCE_VARIANT)
-    for variant, (validation, scores, sparsity) in per_variant.items():
+    for variant, runs in per_variant.items():
+        validation = runs["validation"]
         model = ModelConfig.from_mapping(validation[0]["config"]["model"])
         row = {"variant": variant, "seeds": len(validation),
                "parameters": paper_parameter_count(model)}
         for key in ("loss", "bits_per_byte"):
-            stats = pooled_mean_interval([[v[key]] for v in validation], samples=samples,
-                                         seed=seed)
-            row[f"validation_{key}"] = stats
+            row[f"validation_{key}"] = pooled_mean_interval([[v[key]] for v in validation],
+                                                            samples=samples, seed=seed)
+        flags = [run_files.undertrained(v["loss"], r)
+                 for v, r in zip(validation, runs["references"], strict=True)]
+        row["references"] = _mean_references(runs["references"])
+        row["undertrained_runs"] = [n for n, f in zip(runs["names"], flags, strict=True) if f]
+        row["undertrained"] = None if all(f is None for f in flags) else any(bool(f)
+                                                                            for f in flags)
+        row["runs"] = [{"name": n, "validation_loss": v["loss"], "undertrained": f,
+                        "references": r}
+                       for n, v, f, r in zip(runs["names"], validation, flags,
+                                             runs["references"], strict=True)]
+        scores = [s for s, _ in runs["scores"]]
+        counts = [c for _, c in runs["scores"]]
         for site in SITES:
             if not any(site in s for s in scores):
                 continue
-            layers = [layer for s in sparsity for layer in s.get(site, {}).values()]
+            layers = [layer for s in runs["sparsity"] for layer in s.get(site, {}).values()]
             row[f"{site}/zero_fraction"] = sum(x["zero_fraction"] for x in layers) / len(layers)
             row[f"{site}/mean_l0"] = sum(x["mean_l0"] for x in layers) / len(layers)
+            row[f"{site}/dead_neurons"] = sum(x["dead_neurons"] for x in layers)
+            row[f"{site}/num_neurons"] = sum(x.get("num_neurons", 0) for x in layers)
+            neurons = sum(c[site]["neurons"] for c in counts if site in c)
+            baseline = reference["scores"] if reference is not None else []
             for split in REPORTED_SPLITS:
                 groups = [s[site][split] for s in scores if site in s]
-                row[f"{site}/{split}"] = pooled_mean_interval(groups, samples=samples, seed=seed)
-                if reference is not None and variant != REFERENCE_VARIANT and \
-                        any(site in s for s in reference[1]):
-                    baseline = [s[site][split] for s in reference[1] if site in s]
+                row[f"{site}/{split}"] = {
+                    **pooled_mean_interval(groups, samples=samples, seed=seed),
+                    "neurons": neurons, "left_out": sum(c[site][split] for c in counts
+                                                        if site in c)}
+                theirs = [s[site][split] for s, _ in baseline if site in s]
+                if variant != REFERENCE_VARIANT and theirs:
                     row[f"{site}/{split}/vs_crate"] = difference_interval(
-                        groups, baseline, samples=samples, seed=seed)
+                        groups, theirs, samples=samples, seed=seed)
+            _add_ground_truth(row, site, runs["truth"], reference, variant, samples, seed)
         rows.append(row)
     return rows
+
+
+def _add_ground_truth(row: dict, site: str, truth: list[dict], reference: dict | None,
+                      variant: str, samples: int, seed: int) -> None:
+    """Per-site ground truth, mean over seeds with a seed-bootstrap interval; absent: no key."""
+    for key in GROUND_TRUTH:
+        values = [[t[site][key]] for t in truth if site in t]
+        if not values:
+            continue
+        row[f"{site}/{key}"] = pooled_mean_interval(values, samples=samples, seed=seed)
+        theirs = [[t[site][key]] for t in (reference or {}).get("truth", []) if site in t]
+        if key == "recovery" and variant != REFERENCE_VARIANT and theirs:
+            row[f"{site}/recovery/vs_crate"] = difference_interval(values, theirs,
+                                                                   samples=samples, seed=seed)
 
 
 def _flat(row: dict) -> dict[str, object]:
     flat = {}
     for key, value in row.items():
+        if key == "runs" or (key == "references" and value is None):
+            continue  # per-run details: in the JSON only; absent references: empty cells
         if isinstance(value, dict):
             for part, number in value.items():
                 flat[f"{key}/{part}"] = number
+        elif isinstance(value, list):
+            flat[key] = " ".join(value)
         else:
-            flat[key] = value
+            flat[key] = "" if value is None else value
+    if row.get("references") is None:
+        flat.update({f"references/{k}": "" for k in REFERENCE_KEYS})
     return flat
 
 
 def write_table(rows: list[dict], out_dir: Path) -> None:
-    """`ablation.json` (nested), `ablation.csv` (one column per number) and `ablation.md`."""
+    """`ablation.json` (the answer and the nested rows), `ablation.csv` (one column per number,
+    one row per variant) and `ablation.md` (the answer, then the wide table)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ablation.json").write_text(json.dumps(rows, indent=2))
+    (out_dir / "ablation.json").write_text(json.dumps({"answer": answer_json(rows),
+                                                       "variants": rows}, indent=2))
     flat = [_flat(row) for row in rows]
     columns = list(dict.fromkeys(key for row in flat for key in row))
     with open(out_dir / "ablation.csv", "w", newline="") as file:
@@ -116,32 +184,52 @@ def write_table(rows: list[dict], out_dir: Path) -> None:
     (out_dir / "ablation.md").write_text(markdown_table(rows))
 
 
-def _interval_text(stats: dict | None, key: str = "mean") -> str:
-    if not stats or stats.get(key) is None or math.isnan(stats[key]):
-        return "—"
-    if math.isnan(stats["ci_low"]):
-        return f"{stats[key]:.3f}"
-    return f"{stats[key]:.3f} [{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]"
+def _left_out_text(row: dict, site: str) -> str:
+    first = row[f"{site}/{REPORTED_SPLITS[0]}"]
+    parts = [f"{_SHORT_SPLIT[s]} {row[f'{site}/{s}']['left_out']}/{first['neurons']}"
+             for s in REPORTED_SPLITS]
+    dead = f"; dead {row[f'{site}/dead_neurons']}/{row[f'{site}/num_neurons']}"
+    return ", ".join(parts) + dead
+
+
+def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The wide table's header and cells, shared by `ablation.md` and `index.html`."""
+    def present(key: str) -> bool:
+        return any(key in row for row in rows)
+
+    columns = [f"{site}/{split}" for site in SITES for split in REPORTED_SPLITS
+               if present(f"{site}/{split}")]
+    sparse = [f"{site}/{kind}" for site in ("ista", "mlp") for kind in ("zero_fraction", "mean_l0")
+              if present(f"{site}/{kind}")]
+    sites = [site for site in SITES if present(f"{site}/{REPORTED_SPLITS[0]}")]
+    truth = [f"{site}/{key}" for site in sites for key in GROUND_TRUTH
+             if present(f"{site}/{key}")]
+    header = (["variant", "seeds", "params", "val loss", "unigram ref", "bigram ref", "floor",
+               "vs bigram", "bits/byte"] + sparse + columns
+              + [f"{site} left out (NaN or failed; dead)" for site in sites]
+              + [f"{c.split('/')[0]} {_TRUTH_HEADER[c.split('/')[1]]}" for c in truth]
+              + [f"{c} vs CRATE" for c in columns])
+    body = []
+    for row in rows:
+        cells = [row["variant"], str(row["seeds"]), f"{row['parameters'] / 1e6:.2f}M",
+                 interval_text(row["validation_loss"])]
+        cells += [reference_text(row, key) for key in REFERENCE_KEYS]
+        cells += [training_text(row), interval_text(row["validation_bits_per_byte"])]
+        cells += [f"{row[c]:.3f}" if c in row else "—" for c in sparse]
+        cells += [interval_text(row.get(c)) for c in columns]
+        cells += [_left_out_text(row, site) if f"{site}/{REPORTED_SPLITS[0]}" in row else "—"
+                  for site in sites]
+        cells += [interval_text(row.get(c)) for c in truth]
+        cells += [interval_text(row.get(f"{c}/vs_crate"), "difference") for c in columns]
+        body.append(cells)
+    return header, body
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Like-for-like sites (`attn`, `resid`, which every variant has) and the sparse block."""
-    header = ["variant", "seeds", "params", "val loss", "bits/byte"]
-    columns = []
-    for site in SITES:
-        for split in REPORTED_SPLITS:
-            if any(f"{site}/{split}" in row for row in rows):
-                columns.append(f"{site}/{split}")
-    sparse = [f"{site}/{kind}" for site in ("ista", "mlp") for kind in ("zero_fraction", "mean_l0")
-              if any(f"{site}/{kind}" in row for row in rows)]
-    lines = ["| " + " | ".join(header + sparse + columns + [f"{c} vs CRATE" for c in columns])
-             + " |", "|" + "---|" * (len(header) + len(sparse) + 2 * len(columns))]
-    for row in rows:
-        cells = [row["variant"], str(row["seeds"]), f"{row['parameters'] / 1e6:.2f}M",
-                 _interval_text(row["validation_loss"]),
-                 _interval_text(row["validation_bits_per_byte"])]
-        cells += [f"{row[c]:.3f}" if c in row else "—" for c in sparse]
-        cells += [_interval_text(row.get(c)) for c in columns]
-        cells += [_interval_text(row.get(f"{c}/vs_crate"), "difference") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    """The answer to the ablations (short table and one sentence each), then the wide table:
+    every variant with its reference losses, scores, neurons left out and differences."""
+    return (answer_markdown(rows) + "\n## All variants\n\n"
+            "Scores are mean [95% interval over neurons and seeds]; reference losses in "
+            "nats/token on the same validation targets; “undertrained”: the run's validation "
+            "loss does not beat the bigram reference.\n\n"
+            + markdown_rows(*wide_table_cells(rows)))

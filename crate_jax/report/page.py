@@ -1,28 +1,46 @@
-"""`report/index.html`: one static page with the table, the figures and a neuron viewer.
+"""`report/index.html`: one static page with the answer, the table, the figures and a neuron viewer.
 
 It opens from disk with no server and no network: the figures are sibling PNG files, the style
-is inline and there is no script. The viewer shows, for each variant, the best- and worst-
-explained neurons of its sites (by top-and-random score, ties broken by neuron index): the
-explanation, its scores, and the top and random records with each token shaded by activation.
+is inline and there is no script. The answer and the table are the cells of `ablation.md`, built
+from `ablation.json` by the same functions, so the page and the Markdown never disagree; runs
+that do not beat the bigram reference are flagged in a warning above them.
+
+The viewer shows, for each variant and site (last layer), the best- and the worst-explained
+neuron by top-and-random score (ties broken by neuron index), chosen only among neurons that
+fire: at least `MIN_FIRING_TOKENS` evaluation tokens above zero and a maximum activation of at
+least `MIN_RELATIVE_MAX` of the layer's median maximum. A dead neuron that twitches on one
+token (a perfect score on a near-constant signal) is no one's best neuron. Each panel gives the
+explanation with its activation scale, the scores, the neuron's maximum and firing frequency,
+and top and random records with each token shaded by activation.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import re
+import statistics
 from pathlib import Path
 
-from crate_jax.interp.records import NeuronRecord, from_json
+from crate_jax.interp.explanation import MAX_NORMALIZED_ACTIVATION
+from crate_jax.interp.records import NeuronRecord, from_json, max_activation
+from crate_jax.interp.splits import explanation_records
+from crate_jax.report.ablation_table import study_runs, wide_table_cells
+from crate_jax.report.answer import answer_cells, answer_sentences
+from crate_jax.report.run_files import neuron_statistics
 
-NEURONS_PER_SITE = 2  # the best and the worst explained neuron of each site, per variant
+NEURONS_PER_SITE = 2  # the best and the worst explained firing neuron of each site, per variant
+MIN_FIRING_TOKENS = 5
+MIN_RELATIVE_MAX = 0.1
 _RECORDS_SHOWN = 3
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 80em; }
-table { border-collapse: collapse; font-size: 0.8em; }
+table { border-collapse: collapse; font-size: 0.8em; margin: 0.5em 0; }
 td, th { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
 th { background: #f4f4f4; }
 img { max-width: 48%; margin: 0.5em 1%; }
+.warning { background: #fff3cd; border: 1px solid #e0b400; padding: 0.5em 1em; }
 .neuron { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em 1em; margin: 0.8em 0; }
 .record { font-family: ui-monospace, monospace; font-size: 0.85em; margin: 0.2em 0;
           white-space: pre-wrap; }
@@ -30,14 +48,15 @@ img { max-width: 48%; margin: 0.5em 1%; }
 """
 
 
-def _table_html(markdown: str) -> str:
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+def _cell_html(text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+
+
+def _table_html(header: list[str], body: list[list[str]], table_id: str) -> str:
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                   for row in rows)
-    return f'<table id="ablation-table"><tr>{head}</tr>{body}</table>'
+    rows = "".join("<tr>" + "".join(f"<td>{_cell_html(c)}</td>" for c in row) + "</tr>"
+                   for row in body)
+    return f'<table id="{table_id}"><tr>{head}</tr>{rows}</table>'
 
 
 def _record_html(tokens: list[str], activations: list[float], scale: float) -> str:
@@ -50,57 +69,105 @@ def _record_html(tokens: list[str], activations: list[float], scale: float) -> s
     return f'<div class="record">{"".join(spans)}</div>'
 
 
-def _neuron_html(variant: str, site: str, layer: int, neuron: NeuronRecord, entry: dict) -> str:
+def _neuron_html(title: str, variant: str, site: str, layer: int, neuron: NeuronRecord,
+                 entry: dict, stats: dict | None, explanation_scale: float) -> str:
     scale = neuron.max_activation
     scores = ", ".join(f"{split.replace('_', '-')} {value:.3f}" if value is not None
                        else f"{split.replace('_', '-')} NaN"
                        for split, value in entry["scores"].items())
+    firing = ("" if stats is None else f"max activation {stats['max']:.3g}, fires (&gt; 0) on "
+              f"{100 * stats['firing_frequency']:.1f}% of {stats['count']:,} evaluation tokens")
     top = "".join(_record_html(r.tokens, r.activations, scale)
                   for r in neuron.most_positive_activation_records[:_RECORDS_SHOWN])
     random = "".join(_record_html(r.tokens, r.activations, scale)
                      for r in neuron.random_sample[:_RECORDS_SHOWN])
-    return (f'<div class="neuron"><h4>{html.escape(variant)} · {site} layer {layer} · neuron '
-            f'{neuron.neuron_id.neuron_index}</h4>'
+    return (f'<div class="neuron"><h4>{html.escape(title)}: {html.escape(variant)} · {site} '
+            f'layer {layer} · neuron {neuron.neuron_id.neuron_index}</h4>'
             f'<p><b>Explanation:</b> {html.escape(entry.get("explanation") or "(failed)")}</p>'
+            f"<p><b>Activation scale:</b> ({MAX_NORMALIZED_ACTIVATION}) = activation "
+            f"{explanation_scale:.3g}, the largest on the records the explainer saw; "
+            f"({MAX_NORMALIZED_ACTIVATION // 2}) = {explanation_scale / 2:.3g}; linear.</p>"
             f"<p><b>Scores:</b> {html.escape(scores)}</p>"
+            f"<p><b>Activity:</b> {firing or 'no statistics file'}</p>"
             f"<p><b>Top records</b></p>{top}<p><b>Random records</b></p>{random}</div>")
 
 
+def firing_neurons(stats: dict[int, dict]) -> set[int]:
+    """The neurons of one layer that fire (see the module docstring); all, without statistics."""
+    maxima = [s["max"] for s in stats.values() if s["max"] > 0]
+    if not maxima:
+        return set()
+    threshold = MIN_RELATIVE_MAX * statistics.median(maxima)
+    return {n for n, s in stats.items()
+            if s["max"] >= threshold and s["max"] > 0
+            and s["firing_frequency"] * s["count"] >= MIN_FIRING_TOKENS}
+
+
 def _chosen_neurons(run_dir: Path, variant: str) -> list[str]:
-    """Panels for the best and worst explained neuron of each site's last layer."""
+    """Panels for the best and worst explained firing neuron of each site's last layer."""
+    config = json.loads((run_dir / "config.json").read_text())
+    record_protocol = config.get("interp", {}).get("record_protocol", "default")
     panels = []
     for site_dir in sorted(p for p in (run_dir / "interp" / "scores").iterdir() if p.is_dir()):
         site = site_dir.name
         layer = max(int(p.name.split("_")[1]) for p in site_dir.glob("layer_*"))
         scores_path = site_dir / f"layer_{layer}" / "scores.jsonl"
         entries = [json.loads(line) for line in scores_path.read_text().splitlines()]
-        scored = sorted((e for e in entries if e["scores"].get("top_and_random") is not None),
+        stats = neuron_statistics(run_dir, site, layer)
+        firing = firing_neurons(stats) if stats else {e["neuron"] for e in entries}
+        scored = sorted((e for e in entries if e["scores"].get("top_and_random") is not None
+                         and e["neuron"] in firing),
                         key=lambda e: (-e["scores"]["top_and_random"], e["neuron"]))
-        chosen = scored[:1] + scored[-1:] if len(scored) > 1 else scored
+        chosen = list(zip(("best explained", "worst explained"),
+                          scored[:1] + scored[-1:] if len(scored) > 1 else scored, strict=False))
         records_path = run_dir / "interp" / "records" / site / f"layer_{layer}.jsonl"
         records = {r.neuron_id.neuron_index: r for r in
                    (from_json(line) for line in records_path.read_text().splitlines())}
-        panels += [_neuron_html(variant, site, layer, records[e["neuron"]], e) for e in chosen]
+        for title, entry in chosen:
+            neuron = records[entry["neuron"]]
+            scale = max_activation(explanation_records(neuron, "openai", record_protocol))
+            panels.append(_neuron_html(f"{title} (of {len(scored)} firing, scored)", variant,
+                                       site, layer, neuron, entry, stats.get(entry["neuron"]),
+                                       scale))
+        if not chosen:
+            panels.append(f'<div class="neuron"><h4>{html.escape(variant)} · {site} layer '
+                          f"{layer}</h4><p>No scored neuron fires.</p></div>")
     return panels
 
 
+def _warning_html(rows: list[dict]) -> str:
+    runs = [run for row in rows for run in row.get("runs", []) if run.get("undertrained")]
+    if not runs:
+        return ""
+    names = ", ".join(f"{r['name']} (loss {r['validation_loss']:.3f} ≥ bigram "
+                      f"{r['references']['bigram']:.3f})" for r in runs)
+    return ('<p class="warning" id="undertrained"><strong>Undertrained:</strong> '
+            f"{html.escape(names)} do not beat the bigram reference loss; no conclusion is "
+            "drawn from them.</p>")
+
+
 def write_page(workdir: str | Path, out_dir: Path, figures: list[Path]) -> Path:
-    """Writes `out_dir/index.html` (after `ablation.md` and the figures); returns its path."""
+    """Writes `out_dir/index.html` (after `ablation.json` and the figures); returns its path."""
     workdir = Path(workdir)
     study = json.loads((workdir / "study.json").read_text())
-    first_run = {}
-    for run in study["runs"].values():
-        first_run.setdefault(run["variant"], workdir / run["workdir"])
-    viewer = "".join(panel for variant, run_dir in first_run.items()
-                     for panel in _chosen_neurons(run_dir, variant))
+    rows = json.loads((out_dir / "ablation.json").read_text())["variants"]
+    viewer = "".join(panel for variant, runs in study_runs(workdir).items()
+                     for panel in _chosen_neurons(runs[0][1], variant))
     images = "".join(f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
                      for p in figures)
+    answer_header, answer_body = answer_cells(rows)
+    answer = (_table_html(answer_header, answer_body, "answer-table") if answer_body else "")
+    sentences = "".join(f"<p>{html.escape(s)}</p>" for s in answer_sentences(rows))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>crate_jax ablation "
             f"study</title><style>{_STYLE}</style></head><body>"
             f"<h1>Ablation study</h1><p>Variants: {html.escape(study['variants'])}; seeds: "
             f"{html.escape(str(study['seeds']))}. Scores are mean [95% CI] over neurons and "
-            "seeds; “vs CRATE” columns are differences with their own intervals.</p>"
-            f"<h2>Table</h2>{_table_html((out_dir / 'ablation.md').read_text())}"
+            "seeds; “vs CRATE” columns are differences with their own intervals; reference "
+            "losses are nats/token of count-based models on the same validation targets.</p>"
+            f"{_warning_html(rows)}"
+            f'<h2>Answer</h2>{answer}<div id="answer">{sentences}</div>'
+            f"<h2>All variants</h2>"
+            f"{_table_html(*wide_table_cells(rows), 'ablation-table')}"
             f"<h2>Figures</h2>{images}"
             f'<h2>Neurons</h2><div id="neuron-viewer">{viewer}</div></body></html>')
     path = out_dir / "index.html"

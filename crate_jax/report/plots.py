@@ -3,9 +3,14 @@
 - `scores_by_layer_<split>.png`: mean score per layer for each variant, one panel per site,
   with 95% bootstrap intervals over neurons and seeds;
 - `sparsity_by_layer.png`: fraction of exact zeros per layer, one panel per site;
-- `validation_loss.png`: validation loss against training step, one line per run;
+- `validation_loss.png`: validation loss against training step, one line per run, with the
+  reference losses of the data (unigram, bigram, entropy floor) as labelled horizontal lines;
 - `score_vs_loss.png`: each run's final validation loss against its mean `resid` score
   (the site every variant has), per split.
+
+Each variant keeps one colour in every panel of every figure (its place in the study's order),
+and every legend sits outside the axes, so it hides no data and names every variant even where
+a panel lacks some (a variant without a site is absent from that panel, not zero).
 """
 
 from __future__ import annotations
@@ -19,16 +24,16 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only: no display, works on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from crate_jax.report.ablation_table import (  # noqa: E402
-    REPORTED_SPLITS,
-    SITES,
-    score_entries,
-)
+from crate_jax.report.ablation_table import REPORTED_SPLITS, SITES  # noqa: E402
+from crate_jax.report.run_files import REFERENCE_KEYS, references, score_entries  # noqa: E402
 from crate_jax.report.statistics import pooled_mean_interval  # noqa: E402
 
-_FIGURE = dict(figsize=(7.0, 2.6), dpi=150)
+_FIGURE = dict(figsize=(7.0, 2.6), dpi=150, layout="constrained")
+_REFERENCE_STYLE = {"unigram": ":", "bigram": "--", "floor": "-."}
 
 
 def _runs(workdir: Path) -> dict[str, list[Path]]:
@@ -37,6 +42,17 @@ def _runs(workdir: Path) -> dict[str, list[Path]]:
     for run in study["runs"].values():
         runs[run["variant"]].append(workdir / run["workdir"])
     return runs
+
+
+def variant_colours(variants: list[str]) -> dict[str, str]:
+    """One colour per variant, by its place in the study, the same in every panel and figure."""
+    return {variant: f"C{index % 10}" for index, variant in enumerate(variants)}
+
+
+def _variant_legend(figure, colours: dict[str, str], **style) -> None:
+    """A legend of every variant, outside the axes (right of them), in the study's order."""
+    handles = [Line2D([], [], color=colour, **style) for colour in colours.values()]
+    figure.legend(handles, list(colours), loc="outside right upper", fontsize=7)
 
 
 def _layer_scores(run_dir: Path, site: str, split: str) -> dict[int, list[float]]:
@@ -54,8 +70,9 @@ def _sites_present(runs: dict[str, list[Path]]) -> list[str]:
             if any((d / "interp" / "scores" / site).exists() for ds in runs.values() for d in ds)]
 
 
-def plot_scores_by_layer(runs: dict[str, list[Path]], split: str, path: Path) -> None:
+def scores_by_layer_figure(runs: dict[str, list[Path]], split: str) -> Figure:
     sites = _sites_present(runs)
+    colours = variant_colours(list(runs))
     figure, axes = plt.subplots(1, len(sites), sharey=True, squeeze=False, **_FIGURE)
     for axis, site in zip(axes[0], sites, strict=True):
         for variant, run_dirs in runs.items():
@@ -68,19 +85,21 @@ def plot_scores_by_layer(runs: dict[str, list[Path]], split: str, path: Path) ->
             means = [s["mean"] for s in stats]
             errors = [[s["mean"] - s["ci_low"] for s in stats],
                       [s["ci_high"] - s["mean"] for s in stats]]
-            axis.errorbar(layers, means, yerr=errors, marker="o", capsize=3, label=variant)
+            # A small sideways shift per variant keeps overlapping intervals readable.
+            shift = (list(colours).index(variant) - (len(colours) - 1) / 2) * 0.08
+            axis.errorbar([layer + shift for layer in layers], means, yerr=errors, marker="o",
+                          capsize=3, label=variant, color=colours[variant])
         axis.set_title(site)
         axis.set_xlabel("layer")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel(f"score ({split.replace('_', '-')})")
-    axes[0][-1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _variant_legend(figure, colours, marker="o")
+    return figure
 
 
-def plot_sparsity_by_layer(runs: dict[str, list[Path]], path: Path) -> None:
+def sparsity_by_layer_figure(runs: dict[str, list[Path]]) -> Figure:
     sites = _sites_present(runs)
+    colours = variant_colours(list(runs))
     figure, axes = plt.subplots(1, len(sites), sharey=True, squeeze=False, **_FIGURE)
     for axis, site in zip(axes[0], sites, strict=True):
         for variant, run_dirs in runs.items():
@@ -92,15 +111,13 @@ def plot_sparsity_by_layer(runs: dict[str, list[Path]], path: Path) -> None:
             layers = sorted(int(layer) for layer in sparsity[0])
             zeros = [sum(s[str(layer)]["zero_fraction"] for s in sparsity) / len(sparsity)
                      for layer in layers]
-            axis.plot(layers, zeros, marker="o", label=variant)
+            axis.plot(layers, zeros, marker="o", label=variant, color=colours[variant])
         axis.set_title(site)
         axis.set_xlabel("layer")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel("fraction of exact zeros")
-    axes[0][-1].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    _variant_legend(figure, colours, marker="o")
+    return figure
 
 
 def _validation_curve(run_dir: Path) -> tuple[list[int], list[float]]:
@@ -109,53 +126,67 @@ def _validation_curve(run_dir: Path) -> tuple[list[int], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_validation_loss(runs: dict[str, list[Path]], path: Path) -> None:
-    figure, axis = plt.subplots(**{**_FIGURE, "figsize": (4.0, 3.0)})
-    for index, (variant, run_dirs) in enumerate(runs.items()):
-        for k, run_dir in enumerate(run_dirs):
+def _reference_losses(runs: dict[str, list[Path]]) -> dict[str, float]:
+    """The mean over runs of each reference loss the runs have (they share their data)."""
+    found = [r for ds in runs.values() for r in (references(d) for d in ds) if r is not None]
+    values = {key: [r[key] for r in found if r.get(key) is not None] for key in REFERENCE_KEYS}
+    return {key: sum(v) / len(v) for key, v in values.items() if v}
+
+
+def validation_loss_figure(runs: dict[str, list[Path]]) -> Figure:
+    colours = variant_colours(list(runs))
+    figure, axis = plt.subplots(**{**_FIGURE, "figsize": (5.5, 3.0)})
+    for variant, run_dirs in runs.items():
+        for run_dir in run_dirs:
             steps, losses = _validation_curve(run_dir)
-            axis.plot(steps, losses, color=f"C{index}", alpha=0.8,
-                      label=variant if k == 0 else None)
+            axis.plot(steps, losses, color=colours[variant], alpha=0.8, marker=".")
+    handles = [Line2D([], [], color=c) for c in colours.values()]
+    labels = list(colours)
+    for key, value in _reference_losses(runs).items():
+        axis.axhline(value, color="0.35", linestyle=_REFERENCE_STYLE[key], linewidth=1)
+        handles.append(Line2D([], [], color="0.35", linestyle=_REFERENCE_STYLE[key]))
+        labels.append(f"{'entropy floor' if key == 'floor' else key + ' reference'} "
+                      f"{value:.2f}")
     axis.set_xlabel("step")
     axis.set_ylabel("validation loss (nats/token)")
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    figure.legend(handles, labels, loc="outside right upper", fontsize=7)
+    return figure
 
 
-def plot_score_vs_loss(runs: dict[str, list[Path]], path: Path) -> None:
+def score_vs_loss_figure(runs: dict[str, list[Path]]) -> Figure:
+    colours = variant_colours(list(runs))
     figure, axes = plt.subplots(1, len(REPORTED_SPLITS), sharey=False, squeeze=False,
                                 **_FIGURE)
     for axis, split in zip(axes[0], REPORTED_SPLITS, strict=True):
-        for index, (variant, run_dirs) in enumerate(runs.items()):
+        for variant, run_dirs in runs.items():
             losses, scores = [], []
             for run_dir in run_dirs:
                 values = [v for layer in _layer_scores(run_dir, "resid", split).values()
                           for v in layer]
                 losses.append(_validation_curve(run_dir)[1][-1])
                 scores.append(pooled_mean_interval([values], samples=1)["mean"])
-            axis.scatter(losses, scores, color=f"C{index}", label=variant, s=14)
+            axis.scatter(losses, scores, color=colours[variant], label=variant, s=14)
         axis.set_title(f"resid, {split.replace('_', '-')}", fontsize=8)
         axis.set_xlabel("validation loss")
     axes[0][0].set_ylabel("mean score")
-    axes[0][-1].legend(fontsize=7)
-    figure.tight_layout()
+    _variant_legend(figure, colours, marker="o", linestyle="")
+    return figure
+
+
+def _save(figure: Figure, path: Path) -> Path:
     figure.savefig(path)
     plt.close(figure)
+    return path
 
 
 def write_plots(workdir: str | Path, out_dir: Path) -> list[Path]:
     """Every figure of the study into `out_dir`; returns their paths."""
     runs = _runs(Path(workdir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for split in REPORTED_SPLITS:
-        paths.append(out_dir / f"scores_by_layer_{split}.png")
-        plot_scores_by_layer(runs, split, paths[-1])
-    for name, plot in (("sparsity_by_layer.png", plot_sparsity_by_layer),
-                       ("validation_loss.png", plot_validation_loss),
-                       ("score_vs_loss.png", plot_score_vs_loss)):
-        paths.append(out_dir / name)
-        plot(runs, paths[-1])
+    paths = [_save(scores_by_layer_figure(runs, split), out_dir / f"scores_by_layer_{split}.png")
+             for split in REPORTED_SPLITS]
+    for name, build in (("sparsity_by_layer.png", sparsity_by_layer_figure),
+                        ("validation_loss.png", validation_loss_figure),
+                        ("score_vs_loss.png", score_vs_loss_figure)):
+        paths.append(_save(build(runs), out_dir / name))
     return paths

@@ -1,0 +1,155 @@
+"""Regenerate the README's study blocks from a study's artifacts, so its numbers are the code's.
+
+    python -m crate_jax.report.readme --workdir=runs/ablation --readme=README.md
+
+Replaces the text between `<!-- study:<block>:begin -->` and `<!-- study:<block>:end -->` for
+each block, and nothing else:
+- `facts`: the study's budget (variants, seeds, steps, batch, neurons scored, explainer,
+  evaluation tokens), versions, the reference losses of its data, and the wall time and peak
+  memory where `study.json` records them (`wall_seconds`, `peak_memory_bytes`);
+- `answer`: the like-for-like comparisons of ablations A and B and one sentence each
+  (`answer.answer_markdown`, without its heading);
+- `table`: one compact row per variant (parameters, validation loss and whether it beats the
+  bigram reference, the sparse block's top-and-random score, `attn` and `resid` random-only
+  scores, and ground-truth recovery where the corpus is planted).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+from absl import app, flags
+
+from crate_jax.report.ablation_table import build_table, study_runs
+from crate_jax.report.answer import answer_markdown
+from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
+
+BLOCKS = ("facts", "answer", "table")
+
+
+def _marker(block: str, end: str) -> str:
+    return f"<!-- study:{block}:{end} -->"
+
+
+def facts_text(workdir: Path, rows: list[dict]) -> str:
+    """One paragraph: what the study ran, on what, and what its data's reference losses are."""
+    study = json.loads((workdir / "study.json").read_text())
+    runs = study_runs(workdir)
+    first = next(iter(runs.values()))[0][1]
+    config = json.loads((first / "config.json").read_text())
+    versions = json.loads((first / "run_info.json").read_text()).get("versions", {})
+    summary = json.loads((first / "interp" / "summary.json").read_text())
+    train, interp = config["train"], config["interp"]
+    seeds = max(len(r) for r in runs.values())
+    text = (f"Study: {len(runs)} variants x {seeds} seed{'s' if seeds > 1 else ''}; "
+            f"{train['num_steps']} steps of {train['batch_size']} x {train['seq_len']} tokens "
+            f"per run; {interp['neurons_per_layer']} neurons per site and layer scored with "
+            f"`{summary['explainer']}` on {summary['evaluation_tokens']:,} held-out tokens; "
+            f"JAX {versions.get('jax', '?')}, Python {versions.get('python', '?')}.")
+    if "wall_seconds" in study:
+        minutes, seconds = divmod(round(study["wall_seconds"]), 60)
+        text += f" Wall time {minutes} min {seconds} s"
+        if "peak_memory_bytes" in study:
+            text += f", peak memory {study['peak_memory_bytes'] / 1e9:.1f} GB"
+        text += "."
+    with_references = [row for row in rows if row.get("references")]
+    if with_references:
+        row = with_references[0]
+        floor = reference_text(row, "floor")
+        text += (f" Reference losses of the validation targets (nats/token): unigram "
+                 f"{reference_text(row, 'unigram')}, bigram {reference_text(row, 'bigram')}"
+                 + (f", entropy floor {floor}" if floor != "n/a" else "") + ".")
+    else:
+        text += " The runs have no reference losses (references.json), so training adequacy " \
+                "is unchecked."
+    return text + " Scores are mean [95% interval over neurons and seeds]."
+
+
+def compact_table(rows: list[dict]) -> str:
+    """The README's table: one row per variant, the numbers a reader compares first."""
+    truth_sites = [site for site in ("ista", "mlp", "attn", "resid")
+                   if any(f"{site}/recovery" in row for row in rows)]
+    header = (["variant", "params", "val loss", "vs bigram", "sparse block: top-and-random",
+               "attn: random-only", "resid: random-only"]
+              + [f"{site}: recovery" for site in truth_sites])
+    body = []
+    for row in rows:
+        sparse = next((f"{site} {interval_text(row[f'{site}/top_and_random'])}"
+                       for site in ("ista", "mlp") if f"{site}/top_and_random" in row), "—")
+        body.append([row["variant"], f"{row['parameters'] / 1e6:.2f}M",
+                     interval_text(row["validation_loss"]), training_text(row), sparse,
+                     interval_text(row.get("attn/random_only")),
+                     interval_text(row.get("resid/random_only"))]
+                    + [interval_text(row.get(f"{site}/recovery")) for site in truth_sites])
+    return markdown_rows(header, body)
+
+
+def _wrapped(markdown: str) -> str:
+    """Prose lines wrapped at 100 columns like the rest of the README; table lines kept."""
+    return "\n".join(line if line.startswith("|") else textwrap.fill(line, 100)
+                     for line in markdown.splitlines())
+
+
+def study_rows(workdir: Path) -> list[dict]:
+    """The study report's own rows (`report/ablation.json`), so the README repeats its numbers
+    exactly; rebuilt with the study's bootstrap settings where the report is missing or old."""
+    report = workdir / "report" / "ablation.json"
+    if report.exists():
+        saved = json.loads(report.read_text())
+        if isinstance(saved, dict):  # older reports (a bare list) lack the reference losses
+            return saved["variants"]
+    first = next(iter(study_runs(workdir).values()))[0][1]
+    interp = json.loads((first / "config.json").read_text())["interp"]
+    return build_table(workdir, samples=interp["bootstrap_samples"], seed=interp["seed"])
+
+
+def study_blocks(workdir: str | Path) -> dict[str, str]:
+    """`{block: markdown}` for every README block, from the study in `workdir`."""
+    workdir = Path(workdir)
+    rows = study_rows(workdir)
+    answer = answer_markdown(rows).removeprefix("## Answer\n\n")
+    return {"facts": _wrapped(facts_text(workdir, rows)), "answer": _wrapped(answer.strip()),
+            "table": compact_table(rows).strip()}
+
+
+def replace_blocks(text: str, blocks: dict[str, str]) -> str:
+    """`text` with each block's content replaced; every block's markers must be present once."""
+    for block, content in blocks.items():
+        begin, end = _marker(block, "begin"), _marker(block, "end")
+        pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+        if len(pattern.findall(text)) != 1:
+            raise ValueError(f"the README needs exactly one {begin} ... {end} pair (found "
+                             f"{len(pattern.findall(text))}); add them around the study's "
+                             f"{block}")
+        replacement = f"{begin}\n{content}\n{end}"
+        text = pattern.sub(lambda _, new=replacement: new, text)
+    return text
+
+
+def regenerate_readme(workdir: str | Path, readme: str | Path) -> None:
+    readme = Path(readme)
+    readme.write_text(replace_blocks(readme.read_text(), study_blocks(workdir)))
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir (holding study.json).")
+_README = flags.DEFINE_string("readme", "README.md", "The README whose study blocks to rewrite.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _WORKDIR.value is None or not (Path(_WORKDIR.value) / "study.json").exists():
+        raise app.UsageError(f"--workdir={_WORKDIR.value} holds no study.json: run the study "
+                             "first (python -m crate_jax.main --config=configs/ablation.py ...)")
+    try:
+        regenerate_readme(_WORKDIR.value, _README.value)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
+    print(f"rewrote the study blocks of {_README.value} from {_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

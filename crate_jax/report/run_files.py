@@ -1,0 +1,103 @@
+"""What the report reads from one run's workdir, and nothing else: every reader of a run file.
+
+Files a run may lack (older runs, natural text) read as `None`, never as zero:
+- `references.json` (written by the train stage): nats/token of count-based unigram and bigram
+  models on exactly the validation targets of the run's validation loss, and the entropy floor
+  of a planted corpus (`null` for natural text);
+- `interp/ground_truth.json` (planted corpus only): per site and layer, how well the neurons
+  recover the planted features, and how the explanation score ranks against that truth.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+REFERENCE_KEYS = ("unigram", "bigram", "floor")
+
+
+@functools.cache
+def score_entries(path: Path) -> tuple[dict, ...]:
+    """The per-neuron lines of one scores.jsonl, parsed once, without their simulations.
+
+    Only `neuron`, `scores` and `failures` are kept: the simulations are most of each line and
+    no table or figure needs them (the cache held 1.7 GB of them for the default study).
+    """
+    entries = []
+    with open(path) as file:
+        for line in file:
+            if line.strip():
+                entry = json.loads(line)
+                entries.append({"neuron": entry["neuron"], "scores": entry["scores"],
+                                "failures": entry["failures"]})
+    return tuple(entries)
+
+
+def final_validation(run_dir: Path) -> dict:
+    """`{"loss", "bits_per_byte", "steps": [...], "losses": [...], "config"}` of a run."""
+    config = json.loads((run_dir / "config.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+               if line.strip()]
+    validation = [r for r in records if r["split"] == "validation"]
+    return {"loss": validation[-1]["loss"], "bits_per_byte": validation[-1]["bits_per_byte"],
+            "steps": [r["step"] for r in validation], "losses": [r["loss"] for r in validation],
+            "config": config}
+
+
+def references(run_dir: Path) -> dict | None:
+    """The run's reference losses (`references.json`), or None where the run has none."""
+    path = run_dir / "references.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def undertrained(loss: float, reference: dict | None) -> bool | None:
+    """True where the validation loss does not beat the bigram reference; None: unknown."""
+    if reference is None or reference.get("bigram") is None:
+        return None
+    return not loss < reference["bigram"]
+
+
+def ground_truth(run_dir: Path) -> dict | None:
+    """`interp/ground_truth.json`, or None where the run has none (natural text)."""
+    path = run_dir / "interp" / "ground_truth.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def ground_truth_by_site(truth: dict | None) -> dict[str, dict[str, float]]:
+    """Per site, pooled over layers: `recovery` and `mean_monosemanticity` (mean over layers)
+    and `spearman` (score vs truth, per-layer correlations weighted by their neuron counts)."""
+    pooled = {}
+    for site, layers in (truth or {}).get("sites", {}).items():
+        entries = list(layers.values())
+        if not entries:
+            continue
+        spearman = [(e["score_vs_truth"]["spearman"], e["score_vs_truth"]["n"]) for e in entries
+                    if e.get("score_vs_truth") and e["score_vs_truth"].get("spearman") is not None
+                    and math.isfinite(e["score_vs_truth"]["spearman"])
+                    and e["score_vs_truth"].get("n")]
+        weight = sum(n for _, n in spearman)
+        pooled[site] = {
+            "recovery": float(np.mean([e["recovery"] for e in entries])),
+            "mean_monosemanticity": float(np.mean([e["mean_monosemanticity"] for e in entries])),
+            "spearman": sum(r * n for r, n in spearman) / weight if weight else math.nan}
+    return pooled
+
+
+def neuron_statistics(run_dir: Path, site: str, layer: int) -> dict[int, dict[str, float]]:
+    """`{neuron index: {"max", "firing_frequency", "count"}}` from the records' statistics file;
+    empty where the run has none."""
+    path = run_dir / "interp" / "records" / site / f"layer_{layer}_statistics.npz"
+    if not path.exists():
+        return {}
+    with np.load(path) as data:
+        return {int(n): {"max": float(m), "firing_frequency": float(f), "count": int(c)}
+                for n, m, f, c in zip(data["neuron_index"], data["max"],
+                                      data["firing_frequency"], data["count"], strict=True)}
