@@ -13,7 +13,7 @@ from crate_jax.data.token_arrays import (
     prepare_token_arrays,
 )
 from crate_jax.data.tokenizer import (
-    ByteLevelBPE,
+    SavedTokenizer,
     TokenizerError,
     load_or_train_tokenizer,
     train_byte_level_bpe,
@@ -55,7 +55,7 @@ def test_tokenizer_is_saved_in_the_workdir_and_reused(tmp_path):
     assert reused.encode(TEXTS[3]) == trained.encode(TEXTS[3])
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="cannot read tokenizer"):
-        ByteLevelBPE.load(tmp_path / "tokenizer.json")
+        SavedTokenizer.load(tmp_path / "tokenizer.json")
 
 
 def test_gpt2_tokenizer_without_tiktoken_or_its_files_is_a_clear_error(tmp_path):

@@ -8,6 +8,9 @@ Source strings (the `data.source` config value):
   are paths relative to the glob's leading folder (`text:/data/**/*.txt` -> `a/b.txt`).
 - `'tfds:<name>[/<config>][:<split>]'`: a TFDS text data set already prepared (as ArrayRecord)
   under `data_dir`; the split defaults to `train`.
+- `'planted[:<documents>]'`: the planted corpus (see `planted`), generated from seed 0 with
+  known per-token features and entropy floor; 20,000 documents (~1.1 M words) by default. Use
+  it with `data.tokenizer='word'` so that one token is one word.
 
 Nothing here touches the network: a TFDS data set that is not on disk fails at once with the
 command that would prepare it. Every source has a JSON-serialisable fingerprint, written next
@@ -29,9 +32,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from crate_jax.data import stdlib_corpus
+from crate_jax.data import planted, stdlib_corpus
 
-VALID_SOURCES = "'stdlib', 'text:<glob>' or 'tfds:<name>[/<config>][:<split>]'"
+VALID_SOURCES = ("'stdlib', 'planted[:<documents>]', 'text:<glob>' or "
+                 "'tfds:<name>[/<config>][:<split>]'")
+PLANTED_SEED = 0
+PLANTED_DOCUMENTS = 20_000
 DEFAULT_TFDS_SPLIT = "train"
 
 _TFDS_SPEC = re.compile(r"^(?P<name>[a-z0-9_]+)(?:/(?P<config>[\w.\-]+))?(?::(?P<split>.+))?$")
@@ -96,6 +102,10 @@ def read_documents(source: str, data_dir: str | os.PathLike) -> Iterator[Documen
     scheme, argument = _split_source(source)
     if scheme == "stdlib":
         return _read_tfds(_prepared_stdlib(data_dir))
+    if scheme == "planted":
+        return (Document(id=_planted_id(index), text=document.text)
+                for index, document in planted.generate_documents(PLANTED_SEED,
+                                                                  _planted_count(argument)))
     if scheme == "text":
         return _read_text_files(_matching_files(argument), _glob_root(argument))
     return _read_tfds(_find_prepared_tfds(_parse_tfds_spec(argument), data_dir))
@@ -111,6 +121,9 @@ def source_fingerprint(source: str, data_dir: str | os.PathLike) -> dict:
     scheme, argument = _split_source(source)
     if scheme == "stdlib":
         fingerprint = stdlib_corpus.stdlib_fingerprint(data_dir)
+    elif scheme == "planted":
+        fingerprint = {"generator": planted.GENERATOR_VERSION, "seed": PLANTED_SEED,
+                       "documents": _planted_count(argument)}
     elif scheme == "text":
         fingerprint = _text_fingerprint(argument)
     else:
@@ -121,12 +134,48 @@ def source_fingerprint(source: str, data_dir: str | os.PathLike) -> dict:
 
 
 def _split_source(source: str) -> tuple[str, str]:
-    if source == "stdlib":
-        return "stdlib", ""
+    if source in ("stdlib", "planted"):
+        return source, ""
     scheme, colon, argument = source.partition(":")
-    if colon and scheme in ("text", "tfds") and argument:
+    if colon and scheme in ("text", "tfds", "planted") and argument:
+        if scheme == "planted":
+            _planted_count(argument)
         return scheme, argument
     raise SourceError(f"unknown data source {source!r}; valid forms are {VALID_SOURCES}")
+
+
+# --- planted: the generated corpus with ground truth ----------------------------------------
+
+
+def _planted_count(argument: str) -> int:
+    if not argument:
+        return PLANTED_DOCUMENTS
+    if not argument.isdigit() or int(argument) < 1:
+        raise SourceError(f"'planted:{argument}': the argument is a number of documents, e.g. "
+                          f"'planted:{PLANTED_DOCUMENTS}'")
+    return int(argument)
+
+
+def _planted_id(index: int) -> str:
+    return f"planted/{index}"
+
+
+def planted_document_ids(source: str) -> list[str]:
+    """The ids `read_documents` gives a planted source, in order, without generating it."""
+    scheme, argument = _split_source(source)
+    if scheme != "planted":
+        raise SourceError(f"data source {source!r} is not planted")
+    return [_planted_id(index) for index in range(_planted_count(argument))]
+
+
+def planted_ground_truth(document_ids: Sequence[str]) -> Iterator[planted.PlantedDocument]:
+    """The generator's ground truth (labels, floor) of the given planted documents, in order."""
+    for doc_id in document_ids:
+        yield planted.generate_document(PLANTED_SEED, int(doc_id.removeprefix("planted/")))
+
+
+def is_planted(source: str) -> bool:
+    return _split_source(source)[0] == "planted"
 
 
 # --- text: local files -------------------------------------------------------------------------

@@ -18,11 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
-from crate_jax.data.sources import Document, read_documents, source_fingerprint
+from crate_jax.data import planted
+from crate_jax.data.sources import (
+    Document,
+    is_planted,
+    planted_document_ids,
+    planted_ground_truth,
+    read_documents,
+    source_fingerprint,
+)
 from crate_jax.data.tokenizer import TextTokenizer, load_or_train_tokenizer
 
 SPLITS = ("train", "validation")
 MANIFEST = "tokens.json"
+# Planted sources only: per validation token, its ground-truth features and the generator's
+# exact negative log-likelihood (the entropy floor), aligned with `validation.bin`.
+PLANTED_TRUTH = "planted_validation_truth.npz"
 _ENCODE_CHUNK = 512  # documents per `encode_batch` call: parallel, yet bounded memory
 
 
@@ -91,6 +102,11 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
               for split in SPLITS}
     if splits["validation"]["tokens"] == 0:
         splits = _hold_out_tail(directory, dtype, fraction, splits)
+    if is_planted(source):
+        validation_ids = [doc_id for doc_id in planted_document_ids(source)
+                          if is_validation(doc_id, fraction)]
+        _write_planted_truth(directory / PLANTED_TRUTH, validation_ids,
+                             splits["validation"]["tokens"])
     manifest = {**settings, "dtype": dtype.name, "splits": splits,
                 "fingerprint": source_fingerprint(source, data_dir),
                 "end_of_text": tokenizer.end_of_text, "tokenizer_vocab_size": tokenizer.vocab_size}
@@ -121,6 +137,32 @@ def _write_split(documents: Iterator[Document], tokenizer: TextTokenizer, path: 
         flush()
     os.replace(temporary, path)
     return counts
+
+
+def _write_planted_truth(path: Path, validation_ids: list[str], tokens: int) -> None:
+    """Labels and floor of every validation token: one row per word plus the end-of-text token
+    that `_write_split` appends, so row i describes `validation.bin[i]`."""
+    documents = list(planted_ground_truth(validation_ids))
+    labels = np.concatenate([document.labels for document in documents])
+    floor = np.concatenate([document.floor_nll for document in documents])
+    if floor.size != tokens:
+        raise DataPreparationError(
+            f"planted ground truth covers {floor.size} tokens but validation.bin holds {tokens}: "
+            "use data.tokenizer='word' with the planted source (one token per word)")
+    with open(path.with_suffix(".tmp"), "wb") as file:
+        np.savez(file, labels=labels, floor_nll=floor.astype(np.float64),
+                 features=np.asarray(planted.FEATURES))
+    os.replace(path.with_suffix(".tmp"), path)
+
+
+def read_planted_truth(data_directory: Path) -> dict[str, np.ndarray] | None:
+    """`{"labels": [tokens, features] bool, "floor_nll": [tokens], "features": [features]}` of
+    the validation split, or None when the run's data is not planted."""
+    path = Path(data_directory) / PLANTED_TRUTH
+    if not path.exists():
+        return None
+    with np.load(path) as truth:
+        return {key: truth[key] for key in truth.files}
 
 
 def _hold_out_tail(directory: Path, dtype: np.dtype, fraction: float, splits: dict) -> dict:

@@ -1,9 +1,12 @@
-"""Tokenizers: a byte-level BPE trained on the run's own training text, or GPT-2's through tiktoken.
+"""Tokenizers: a byte-level BPE or a word-level vocabulary trained on the run's own training text,
+or GPT-2's BPE through tiktoken.
 
 The BPE is the offline default: trained once on the training split (never on validation text, so
 validation loss stays honest), saved as `tokenizer.json` in the workdir and reused by every later
-stage and rerun. GPT-2's BPE (what the paper uses) needs the optional `tiktoken` package and its
-cached vocabulary files.
+stage and rerun. The word-level tokenizer (one token per whitespace-separated word) is for
+languages with a small closed vocabulary, such as the planted corpus, where a token must be
+exactly one word for the ground-truth labels to line up. GPT-2's BPE (what the paper uses) needs
+the optional `tiktoken` package and its cached vocabulary files.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ from typing import Protocol
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 END_OF_TEXT = "<|endoftext|>"
+UNKNOWN_WORD = "<|unknown|>"
 TOKENIZER_FILE = "tokenizer.json"
+TRAINED_KINDS = ("bpe", "word")
 
 
 class TokenizerError(RuntimeError):
@@ -36,8 +41,8 @@ class TextTokenizer(Protocol):
     def decode(self, ids: Iterable[int]) -> str: ...
 
 
-class ByteLevelBPE:
-    """A `tokenizers` byte-level BPE: any text round-trips, no unknown tokens."""
+class SavedTokenizer:
+    """A `tokenizers` tokenizer trained here and saved as `tokenizer.json` (BPE or word-level)."""
 
     def __init__(self, tokenizer: Tokenizer):
         self._tokenizer = tokenizer
@@ -60,7 +65,7 @@ class ByteLevelBPE:
         os.replace(temporary, path)  # never leave a half-written tokenizer behind
 
     @classmethod
-    def load(cls, path: Path) -> ByteLevelBPE:
+    def load(cls, path: Path) -> SavedTokenizer:
         try:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as error:  # tokenizers raises a bare Exception on bad JSON
@@ -68,7 +73,7 @@ class ByteLevelBPE:
                                  "retrain it with the token arrays") from error
 
 
-def train_byte_level_bpe(texts: Iterable[str], vocab_size: int) -> ByteLevelBPE:
+def train_byte_level_bpe(texts: Iterable[str], vocab_size: int) -> SavedTokenizer:
     """Trains a byte-level BPE with `vocab_size` entries, `<|endoftext|>` among them.
 
     Deterministic for the same texts in the same order, so a rerun rebuilds the same vocabulary.
@@ -80,7 +85,19 @@ def train_byte_level_bpe(texts: Iterable[str], vocab_size: int) -> ByteLevelBPE:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer)
-    return ByteLevelBPE(tokenizer)
+    return SavedTokenizer(tokenizer)
+
+
+def train_word_level(texts: Iterable[str], vocab_size: int) -> SavedTokenizer:
+    """One token per whitespace-separated word seen in `texts` (at most `vocab_size` entries,
+    `<|endoftext|>` and an unknown-word token among them). Deterministic for the same texts."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNKNOWN_WORD))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(vocab_size=vocab_size,
+                                        special_tokens=[END_OF_TEXT, UNKNOWN_WORD],
+                                        show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return SavedTokenizer(tokenizer)
 
 
 class Gpt2Tiktoken:
@@ -120,16 +137,17 @@ def load_or_train_tokenizer(kind: str, workdir: Path, vocab_size: int,
     """
     if kind == "gpt2":
         tokenizer = Gpt2Tiktoken()
-    elif kind == "bpe":
+    elif kind in TRAINED_KINDS:
         path = workdir / TOKENIZER_FILE
         if path.exists():
-            tokenizer = ByteLevelBPE.load(path)
+            tokenizer = SavedTokenizer.load(path)
         else:
-            tokenizer = train_byte_level_bpe(training_texts, vocab_size)
+            train = train_byte_level_bpe if kind == "bpe" else train_word_level
+            tokenizer = train(training_texts, vocab_size)
             workdir.mkdir(parents=True, exist_ok=True)
             tokenizer.save(path)
     else:
-        raise TokenizerError(f"data.tokenizer={kind!r} is not one of bpe, gpt2")
+        raise TokenizerError(f"data.tokenizer={kind!r} is not one of bpe, word, gpt2")
     if tokenizer.vocab_size > vocab_size:
         raise TokenizerError(
             f"the {kind} tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="

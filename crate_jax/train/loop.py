@@ -20,8 +20,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from crate_jax.data.references import REFERENCES_FILE, reference_losses
 from crate_jax.data.sampler import WindowSampler, evaluation_windows
-from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays
+from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays, write_json_atomically
 from crate_jax.model import model_from_config
 from crate_jax.train.checkpoints import Checkpointer, CheckpointError
 from crate_jax.train.metrics import MetricsWriter
@@ -81,6 +82,11 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
     # The validation set is `eval_batches` global batches of windows, whatever the accumulation.
     eval_windows = _local_eval_windows(tokens, train.seq_len,
                                        train.eval_batches * train.batch_size, micro_batch)
+    if jax.process_index() == 0:
+        num_windows = jax.process_count() * sum(chunk.shape[0] for chunk in eval_windows)
+        write_json_atomically(workdir / REFERENCES_FILE,
+                              reference_losses(tokens, workdir / "data", num_windows,
+                                               train.seq_len))
     train_step = make_train_step(model, optimizer, schedule, mesh, state_sharding)
     eval_step = make_eval_step(model, mesh, state_sharding.params)
     batch_layout = (train.grad_accum_steps, micro_batch // jax.process_count(), train.seq_len + 1)
