@@ -1,10 +1,11 @@
 """The ablation study stage: validation before training, and resuming without retraining."""
 
+import re
 import shutil
 import subprocess
 
 import pytest
-from run_helpers import with_data, workdir_with_data
+from run_helpers import REPO, with_data, workdir_with_data
 
 from configs import ablation
 from crate_jax.model import ConfigError
@@ -160,3 +161,255 @@ def _check_report_against_run_files(workdir):
                 if json.loads(x)["split"] == "validation"][-1]
         assert math.isclose(float(rows[variant]["validation_loss/mean"]), last["loss"])
     assert rows["no_ista"]["attn/random_only/vs_crate/difference"] != ""
+
+
+# -- the report's findings, on copies of the miniature with hand-written files of the documented
+#    schemas (references.json from the train stage, ground_truth.json from a planted corpus) --
+
+
+def _copy_study(workdir, tmp_path):
+    copy = tmp_path / "study"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    return copy
+
+
+def _final_loss(run_dir):
+    import json
+
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if json.loads(x)["split"] == "validation"][-1]["loss"]
+
+
+def _write_json(path, value):
+    import json
+
+    path.write_text(json.dumps(value))
+
+
+def _rebuild_report(workdir, figures=False):
+    from crate_jax.report.ablation_table import build_table, write_table
+    from crate_jax.report.page import write_page
+    from crate_jax.report.plots import write_plots
+
+    rows = build_table(workdir, samples=50)
+    write_table(rows, workdir / "report")
+    write_page(workdir, workdir / "report",
+               write_plots(workdir, workdir / "report") if figures else [])
+    return rows
+
+
+def _markdown_row(markdown, variant):
+    return next(line for line in markdown.splitlines() if line.startswith(f"| {variant} |"))
+
+
+def test_runs_that_do_not_beat_the_bigram_reference_are_flagged(miniature, tmp_path):
+    import csv
+    import json
+
+    _, original = miniature
+    workdir = _copy_study(original, tmp_path)
+    crate, no_ista = workdir / "runs" / "crate_seed0", workdir / "runs" / "no_ista_seed0"
+    for run_dir in (crate, no_ista):  # as an older run: no references.json
+        (run_dir / "references.json").unlink(missing_ok=True)
+    _rebuild_report(workdir)
+    markdown = (workdir / "report" / "ablation.md").read_text()
+    for variant in ("crate", "no_ista"):  # no references: n/a, and no flag
+        assert "| n/a | n/a | n/a | n/a |" in _markdown_row(markdown, variant)
+    assert "undertrained" not in markdown.split("## All variants")[0]
+    assert 'id="undertrained"' not in (workdir / "report" / "index.html").read_text()
+
+    above, below = _final_loss(crate) - 0.5, _final_loss(no_ista) + 0.5
+    for run_dir, bigram in ((crate, above), (no_ista, below)):
+        _write_json(run_dir / "references.json",
+                    {"unigram": bigram + 1.0, "bigram": bigram, "floor": None,
+                     "floor_source": None, "tokens": 1000, "seq_len": 64, "windows": 4})
+    _rebuild_report(workdir)
+    markdown = (workdir / "report" / "ablation.md").read_text()
+    assert f"| {above:.3f} | n/a | **undertrained** (crate_seed0) |" in \
+        _markdown_row(markdown, "crate")
+    assert f"| {below:.3f} | n/a | beats bigram |" in _markdown_row(markdown, "no_ista")
+    assert "Ablation A (no_ista vs crate): no conclusion, crate_seed0 does not beat the bigram " \
+           "reference loss (undertrained)." in markdown
+    rows = {r["variant"]: r for r in csv.DictReader(open(workdir / "report" / "ablation.csv"))}
+    assert rows["crate"]["undertrained"] == "True" and rows["no_ista"]["undertrained"] == "False"
+    assert float(rows["no_ista"]["references/bigram"]) == pytest.approx(below)
+    answer = json.loads((workdir / "report" / "ablation.json").read_text())["answer"]
+    assert "no conclusion" in answer["sentences"][0]
+    page = (workdir / "report" / "index.html").read_text()
+    warning = page.split('id="undertrained">')[1].split("</p>")[0]
+    assert "crate_seed0" in warning and "no_ista_seed0" not in warning
+    assert "<strong>undertrained</strong> (crate_seed0)" in page
+
+
+def test_ground_truth_recovery_is_tabulated_and_compared_where_present(miniature, tmp_path):
+    import csv
+
+    _, original = miniature
+    columns = next(csv.reader(open(original / "report" / "ablation.csv")))
+    assert not any("recovery" in c for c in columns)  # no ground truth: absent, never zero
+
+    workdir = _copy_study(original, tmp_path)
+
+    def layer(recovery, spearman, n):
+        return {"recovery": recovery, "mean_monosemanticity": recovery / 2,
+                "mean_best_auroc": 0.8, "features": {"digit": {"best_neuron": 3, "auroc": 0.95}},
+                "neurons": {"index": [3], "best_feature": ["digit"], "best_auroc": [0.95],
+                            "mass_on_best": [0.7]},
+                "score_vs_truth": {"spearman": spearman, "n": n}}
+
+    for name, attn in (("crate_seed0", (0.5, 0.7)), ("no_ista_seed0", (0.9, 0.9))):
+        sites = {"attn": {"0": layer(attn[0], 0.2, 4), "1": layer(attn[1], 0.6, 12)},
+                 "resid": {"0": layer(0.4, 0.1, 8), "1": layer(0.4, 0.1, 8)}}
+        _write_json(workdir / "runs" / name / "interp" / "ground_truth.json",
+                    {"features": ["digit"], "tokens": 512, "sites": sites})
+    _rebuild_report(workdir)
+    rows = {r["variant"]: r for r in csv.DictReader(open(workdir / "report" / "ablation.csv"))}
+    assert float(rows["crate"]["attn/recovery/mean"]) == pytest.approx(0.6)
+    assert float(rows["crate"]["attn/mean_monosemanticity/mean"]) == pytest.approx(0.3)
+    assert float(rows["crate"]["attn/spearman/mean"]) == pytest.approx(0.5)  # n-weighted
+    assert float(rows["no_ista"]["attn/recovery/vs_crate/difference"]) == pytest.approx(0.3)
+    assert rows["crate"].get("ista/recovery/mean", "") == ""  # ista: no ground truth here
+    markdown = (workdir / "report" / "ablation.md").read_text()
+    answer = markdown.split("## All variants")[0]
+    assert "| recovery vs CRATE |" in answer and "no_ista − crate" in answer
+    assert "0.300" in next(line for line in answer.splitlines() if "| attn |" in line)
+    assert "attn recovery" in markdown and "attn score vs truth ρ" in markdown
+
+
+def test_neurons_left_out_are_counted_in_the_table_and_page(miniature):
+    import json
+
+    _, workdir = miniature
+    markdown = (workdir / "report" / "ablation.md").read_text()
+    page = (workdir / "report" / "index.html").read_text()
+    for variant in ("crate", "no_ista"):
+        run_dir = workdir / "runs" / f"{variant}_seed0"
+        entries = [json.loads(line) for path in
+                   sorted((run_dir / "interp" / "scores" / "attn").glob("*/scores.jsonl"))
+                   for line in path.read_text().splitlines()]
+        left_out = sum(e["scores"]["random_only"] is None or "random_only" in e["failures"]
+                       for e in entries)
+        sparsity = json.loads((run_dir / "interp" / "sparsity.json").read_text())["attn"]
+        dead = sum(layer["dead_neurons"] for layer in sparsity.values())
+        total = sum(layer["num_neurons"] for layer in sparsity.values())
+        cell = f"r-o {left_out}/{len(entries)}"
+        assert cell in _markdown_row(markdown, variant)
+        assert f"dead {dead}/{total}" in _markdown_row(markdown, variant)
+        assert cell in page
+
+
+def test_figures_keep_one_colour_per_variant_and_legends_off_the_data(miniature, tmp_path):
+    from crate_jax.report.plots import scores_by_layer_figure, validation_loss_figure
+
+    _, original = miniature
+    workdir = _copy_study(original, tmp_path)
+    # CRATE second: the ista panel then has CRATE alone, where a restarted colour cycle would
+    # give it no_ista's colour.
+    runs = {variant: [workdir / "runs" / f"{variant}_seed0"] for variant in ("no_ista", "crate")}
+    figure = scores_by_layer_figure(runs, "top_and_random")
+    colours = {}
+    for axis in figure.axes:
+        assert axis.get_legend() is None
+        for container in axis.containers:
+            colours.setdefault(container.get_label(), set()).add(
+                container.lines[0].get_color())
+    assert set(colours) == {"crate", "no_ista"}
+    assert len(colours["crate"]) == 1 and len(colours["no_ista"]) == 1
+    assert colours["crate"] != colours["no_ista"]
+    figure.canvas.draw()
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["no_ista", "crate"]
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(axis.get_window_extent()) for axis in figure.axes)
+
+    bigram = _final_loss(runs["crate"][0]) - 0.3
+    for run_dirs in runs.values():
+        _write_json(run_dirs[0] / "references.json",
+                    {"unigram": bigram + 1.0, "bigram": bigram, "floor": None,
+                     "floor_source": None, "tokens": 1000, "seq_len": 64, "windows": 4})
+    figure = validation_loss_figure(runs)
+    horizontal = [line.get_ydata()[0] for line in figure.axes[0].lines
+                  if len(set(line.get_ydata())) == 1 and len(line.get_ydata()) == 2]
+    assert horizontal == pytest.approx([bigram + 1.0, bigram])
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert f"bigram reference {bigram:.2f}" in labels and "crate" in labels
+
+
+def test_neuron_viewer_picks_best_and_worst_among_firing_neurons(miniature, tmp_path):
+    import json
+    import re
+
+    import numpy as np
+
+    _, original = miniature
+    workdir = _copy_study(original, tmp_path)
+    run_dir = workdir / "runs" / "crate_seed0"
+    scores = [json.loads(line) for line in
+              (run_dir / "interp" / "scores" / "ista" / "layer_1" / "scores.jsonl")
+              .read_text().splitlines()]
+    best = max((e for e in scores if e["scores"]["top_and_random"] is not None),
+               key=lambda e: (e["scores"]["top_and_random"], -e["neuron"]))["neuron"]
+    # Make the best-scored neuron a dead one that twitches once (as a document boundary would).
+    path = run_dir / "interp" / "records" / "ista" / "layer_1_statistics.npz"
+    with np.load(path) as data:
+        arrays = {name: data[name].copy() for name in data.files}
+    position = list(arrays["neuron_index"]).index(best)
+    arrays["max"][position] = 1e-4 * max(arrays["max"].max(), 1e-3)
+    arrays["firing_frequency"][position] = 1 / arrays["count"][position]
+    with open(path, "wb") as file:
+        np.savez(file, **arrays)
+    _rebuild_report(workdir)
+    page = (workdir / "report" / "index.html").read_text()
+    chosen = re.findall(r"(best|worst) explained \(of \d+ firing, scored\): crate · ista layer 1 "
+                        r"· neuron (\d+)", page)
+    assert [kind for kind, _ in chosen] == ["best", "worst"]
+    assert str(best) not in [neuron for _, neuron in chosen]
+    assert "<b>Activation scale:</b> (10) = activation" in page
+    assert "fires (&gt; 0) on" in page
+
+
+def test_score_cache_keeps_no_simulations(miniature):
+    from crate_jax.report.run_files import score_entries
+
+    _, workdir = miniature
+    path = next((workdir / "runs" / "crate_seed0" / "interp" / "scores").glob(
+        "*/layer_*/scores.jsonl"))
+    assert "simulations" in path.read_text()
+    assert all(set(entry) == {"neuron", "scores", "failures"} for entry in score_entries(path))
+
+
+def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path):
+    import json
+    import sys
+
+    from crate_jax.report.text import interval_text
+
+    _, workdir = miniature
+    readme = tmp_path / "README.md"
+    original = (REPO / "README.md").read_text()
+    readme.write_text(original)
+    command = [sys.executable, "-m", "crate_jax.report.readme", f"--workdir={workdir}",
+               f"--readme={readme}"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = readme.read_text()
+    outside = re.compile(r"<!-- study:(\w+):begin -->.*?<!-- study:\1:end -->", re.DOTALL)
+    assert outside.sub("", text) == outside.sub("", original)  # nothing else changed
+    blocks = dict(re.findall(r"<!-- study:(\w+):begin -->\n(.*?)\n<!-- study:\1:end -->", text,
+                             re.DOTALL))
+    assert set(blocks) == {"facts", "answer", "table"}
+    assert "2 variants x 1 seed" in blocks["facts"] and "10 steps of 8 x 64" in blocks["facts"]
+    rows = json.loads((workdir / "report" / "ablation.json").read_text())["variants"]
+    table = [line for line in blocks["table"].splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[0] for line in table] == ["| crate", "| no_ista"]
+    for line, row in zip(table, rows, strict=True):
+        assert interval_text(row["validation_loss"]) in line
+        assert interval_text(row["attn/random_only"]) in line
+    assert "Ablation A (no_ista vs crate):" in blocks["answer"]
+    assert re.search(r"\| A: no_ista − crate( \(undertrained\))? \| attn \|", blocks["answer"])
+    subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    assert readme.read_text() == text  # regenerating is idempotent
+
+    readme.write_text("# a README without the study's markers\n")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "<!-- study:facts:begin -->" in done.stderr

@@ -106,7 +106,7 @@ def firing_neurons(stats: dict[int, dict]) -> set[int]:
 def _chosen_neurons(run_dir: Path, variant: str) -> list[str]:
     """Panels for the best and worst explained firing neuron of each site's last layer."""
     config = json.loads((run_dir / "config.json").read_text())
-    record_protocol = config.get("interp", {}).get("record_protocol", "default")
+    record_protocol = config.get("interp", {}).get("protocol", "default")
     panels = []
     for site_dir in sorted(p for p in (run_dir / "interp" / "scores").iterdir() if p.is_dir()):
         site = site_dir.name
