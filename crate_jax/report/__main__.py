@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     rows = build_table(workdir)
     write_table(rows, workdir / "report")
     page = write_page(workdir, workdir / "report", write_plots(workdir, workdir / "report"))
-    print(markdown_table(rows))
+    print(markdown_table(rows, answer_last=True))
     print(f"report: open {page}")
 
 

@@ -225,11 +225,14 @@ def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: list[dict], *, answer_last: bool = False) -> str:
     """The answer to the ablations (short table and one sentence each), then the wide table:
-    every variant with its reference losses, scores, neurons left out and differences."""
-    return (answer_markdown(rows) + "\n## All variants\n\n"
+    every variant with its reference losses, scores, neurons left out and differences.
+    `answer_last=True` puts the answer after the wide table (for a terminal, where the last
+    lines are the ones read)."""
+    wide = ("## All variants\n\n"
             "Scores are mean [95% interval over neurons and seeds]; reference losses in "
             "nats/token on the same validation targets; “undertrained”: the run's validation "
-            "loss does not beat the bigram reference.\n\n"
-            + markdown_rows(*wide_table_cells(rows)))
+            "loss does not beat the bigram reference.\n\n" + markdown_rows(*wide_table_cells(rows)))
+    answer = answer_markdown(rows)
+    return f"{wide}\n{answer}" if answer_last else f"{answer}\n{wide}"
