@@ -71,24 +71,34 @@ def ground_truth(run_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
+def _number(value) -> float:
+    """A JSON number, with `null` (and NaN written as such) read as NaN."""
+    return math.nan if value is None else float(value)
+
+
 def ground_truth_by_site(truth: dict | None) -> dict[str, dict[str, float]]:
-    """Per site, pooled over layers: `recovery` and `mean_monosemanticity` (mean over layers)
-    and `spearman` (score vs truth, per-layer correlations weighted by their neuron counts)."""
+    """Per site, pooled over layers: `recovery` and `mean_monosemanticity` (mean over the layers
+    that have one) and `spearman` (score vs truth: per-layer rank correlations weighted by their
+    neuron counts). NaN where no layer has the number."""
     pooled = {}
     for site, layers in (truth or {}).get("sites", {}).items():
         entries = list(layers.values())
         if not entries:
             continue
-        spearman = [(e["score_vs_truth"]["spearman"], e["score_vs_truth"]["n"]) for e in entries
-                    if e.get("score_vs_truth") and e["score_vs_truth"].get("spearman") is not None
-                    and math.isfinite(e["score_vs_truth"]["spearman"])
-                    and e["score_vs_truth"].get("n")]
+        spearman = [(_number(e["score_vs_truth"].get("spearman")), e["score_vs_truth"]["n"])
+                    for e in entries if e.get("score_vs_truth") and e["score_vs_truth"].get("n")]
+        spearman = [(r, n) for r, n in spearman if math.isfinite(r)]
         weight = sum(n for _, n in spearman)
         pooled[site] = {
-            "recovery": float(np.mean([e["recovery"] for e in entries])),
-            "mean_monosemanticity": float(np.mean([e["mean_monosemanticity"] for e in entries])),
-            "spearman": sum(r * n for r, n in spearman) / weight if weight else math.nan}
+            key: _finite_mean([_number(e.get(key)) for e in entries])
+            for key in ("recovery", "mean_monosemanticity")}
+        pooled[site]["spearman"] = sum(r * n for r, n in spearman) / weight if weight else math.nan
     return pooled
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
 
 
 def neuron_statistics(run_dir: Path, site: str, layer: int) -> dict[int, dict[str, float]]:
