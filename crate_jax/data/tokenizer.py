@@ -57,7 +57,9 @@ class SavedTokenizer:
         return [encoding.ids for encoding in self._tokenizer.encode_batch(texts)]
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._tokenizer.decode(list(ids))
+        """The text of `ids`; `<|endoftext|>` is shown, not dropped, so a neuron that fires on
+        document boundaries reads as such in its records and explanation."""
+        return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def save(self, path: Path) -> None:
         temporary = path.with_suffix(".tmp")

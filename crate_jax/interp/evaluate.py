@@ -15,7 +15,11 @@ from pathlib import Path
 
 import jax
 
-from crate_jax.data.token_arrays import prepare_token_arrays, write_json_atomically
+from crate_jax.data.token_arrays import (
+    prepare_token_arrays,
+    read_planted_truth,
+    write_json_atomically,
+)
 from crate_jax.data.tokenizer import load_or_train_tokenizer
 from crate_jax.interp.backends import make_backend
 from crate_jax.interp.capture import (
@@ -23,6 +27,13 @@ from crate_jax.interp.capture import (
     evaluation_sequences,
     mine_records,
     read_records,
+)
+from crate_jax.interp.ground_truth import (
+    GROUND_TRUTH_FILE,
+    RECOVERY_AUROC,
+    capture_all_neurons,
+    layer_ground_truth,
+    score_vs_truth,
 )
 from crate_jax.interp.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.report import layer_summary, markdown_report
@@ -89,6 +100,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
 
     explainer, simulator = make_backend(interp)
     summary_sites: dict = {}
+    top_and_random: dict = {}
     scored = 0
     for site in sites:
         summary_sites[site] = {}
@@ -103,11 +115,19 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
                                  layer=layer, workers=interp.workers,
                                  record_protocol=interp.protocol)
             scored += len(scores)
+            top_and_random[site, layer] = {index: entry["scores"].get("top_and_random")
+                                           for index, entry in scores.items()}
             summary_sites[site][str(layer)] = layer_summary(
                 scores, sparsity[site][str(layer)], samples=interp.bootstrap_samples,
                 seed=interp.seed)
             _say(f"interp: {site} layer {layer}: {len(scores)} neurons scored")
 
+    truth = read_planted_truth(workdir / "data")
+    if truth is not None:
+        _say("interp: ground truth of the planted features")
+        ground_truth = planted_ground_truth(model, params, sequences, sites, interp.batch_size,
+                                            truth, top_and_random)
+        write_json_atomically(out / GROUND_TRUTH_FILE, ground_truth)
     elapsed = time.perf_counter() - started
     summary = {"variant": config.variant, "size": config.size, "checkpoint_step": step,
                "explainer": interp.explainer, "seed": interp.seed,
@@ -118,6 +138,28 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     (out / "report.md").write_text(markdown_report(summary))
     _say(markdown_report(summary))
     return summary
+
+
+def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch_size: int,
+                         truth: dict, top_and_random: dict) -> dict:
+    """`ground_truth.json`: per site and layer, how the neurons encode the planted features,
+    and how each layer's explanation scores rank against that truth.
+
+    `truth` is the data's planted validation truth; the evaluation sequences are the first
+    validation tokens, so its first `sequences.size` label rows describe them in order.
+    """
+    labels = truth["labels"][:sequences.size]
+    names = [str(name) for name in truth["features"]]
+    activations = capture_all_neurons(model, params, sequences, sites, batch_size)
+    result = {"features": names, "tokens": int(sequences.size), "sites": {},
+              "recovery_auroc": RECOVERY_AUROC}
+    for site in sites:
+        result["sites"][site] = {}
+        for layer in range(model.config.num_layers):
+            entry = layer_ground_truth(activations[site][layer], labels, names)
+            entry["score_vs_truth"] = score_vs_truth(entry, top_and_random[site, layer])
+            result["sites"][site][str(layer)] = entry
+    return result
 
 
 def _read_json(path: Path) -> dict:
