@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import resource
 import shutil
+import time
 from pathlib import Path
 
 from crate_jax.data.token_arrays import prepare_token_arrays
@@ -21,7 +23,7 @@ from crate_jax.report.page import write_page
 from crate_jax.report.plots import write_plots
 from crate_jax.train.loop import train_and_evaluate
 
-SHARED_SECTIONS = ("data", "train", "interp")
+SHARED_SECTIONS = ("data", "train", "interp")  # and model.vocab_size, set by the corpus
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -47,6 +49,8 @@ def run_configs(config) -> dict[str, object]:
             run.seed = int(seed)
             for section in SHARED_SECTIONS:
                 run[section] = config[section]
+            # The corpus decides the vocabulary; the rest of the model is the variant's own.
+            run.model.vocab_size = config.model.vocab_size
             run.stages = "train,interp"
             model = model_from_config(run)  # checks the variant's model keys
             missing = [s for s in requested_sites if s not in neuron_sites(model.config)]
@@ -60,9 +64,11 @@ def run_configs(config) -> dict[str, object]:
 
 def run_study(config, workdir: str | Path) -> dict:
     """Trains and evaluates every run of the study (skipping finished work); returns a manifest."""
+    started = time.perf_counter()
     workdir = Path(workdir)
     runs = run_configs(config)
     workdir.mkdir(parents=True, exist_ok=True)
+    resumed = (workdir / "runs").exists()
     # Tokenize once: every run shares the data settings, so they share the token arrays.
     prepare_token_arrays(config.data, config.model.vocab_size, workdir)
     manifest = {"runs": {}, "variants": config.study.variants, "seeds": config.study.seeds}
@@ -79,6 +85,10 @@ def run_study(config, workdir: str | Path) -> dict:
     rows = build_table(workdir, samples=config.interp.bootstrap_samples, seed=config.interp.seed)
     write_table(rows, workdir / "report")
     page = write_page(workdir, workdir / "report", write_plots(workdir, workdir / "report"))
-    print(markdown_table(rows), flush=True)
+    # What this invocation cost: the whole study when it ran from an empty workdir.
+    manifest.update(wall_seconds=time.perf_counter() - started, resumed=resumed,
+                    peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    (workdir / "study.json").write_text(json.dumps(manifest, indent=2))
+    print(markdown_table(rows, answer_last=True), flush=True)
     print(f"study: open {page}", flush=True)
     return manifest

@@ -13,7 +13,7 @@ from crate_jax.study import run_configs, run_study
 
 
 def _study(prepared, **study):
-    config = with_data(ablation.get_config("tiny"), prepared)
+    config = with_data(ablation.get_config("stdlib"), prepared)
     config.train.update(dict(num_steps=10, batch_size=8, seq_len=64, warmup_steps=2,
                              log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
                              progress_bar=False))

@@ -222,8 +222,26 @@ def _mix(*weighted: tuple[float, np.ndarray]) -> np.ndarray:
     return sum(weight * table for weight, table in weighted)
 
 
+_TABLES: dict[tuple, np.ndarray] = {}
+
+
 def next_token_probabilities(state: ParserState) -> np.ndarray:
-    """`[topics, vocabulary]`: the next word's probability under each topic, given `state`."""
+    """`[topics, vocabulary]`: the next word's probability under each topic, given `state`.
+
+    Read-only and cached by the few state fields the grammar reads (a few hundred distinct
+    tables), which makes generation about ten times faster than building each one.
+    """
+    key = (state.phase, min(state.sentences, MIN_SENTENCES), state.role, state.determiner,
+           state.subject_plural, state.prepositions, state.bracket_used, state.depth,
+           state.negated, state.previous[state.copy_position] if state.phase == "copy" else "")
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES[key] = _build_table(state)
+        table.flags.writeable = False
+    return table
+
+
+def _build_table(state: ParserState) -> np.ndarray:
     phase = state.phase
     if phase == "sentence":
         return _sentence_start(state)

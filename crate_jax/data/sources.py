@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import glob
 import hashlib
 import json
@@ -103,9 +104,8 @@ def read_documents(source: str, data_dir: str | os.PathLike) -> Iterator[Documen
     if scheme == "stdlib":
         return _read_tfds(_prepared_stdlib(data_dir))
     if scheme == "planted":
-        return (Document(id=_planted_id(index), text=document.text)
-                for index, document in planted.generate_documents(PLANTED_SEED,
-                                                                  _planted_count(argument)))
+        return (Document(id=_planted_id(index), text=text)
+                for index, text in enumerate(_planted_texts(_planted_count(argument))))
     if scheme == "text":
         return _read_text_files(_matching_files(argument), _glob_root(argument))
     return _read_tfds(_find_prepared_tfds(_parse_tfds_spec(argument), data_dir))
@@ -154,6 +154,13 @@ def _planted_count(argument: str) -> int:
         raise SourceError(f"'planted:{argument}': the argument is a number of documents, e.g. "
                           f"'planted:{PLANTED_DOCUMENTS}'")
     return int(argument)
+
+
+@functools.lru_cache(maxsize=2)
+def _planted_texts(count: int) -> tuple[str, ...]:
+    """Generated once per process: tokenizing reads the documents several times (tokenizer
+    training, then each split), and 20,000 documents take ~40 s to generate."""
+    return tuple(document.text for _, document in planted.generate_documents(PLANTED_SEED, count))
 
 
 def _planted_id(index: int) -> str:

@@ -51,7 +51,8 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
             f"JAX {versions.get('jax', '?')}, Python {versions.get('python', '?')}.")
     if "wall_seconds" in study:
         minutes, seconds = divmod(round(study["wall_seconds"]), 60)
-        text += f" Wall time {minutes} min {seconds} s"
+        text += (f" Wall time {minutes} min {seconds} s"
+                 + (" (of the last, resumed invocation)" if study.get("resumed") else ""))
         if "peak_memory_bytes" in study:
             text += f", peak memory {study['peak_memory_bytes'] / 1e9:.1f} GB"
         text += "."
