@@ -17,6 +17,7 @@ from crate_jax.interp.ground_truth import (
     capture_all_neurons,
     feature_aurocs,
     layer_ground_truth,
+    loss_above_floor,
     score_vs_truth,
 )
 from crate_jax.model import model_from_config
@@ -62,6 +63,18 @@ def test_score_vs_truth_ranks_scores_against_monosemanticity():
         pytest.approx(-1.0)
 
 
+def test_loss_above_floor_pairs_each_prediction_with_its_own_token():
+    """Two sequences of 3 tokens predict tokens 1, 2 and 4, 5 of the stream."""
+    nll = np.array([[2.0, 3.0], [4.0, 5.0]])
+    floor = np.array([9.0, 1.0, 1.0, 9.0, 2.0, 2.0])
+    labels = np.array([[True], [True], [False], [True], [False], [True]])
+    result = loss_above_floor(nll, floor, labels, ["f"])
+    assert result["floor"] == pytest.approx(1.5) and result["model_loss"] == pytest.approx(3.5)
+    assert result["excess"] == pytest.approx(2.0)
+    assert result["by_feature"]["f"] == {"tokens_fraction": 0.5, "excess_per_token": 1.5,
+                                         "excess_share": 0.75}
+
+
 @pytest.fixture(scope="module")
 def planted_validation(tmp_path_factory):
     """`(sequences [count, 64], labels, feature names, tokenizer)` of a small planted corpus."""
@@ -99,7 +112,7 @@ def test_a_feature_copied_into_one_neuron_by_hand_is_recovered_with_auroc_one(
     embedding[:, 7] = 0.0
     for bracket in ("(", ")"):
         embedding[tokenizer._tokenizer.token_to_id(bracket), 7] = 1.0
-    resid = capture_all_neurons(model, params, sequences, ("resid",), batch_size=8)["resid"]
+    resid = capture_all_neurons(model, params, sequences, ("resid",), batch_size=8)[0]["resid"]
     truth = layer_ground_truth(resid[0], labels, names)
     assert truth["features"]["word:bracket"] == {"best_neuron": 7, "auroc": 1.0}
     assert truth["neurons"]["best_feature"][7] == "word:bracket"
@@ -111,7 +124,7 @@ def test_an_untrained_network_does_not_recover_the_contextual_features(planted_v
     pending agreement: those need learned attention."""
     sequences, labels, names, _ = planted_validation
     model, params = _attention_only_model()
-    neurons = capture_all_neurons(model, params, sequences, ("attn", "resid"), batch_size=8)
+    neurons, _ = capture_all_neurons(model, params, sequences, ("attn", "resid"), batch_size=8)
     contextual = [n for n in names if n.split(":")[0] in ("topic", "negation", "copy",
                                                           "agreement")]
     for site, layers in neurons.items():
@@ -148,6 +161,9 @@ def test_a_briefly_trained_model_beats_unigram_approaches_the_floor_and_gets_gro
     truth = json.loads((tmp_path / "interp" / "ground_truth.json").read_text())
     assert truth["tokens"] == 16 * 64 and truth["features"] == list(planted.FEATURES)
     assert set(truth["sites"]) == {"ista", "attn", "resid"}
+    above = truth["loss_above_floor"]
+    assert above["tokens"] == 16 * 63 and above["excess"] > 0
+    assert above["model_loss"] == pytest.approx(above["floor"] + above["excess"])
     for site, layers in truth["sites"].items():
         assert set(layers) == {"0", "1"}
         for entry in layers.values():
@@ -160,7 +176,7 @@ def test_a_briefly_trained_model_beats_unigram_approaches_the_floor_and_gets_gro
     tokens = prepare_token_arrays(config.data, 128, tmp_path)
     sequences = np.asarray(tokens.validation[:16 * 64], np.int32).reshape(16, 64)
     labels = read_planted_truth(tmp_path / "data")["labels"][:16 * 64]
-    neurons = capture_all_neurons(model, untrained, sequences, ("ista", "attn", "resid"), 8)
+    neurons, _ = capture_all_neurons(model, untrained, sequences, ("ista", "attn", "resid"), 8)
     untrained_best = max(layer_ground_truth(layer, labels, truth["features"])
                          ["features"]["negation:scope"]["auroc"]
                          for layers in neurons.values() for layer in layers)

@@ -397,7 +397,8 @@ def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path)
     assert outside.sub("", text) == outside.sub("", original)  # nothing else changed
     blocks = dict(re.findall(r"<!-- study:(\w+):begin -->\n(.*?)\n<!-- study:\1:end -->", text,
                              re.DOTALL))
-    assert set(blocks) == {"facts", "answer", "table"}
+    assert set(blocks) == {"facts", "answer", "table", "floor"}
+    assert blocks["floor"] == "(no planted corpus: no floor)"  # natural text has no floor
     assert "2 variants x 1 seed" in blocks["facts"] and "10 steps of 8 x 64" in blocks["facts"]
     rows = json.loads((workdir / "report" / "ablation.json").read_text())["variants"]
     table = [line for line in blocks["table"].splitlines() if line.startswith("| ")][1:]
@@ -410,6 +411,48 @@ def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path)
     subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     assert readme.read_text() == text  # regenerating is idempotent
 
+    # A second study summarised in a block of its own, the rest untouched.
+    subprocess.run([*command, "--as_block=stdlib"], capture_output=True, text=True,
+                   timeout=300, check=True)
+    summary = re.search(r"<!-- study:stdlib:begin -->\n(.*?)\n<!-- study:stdlib:end -->",
+                        readme.read_text(), re.DOTALL).group(1)
+    assert summary.startswith("Study: 2 variants x 1 seed") and "| crate |" in summary
+    assert outside.sub("", readme.read_text()) == outside.sub("", original)
+    readme.write_text(text)
+
     readme.write_text("# a README without the study's markers\n")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "<!-- study:facts:begin -->" in done.stderr
+
+
+def test_planted_study_reports_the_floor_gap_and_ground_truth_from_its_runs(tmp_path):
+    """The default corpus end to end: every run writes references and ground truth, and the
+    report's floor-gap table and recovery columns are the runs' own numbers."""
+    import json
+
+    config = ablation.get_config()
+    assert config.data.source == "planted" and config.model.vocab_size == 128
+    config.data.source = "planted:300"
+    config.train.update(dict(num_steps=10, batch_size=8, seq_len=64, warmup_steps=2,
+                             log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
+                             progress_bar=False))
+    config.interp.update(dict(num_sequences=8, seq_len=64, window=16, top_k=4, random_k=4,
+                              quantile_bins=2, per_bin=2, neurons_per_layer=8,
+                              bootstrap_samples=100))
+    config.study.update(dict(variants="crate,standard_attention", seeds="0"))
+    run_study(config, tmp_path)
+    names = ("crate_seed0", "standard_attention_seed0")
+    truths = {name: json.loads((tmp_path / "runs" / name / "interp" / "ground_truth.json")
+                               .read_text()) for name in names}
+    rows = {row["variant"]: row for row in
+            json.loads((tmp_path / "report" / "ablation.json").read_text())["variants"]}
+    for name, truth in truths.items():
+        row = rows[name.removesuffix("_seed0")]
+        assert row["floor_gap"]["excess"] == pytest.approx(truth["loss_above_floor"]["excess"])
+        assert row["references"]["floor"] is not None
+        recovery = [entry["recovery"] for entry in truth["sites"]["ista"].values()]
+        assert row["ista/recovery"]["mean"] == pytest.approx(sum(recovery) / len(recovery))
+    markdown = (tmp_path / "report" / "ablation.md").read_text()
+    assert "## Loss above the entropy floor" in markdown
+    assert f"| crate | {truths['crate_seed0']['loss_above_floor']['model_loss']:.3f} |" in markdown
+    assert "Loss above the entropy floor" in (tmp_path / "report" / "index.html").read_text()

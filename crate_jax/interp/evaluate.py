@@ -33,6 +33,7 @@ from crate_jax.interp.ground_truth import (
     RECOVERY_AUROC,
     capture_all_neurons,
     layer_ground_truth,
+    loss_above_floor,
     score_vs_truth,
 )
 from crate_jax.interp.neuron_scoring import explain_layer, score_layer
@@ -150,9 +151,11 @@ def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch
     """
     labels = truth["labels"][:sequences.size]
     names = [str(name) for name in truth["features"]]
-    activations = capture_all_neurons(model, params, sequences, sites, batch_size)
+    activations, nll = capture_all_neurons(model, params, sequences, sites, batch_size)
     result = {"features": names, "tokens": int(sequences.size), "sites": {},
-              "recovery_auroc": RECOVERY_AUROC}
+              "recovery_auroc": RECOVERY_AUROC,
+              "loss_above_floor": loss_above_floor(nll, truth["floor_nll"][:sequences.size],
+                                                   labels, names)}
     for site in sites:
         result["sites"][site] = {}
         for layer in range(model.config.num_layers):

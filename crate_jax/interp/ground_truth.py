@@ -9,7 +9,8 @@ also know what each token *is* (its features, see `data.planted`), so we can ask
 - per neuron, its best feature's AUROC and its monosemanticity: the share of its positive
   activation mass that falls on tokens with that feature (NaN for a neuron that never fires);
 - whether the explanation metric measures what it claims: across scored neurons, the Spearman
-  rank correlation between the top-and-random explanation score and monosemanticity.
+  rank correlation between the top-and-random explanation score and monosemanticity;
+- where the model's loss sits above the entropy floor, by feature (what it has not learned).
 
 AUROC is directional (high activation = feature present), as explanations describe what makes a
 neuron fire. It is computed exactly from ranks (Mann-Whitney U, ties averaged) on every token of
@@ -22,6 +23,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
@@ -110,18 +112,60 @@ def score_vs_truth(layer_truth: dict, scores: dict[int, float]) -> dict:
 
 
 def capture_all_neurons(model: LanguageModel, params, sequences: np.ndarray,
-                        sites: tuple[str, ...], batch_size: int) -> dict[str, np.ndarray]:
-    """`{site: [layers, tokens, width]}` float32 activations of every neuron on `sequences`
-    (`[count, seq_len]`), tokens in reading order (row-major over sequences)."""
-    capture = jax.jit(lambda p, t: apply_with_neurons(model, p, t, sites)[1])
+                        sites: tuple[str, ...], batch_size: int
+                        ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every neuron's activation and the model's loss on `sequences` (`[count, seq_len]`).
+
+    Returns `({site: [layers, tokens, width]} float32, nll [count, seq_len - 1])`: tokens in
+    reading order (row-major over sequences); `nll[i, j]` is the model's negative
+    log-likelihood of `sequences[i, j + 1]` given the sequence before it, in nats.
+    """
+
+    def forward(p, t):
+        logits, neurons = apply_with_neurons(model, p, t, sites)
+        log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+        nll = -jnp.take_along_axis(log_probs, t[:, 1:, None], axis=-1)[..., 0]
+        return neurons, nll
+
+    forward = jax.jit(forward)
     chunks: dict[str, list[np.ndarray]] = {site: [] for site in sites}
+    losses = []
     for start in range(0, sequences.shape[0], batch_size):
-        neurons = jax.device_get(capture(params, sequences[start:start + batch_size]))
+        neurons, nll = jax.device_get(forward(params, sequences[start:start + batch_size]))
+        losses.append(np.asarray(nll, np.float64))
         for site in sites:
             layers, batch, seq_len, width = neurons[site].shape
             chunks[site].append(np.asarray(neurons[site], np.float32)
                                 .reshape(layers, batch * seq_len, width))
-    return {site: np.concatenate(parts, axis=1) for site, parts in chunks.items()}
+    return ({site: np.concatenate(parts, axis=1) for site, parts in chunks.items()},
+            np.concatenate(losses))
+
+
+def loss_above_floor(nll: np.ndarray, floor_nll: np.ndarray, labels: np.ndarray,
+                     feature_names: list[str]) -> dict:
+    """Where a model's loss exceeds the planted entropy floor, by feature.
+
+    `nll`: `[count, seq_len - 1]` from `capture_all_neurons`; `floor_nll` and `labels` describe
+    the `count * seq_len` tokens of the sequences in order. For each feature: the fraction of
+    predicted tokens carrying it, the mean excess (model - floor, nats) on those tokens and its
+    share of the overall excess per token (shares of overlapping features overlap). The floor
+    conditions on the whole document, while the model sees only its sequence, so a sequence
+    that starts mid-document keeps part of the excess out of any model's reach.
+    """
+    count, predicted = nll.shape
+    positions = (np.arange(count)[:, None] * (predicted + 1)
+                 + np.arange(1, predicted + 1)[None, :]).reshape(-1)
+    excess = nll.reshape(-1) - floor_nll[positions]
+    rows = labels[positions]
+    by_feature = {}
+    for index, name in enumerate(feature_names):
+        mask = rows[:, index]
+        if mask.any():
+            by_feature[name] = {"tokens_fraction": float(mask.mean()),
+                                "excess_per_token": float(excess[mask].mean()),
+                                "excess_share": float(excess[mask].sum() / excess.size)}
+    return {"model_loss": float(nll.mean()), "floor": float(floor_nll[positions].mean()),
+            "excess": float(excess.mean()), "tokens": int(excess.size), "by_feature": by_feature}
 
 
 def _nanmean(values: np.ndarray) -> float:

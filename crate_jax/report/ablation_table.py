@@ -21,6 +21,7 @@ from pathlib import Path
 from crate_jax.model import ModelConfig, paper_parameter_count
 from crate_jax.report import run_files
 from crate_jax.report.answer import answer_json, answer_markdown
+from crate_jax.report.floor_gap import floor_gap, floor_gap_markdown
 from crate_jax.report.run_files import REFERENCE_KEYS, score_entries
 from crate_jax.report.statistics import difference_interval, pooled_mean_interval
 from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
@@ -89,7 +90,8 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
             "sparsity": [json.loads((d / "interp" / "sparsity.json").read_text())
                          for _, d in runs],
             "truth": [run_files.ground_truth_by_site(run_files.ground_truth(d))
-                      for _, d in runs]}
+                      for _, d in runs],
+            "floor_gap": floor_gap([run_files.ground_truth(d) for _, d in runs])}
 
     rows = []
     reference = per_variant.get(REFERENCE_VARIANT)
@@ -104,6 +106,8 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
         flags = [run_files.undertrained(v["loss"], r)
                  for v, r in zip(validation, runs["references"], strict=True)]
         row["references"] = _mean_references(runs["references"])
+        if runs["floor_gap"] is not None:
+            row["floor_gap"] = runs["floor_gap"]
         row["undertrained_runs"] = [n for n, f in zip(runs["names"], flags, strict=True) if f]
         row["undertrained"] = None if all(f is None for f in flags) else any(bool(f)
                                                                             for f in flags)
@@ -155,7 +159,7 @@ def _add_ground_truth(row: dict, site: str, truth: list[dict], reference: dict |
 def _flat(row: dict) -> dict[str, object]:
     flat = {}
     for key, value in row.items():
-        if key == "runs" or (key == "references" and value is None):
+        if key in ("runs", "floor_gap") or (key == "references" and value is None):
             continue  # per-run details: in the JSON only; absent references: empty cells
         if isinstance(value, dict):
             for part, number in value.items():
@@ -235,4 +239,6 @@ def markdown_table(rows: list[dict], *, answer_last: bool = False) -> str:
             "nats/token on the same validation targets; “undertrained”: the run's validation "
             "loss does not beat the bigram reference.\n\n" + markdown_rows(*wide_table_cells(rows)))
     answer = answer_markdown(rows)
+    gap = floor_gap_markdown(rows)
+    wide = f"{gap}\n{wide}" if gap else wide
     return f"{wide}\n{answer}" if answer_last else f"{answer}\n{wide}"

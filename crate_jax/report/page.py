@@ -27,6 +27,7 @@ from crate_jax.interp.records import NeuronRecord, from_json, max_activation
 from crate_jax.interp.splits import explanation_records
 from crate_jax.report.ablation_table import study_runs, wide_table_cells
 from crate_jax.report.answer import answer_cells, answer_sentences
+from crate_jax.report.floor_gap import EXPLANATION, floor_gap_cells
 from crate_jax.report.run_files import neuron_statistics
 
 NEURONS_PER_SITE = 2  # the best and the worst explained firing neuron of each site, per variant
@@ -146,6 +147,14 @@ def _warning_html(rows: list[dict]) -> str:
             "drawn from them.</p>")
 
 
+def _floor_gap_html(rows: list[dict]) -> str:
+    header, body = floor_gap_cells(rows)
+    if not body:
+        return ""
+    return (f"<h2>Loss above the entropy floor</h2><p>{html.escape(EXPLANATION)}</p>"
+            f"{_table_html(header, body, 'floor-gap-table')}")
+
+
 def write_page(workdir: str | Path, out_dir: Path, figures: list[Path]) -> Path:
     """Writes `out_dir/index.html` (after `ablation.json` and the figures); returns its path."""
     workdir = Path(workdir)
@@ -166,6 +175,7 @@ def write_page(workdir: str | Path, out_dir: Path, figures: list[Path]) -> Path:
             "losses are nats/token of count-based models on the same validation targets.</p>"
             f"{_warning_html(rows)}"
             f'<h2>Answer</h2>{answer}<div id="answer">{sentences}</div>'
+            f"{_floor_gap_html(rows)}"
             f"<h2>All variants</h2>"
             f"{_table_html(*wide_table_cells(rows), 'ablation-table')}"
             f"<h2>Figures</h2>{images}"

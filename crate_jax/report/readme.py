@@ -1,6 +1,7 @@
 """Regenerate the README's study blocks from a study's artifacts, so its numbers are the code's.
 
     python -m crate_jax.report.readme --workdir=runs/ablation --readme=README.md
+    python -m crate_jax.report.readme --workdir=runs/ablation_stdlib --as_block=stdlib
 
 Replaces the text between `<!-- study:<block>:begin -->` and `<!-- study:<block>:end -->` for
 each block, and nothing else:
@@ -11,7 +12,9 @@ each block, and nothing else:
   (`answer.answer_markdown`, without its heading);
 - `table`: one compact row per variant (parameters, validation loss and whether it beats the
   bigram reference, the sparse block's top-and-random score, `attn` and `resid` random-only
-  scores, and ground-truth recovery where the corpus is planted).
+  scores, and ground-truth recovery where the corpus is planted);
+- `floor`: how far each variant's loss is from a planted corpus's entropy floor, and which
+  features hold the rest (`floor_gap`).
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from absl import app, flags
 
 from crate_jax.report.ablation_table import build_table, study_runs
 from crate_jax.report.answer import answer_markdown
+from crate_jax.report.floor_gap import floor_gap_cells
 from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
 
-BLOCKS = ("facts", "answer", "table")
+BLOCKS = ("facts", "answer", "table", "floor")
 
 
 def _marker(block: str, end: str) -> str:
@@ -112,8 +116,10 @@ def study_blocks(workdir: str | Path) -> dict[str, str]:
     workdir = Path(workdir)
     rows = study_rows(workdir)
     answer = answer_markdown(rows).removeprefix("## Answer\n\n")
+    header, body = floor_gap_cells(rows)
+    floor = markdown_rows(header, body).strip() if body else "(no planted corpus: no floor)"
     return {"facts": _wrapped(facts_text(workdir, rows)), "answer": _wrapped(answer.strip()),
-            "table": compact_table(rows).strip()}
+            "table": compact_table(rows).strip(), "floor": floor}
 
 
 def replace_blocks(text: str, blocks: dict[str, str]) -> str:
@@ -130,13 +136,26 @@ def replace_blocks(text: str, blocks: dict[str, str]) -> str:
     return text
 
 
-def regenerate_readme(workdir: str | Path, readme: str | Path) -> None:
+def summary_block(workdir: str | Path) -> str:
+    """The facts and the compact table of a study in one block (for a second study, such as
+    the natural-text one, that the README summarises beside the default)."""
+    workdir = Path(workdir)
+    rows = study_rows(workdir)
+    return _wrapped(facts_text(workdir, rows)) + "\n\n" + compact_table(rows).strip()
+
+
+def regenerate_readme(workdir: str | Path, readme: str | Path, as_block: str = "") -> None:
+    """Rewrites the study blocks of `readme` from `workdir`; with `as_block`, only that block,
+    with the study's summary (`summary_block`)."""
     readme = Path(readme)
-    readme.write_text(replace_blocks(readme.read_text(), study_blocks(workdir)))
+    blocks = {as_block: summary_block(workdir)} if as_block else study_blocks(workdir)
+    readme.write_text(replace_blocks(readme.read_text(), blocks))
 
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir (holding study.json).")
 _README = flags.DEFINE_string("readme", "README.md", "The README whose study blocks to rewrite.")
+_AS_BLOCK = flags.DEFINE_string("as_block", "", "Write only this block (e.g. stdlib) with the "
+                                "study's facts and compact table, for a second study.")
 
 
 def main(argv: list[str]) -> None:
@@ -146,7 +165,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--workdir={_WORKDIR.value} holds no study.json: run the study "
                              "first (python -m crate_jax.main --config=configs/ablation.py ...)")
     try:
-        regenerate_readme(_WORKDIR.value, _README.value)
+        regenerate_readme(_WORKDIR.value, _README.value, _AS_BLOCK.value)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
     print(f"rewrote the study blocks of {_README.value} from {_WORKDIR.value}")
