@@ -75,3 +75,13 @@ def test_readme_has_each_study_block_once():
     for block in BLOCKS:
         assert len(re.findall(rf"<!-- study:{block}:begin -->.*?<!-- study:{block}:end -->",
                               readme, re.DOTALL)) == 1, block
+
+
+def test_a_zero_width_interval_detects_nothing():
+    """One seed of a per-run number (recovery) gives an interval of width 0: not a finding."""
+    rows = _study()
+    rows[1]["attn/recovery/vs_crate"] = _difference(0.075, 0.075, 0.075)
+    assert answer_sentences(rows)[0].startswith(
+        "Ablation A (no_ista vs crate): no detectable change on any shared site")
+    rows[1]["attn/recovery/vs_crate"] = _difference(0.075, 0.02, 0.12)
+    assert "raises attn recovery by 0.07 [0.02, 0.12]" in answer_sentences(rows)[0]

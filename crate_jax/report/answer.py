@@ -43,9 +43,11 @@ def answer_rows(rows: list[dict]) -> list[dict]:
 
 
 def _detected(difference: dict | None) -> bool:
+    """The interval excludes 0. A zero-width interval (one seed of a per-run number such as
+    recovery: nothing to resample) detects nothing."""
     return bool(difference) and math.isfinite(difference["ci_low"]) and \
-        math.isfinite(difference["ci_high"]) and \
-        (difference["ci_low"] > 0 or difference["ci_high"] < 0)
+        math.isfinite(difference["ci_high"]) and difference["ci_low"] < difference["ci_high"] \
+        and (difference["ci_low"] > 0 or difference["ci_high"] < 0)
 
 
 def _change_text(site: str, key: str, difference: dict) -> str:
