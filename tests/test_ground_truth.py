@@ -111,7 +111,8 @@ def test_a_feature_copied_into_one_neuron_by_hand_is_recovered_with_auroc_one(
     embedding = params["token_embedding"]["embedding"]
     embedding[:, 7] = 0.0
     for bracket in ("(", ")"):
-        embedding[tokenizer._tokenizer.token_to_id(bracket), 7] = 1.0
+        (token,) = tokenizer.encode(bracket)
+        embedding[token, 7] = 1.0
     resid = capture_all_neurons(model, params, sequences, ("resid",), batch_size=8)[0]["resid"]
     truth = layer_ground_truth(resid[0], labels, names)
     assert truth["features"]["word:bracket"] == {"best_neuron": 7, "auroc": 1.0}

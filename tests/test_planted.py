@@ -124,7 +124,7 @@ def test_token_arrays_are_one_token_per_word_and_the_truth_lines_up(planted_arra
     documents = [planted.generate_document(PLANTED_SEED, int(i.split("/")[1])) for i in ids]
     words = [w for d in documents for w in d.words]
     decoded = [tokenizer.decode([t]) for t in np.asarray(tokens.validation)]
-    assert decoded == words
+    assert decoded == [" " + word for word in words]  # each word with its separating space
     truth = read_planted_truth(workdir / "data")
     assert truth["labels"].shape == (len(words), len(planted.FEATURES))
     np.testing.assert_array_equal(truth["floor_nll"],

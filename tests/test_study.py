@@ -13,7 +13,12 @@ from crate_jax.study import run_configs, run_study
 
 
 def _study(prepared, **study):
-    config = with_data(ablation.get_config("stdlib"), prepared)
+    """A miniature natural-text study on the session's prepared stdlib tokens."""
+    return _miniature(with_data(ablation.get_config("stdlib"), prepared), **study)
+
+
+def _miniature(config, **study):
+    """`config` (a study) with a budget of seconds per run."""
     config.train.update(dict(num_steps=10, batch_size=8, seq_len=64, warmup_steps=2,
                              log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
                              progress_bar=False))
@@ -397,8 +402,9 @@ def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path)
     assert outside.sub("", text) == outside.sub("", original)  # nothing else changed
     blocks = dict(re.findall(r"<!-- study:(\w+):begin -->\n(.*?)\n<!-- study:\1:end -->", text,
                              re.DOTALL))
-    assert set(blocks) == {"facts", "answer", "table", "floor"}
+    assert set(blocks) == {"facts", "answer", "table", "floor", "truth"}
     assert blocks["floor"] == "(no planted corpus: no floor)"  # natural text has no floor
+    assert blocks["truth"] == "(no planted corpus: no ground truth)"
     assert "2 variants x 1 seed" in blocks["facts"] and "10 steps of 8 x 64" in blocks["facts"]
     rows = json.loads((workdir / "report" / "ablation.json").read_text())["variants"]
     table = [line for line in blocks["table"].splitlines() if line.startswith("| ")][1:]
@@ -433,14 +439,7 @@ def test_planted_study_reports_the_floor_gap_and_ground_truth_from_its_runs(tmp_
     config = ablation.get_config()
     assert config.data.source == "planted" and config.model.vocab_size == 128
     config.data.source = "planted:300"
-    config.train.update(dict(num_steps=10, batch_size=8, seq_len=64, warmup_steps=2,
-                             log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
-                             progress_bar=False))
-    config.interp.update(dict(num_sequences=8, seq_len=64, window=16, top_k=4, random_k=4,
-                              quantile_bins=2, per_bin=2, neurons_per_layer=8,
-                              bootstrap_samples=100))
-    config.study.update(dict(variants="crate,standard_attention", seeds="0"))
-    run_study(config, tmp_path)
+    run_study(_miniature(config, variants="crate,standard_attention", seeds="0"), tmp_path)
     names = ("crate_seed0", "standard_attention_seed0")
     truths = {name: json.loads((tmp_path / "runs" / name / "interp" / "ground_truth.json")
                                .read_text()) for name in names}
@@ -450,9 +449,14 @@ def test_planted_study_reports_the_floor_gap_and_ground_truth_from_its_runs(tmp_
         row = rows[name.removesuffix("_seed0")]
         assert row["floor_gap"]["excess"] == pytest.approx(truth["loss_above_floor"]["excess"])
         assert row["references"]["floor"] is not None
+        assert row["undertrained"] is True  # 10 steps do not beat the bigram reference
         recovery = [entry["recovery"] for entry in truth["sites"]["ista"].values()]
         assert row["ista/recovery"]["mean"] == pytest.approx(sum(recovery) / len(recovery))
     markdown = (tmp_path / "report" / "ablation.md").read_text()
     assert "## Loss above the entropy floor" in markdown
     assert f"| crate | {truths['crate_seed0']['loss_above_floor']['model_loss']:.3f} |" in markdown
     assert "Loss above the entropy floor" in (tmp_path / "report" / "index.html").read_text()
+    from crate_jax.report.readme import study_blocks
+    truth = study_blocks(tmp_path)["truth"]
+    assert truth.splitlines()[2].startswith("| crate | ista | ")
+    assert re.search(r"Of \d+ \(variant, site\) pairs, the explanation score", truth)

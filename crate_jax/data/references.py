@@ -6,6 +6,8 @@ same tokenizer: a unigram model (add-one smoothed) and a bigram model (Witten-Be
 with that unigram; no tuned constant, so no validation text leaks into it), both fitted on the
 training tokens. A model that does not beat the bigram has not learned enough for its neurons to
 say anything. On the planted corpus the generator's own negative log-likelihood is the floor.
+It conditions on each document from its start, while a validation window may begin mid-document,
+so a model cannot quite reach it: a small part of the gap is out of any model's reach.
 """
 
 from __future__ import annotations

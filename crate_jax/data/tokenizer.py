@@ -48,6 +48,7 @@ class SavedTokenizer:
         self._tokenizer = tokenizer
         self.vocab_size = tokenizer.get_vocab_size()
         self.end_of_text = tokenizer.token_to_id(END_OF_TEXT)
+        self._word_level = isinstance(tokenizer.model, models.WordLevel)
 
     def encode(self, text: str) -> list[int]:
         return self._tokenizer.encode(text).ids
@@ -58,7 +59,13 @@ class SavedTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`; `<|endoftext|>` is shown, not dropped, so a neuron that fires on
-        document boundaries reads as such in its records and explanation."""
+        document boundaries reads as such in its records and explanation.
+
+        A word-level token decodes with the space that separated it from the word before (as a
+        byte-level BPE token does), so records decoded token by token read as text.
+        """
+        if self._word_level:
+            return "".join(" " + self._tokenizer.id_to_token(i) for i in ids)
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def save(self, path: Path) -> None:

@@ -75,11 +75,13 @@ def scores_by_layer_figure(runs: dict[str, list[Path]], split: str) -> Figure:
     colours = variant_colours(list(runs))
     figure, axes = plt.subplots(1, len(sites), sharey=True, squeeze=False, **_FIGURE)
     for axis, site in zip(axes[0], sites, strict=True):
+        site_layers: set[int] = set()
         for variant, run_dirs in runs.items():
             per_run = [_layer_scores(d, site, split) for d in run_dirs]
             layers = sorted({layer for r in per_run for layer in r})
             if not layers:
                 continue  # this variant has no such site: absent, not zero
+            site_layers.update(layers)
             stats = [pooled_mean_interval([r.get(layer, []) for r in per_run], samples=300)
                      for layer in layers]
             means = [s["mean"] for s in stats]
@@ -91,10 +93,18 @@ def scores_by_layer_figure(runs: dict[str, list[Path]], split: str) -> Figure:
                           capsize=3, label=variant, color=colours[variant])
         axis.set_title(site)
         axis.set_xlabel("layer")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _layer_axis(axis, site_layers)
     axes[0][0].set_ylabel(f"score ({split.replace('_', '-')})")
     _variant_legend(figure, colours, marker="o")
     return figure
+
+
+def _layer_axis(axis, layers: set[int]) -> None:
+    """Integer layer ticks, with room for the variants' sideways shifts (a locator alone picks
+    fractional ticks when every point is shifted off the integers)."""
+    if layers:
+        axis.set_xticks(sorted(layers))
+        axis.set_xlim(min(layers) - 0.5, max(layers) + 0.5)
 
 
 def sparsity_by_layer_figure(runs: dict[str, list[Path]]) -> Figure:

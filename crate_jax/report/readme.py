@@ -14,12 +14,15 @@ each block, and nothing else:
   bigram reference, the sparse block's top-and-random score, `attn` and `resid` random-only
   scores, and ground-truth recovery where the corpus is planted);
 - `floor`: how far each variant's loss is from a planted corpus's entropy floor, and which
-  features hold the rest (`floor_gap`).
+  features hold the rest (`floor_gap`);
+- `truth`: ground truth per variant and site (planted corpus): recovery, monosemanticity and
+  the explanation score's rank correlation with monosemanticity.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 import textwrap
 from pathlib import Path
@@ -31,7 +34,7 @@ from crate_jax.report.answer import answer_markdown
 from crate_jax.report.floor_gap import floor_gap_cells
 from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
 
-BLOCKS = ("facts", "answer", "table", "floor")
+BLOCKS = ("facts", "answer", "table", "floor", "truth")
 
 
 def _marker(block: str, end: str) -> str:
@@ -92,6 +95,41 @@ def compact_table(rows: list[dict]) -> str:
     return markdown_rows(header, body)
 
 
+def truth_table(rows: list[dict]) -> str:
+    """Ground truth per variant and site (planted corpus): recovery, monosemanticity, and the
+    rank correlation of the explanation score with monosemanticity across neurons."""
+    body = []
+    for row in rows:
+        for site in ("ista", "mlp", "attn", "resid"):
+            if f"{site}/recovery" in row:
+                body.append([row["variant"], site, interval_text(row[f"{site}/recovery"]),
+                             interval_text(row.get(f"{site}/mean_monosemanticity")),
+                             interval_text(row.get(f"{site}/spearman")),
+                             interval_text(row.get(f"{site}/top_and_random"))])
+    if not body:
+        return "(no planted corpus: no ground truth)"
+    header = ["variant", "site", "recovery", "monosemanticity", "score vs truth ρ",
+              "top-and-random score"]
+    return markdown_rows(header, body) + "\n" + _correlation_sentence(rows)
+
+
+def _correlation_sentence(rows: list[dict]) -> str:
+    """How many (variant, site) correlations are positive, negative or undecided, by interval."""
+    signs = {"positive": 0, "negative": 0, "undecided": 0}
+    for row in rows:
+        for site in ("ista", "mlp", "attn", "resid"):
+            stats = row.get(f"{site}/spearman")
+            if not stats or not all(math.isfinite(stats[k]) for k in ("ci_low", "ci_high")):
+                continue
+            sign = ("positive" if stats["ci_low"] > 0 else "negative" if stats["ci_high"] < 0
+                    else "undecided")
+            signs[sign] += 1
+    total = sum(signs.values())
+    return (f"Of {total} (variant, site) pairs, the explanation score's correlation with "
+            f"monosemanticity is positive in {signs['positive']}, negative in "
+            f"{signs['negative']} and undecided (interval includes 0) in {signs['undecided']}.")
+
+
 def _wrapped(markdown: str) -> str:
     """Prose lines wrapped at 100 columns like the rest of the README; table lines kept."""
     return "\n".join(line if line.startswith("|") else textwrap.fill(line, 100)
@@ -119,7 +157,8 @@ def study_blocks(workdir: str | Path) -> dict[str, str]:
     header, body = floor_gap_cells(rows)
     floor = markdown_rows(header, body).strip() if body else "(no planted corpus: no floor)"
     return {"facts": _wrapped(facts_text(workdir, rows)), "answer": _wrapped(answer.strip()),
-            "table": compact_table(rows).strip(), "floor": floor}
+            "table": compact_table(rows).strip(), "floor": floor,
+            "truth": _wrapped(truth_table(rows).strip())}
 
 
 def replace_blocks(text: str, blocks: dict[str, str]) -> str:

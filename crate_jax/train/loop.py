@@ -82,11 +82,11 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
     # The validation set is `eval_batches` global batches of windows, whatever the accumulation.
     eval_windows = _local_eval_windows(tokens, train.seq_len,
                                        train.eval_batches * train.batch_size, micro_batch)
+    references = None
     if jax.process_index() == 0:
         num_windows = jax.process_count() * sum(chunk.shape[0] for chunk in eval_windows)
-        write_json_atomically(workdir / REFERENCES_FILE,
-                              reference_losses(tokens, workdir / "data", num_windows,
-                                               train.seq_len))
+        references = reference_losses(tokens, workdir / "data", num_windows, train.seq_len)
+        write_json_atomically(workdir / REFERENCES_FILE, references)
     train_step = make_train_step(model, optimizer, schedule, mesh, state_sharding)
     eval_step = make_eval_step(model, mesh, state_sharding.params)
     batch_layout = (train.grad_accum_steps, micro_batch // jax.process_count(), train.seq_len + 1)
@@ -114,7 +114,7 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
             writer.write(0, initial, split="validation")
             summary["initial_validation_loss"] = initial["loss"]
             _say(f"step 0 | validation loss {initial['loss']:.4f} | "
-                 f"{initial['bits_per_byte']:.4f} bits/byte", is_main)
+                 f"{initial['bits_per_byte']:.4f} bits/byte{_against(references)}", is_main)
         progress = tqdm(total=train.num_steps, initial=start_step, unit="step",
                         disable=not (is_main and train.progress_bar), dynamic_ncols=True)
         tokens_per_step = train.batch_size * train.seq_len
@@ -153,7 +153,8 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
                 summary["validation_loss"] = evaluation["loss"]
                 summary["validation_bits_per_byte"] = evaluation["bits_per_byte"]
                 _say(f"step {step} | validation loss {evaluation['loss']:.4f} | "
-                     f"{evaluation['bits_per_byte']:.4f} bits/byte", is_main, progress)
+                     f"{evaluation['bits_per_byte']:.4f} bits/byte{_against(references)}",
+                     is_main, progress)
             if saving:
                 checkpointer.save(step, state.as_dict(), _checkpoint_meta(config, tokens, step),
                                   force=True)
@@ -215,6 +216,15 @@ def _local_eval_windows(tokens: TokenArrays, seq_len: int, max_windows: int,
     per_process = chunk // jax.process_count()
     first = jax.process_index() * per_process
     return [c[first:first + per_process] for c in rows]
+
+
+def _against(references: dict | None) -> str:
+    """What the validation loss is to be judged by, on the log line beside it."""
+    if references is None:
+        return ""
+    floor = references.get("floor")
+    return (f" | references: unigram {references['unigram']:.4f}, bigram "
+            f"{references['bigram']:.4f}" + ("" if floor is None else f", floor {floor:.4f}"))
 
 
 def _checkpoint_meta(config, tokens: TokenArrays, step: int) -> dict:
