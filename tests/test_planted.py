@@ -156,3 +156,19 @@ def test_planted_references_are_ordered_floor_bigram_unigram(planted_arrays):
     assert references["floor"] < references["bigram"] < references["unigram"]
     truth = read_planted_truth(workdir / "data")
     assert references["floor"] == pytest.approx(truth["floor_nll"][1:8 * 64 + 1].mean())
+
+
+@pytest.mark.parametrize("tokenizer, vocab_size, message", [
+    ("bpe", 128, "needs data.tokenizer='word'"),
+    ("word", 100, "model.vocab_size=100"),
+])
+def test_planted_settings_that_cannot_line_up_fail_before_any_work(tmp_path, tokenizer,
+                                                                    vocab_size, message):
+    from configs import crate
+    from crate_jax.data.token_arrays import DataPreparationError
+
+    config = crate.get_config("tiny")
+    config.data.update(dict(source="planted:50", tokenizer=tokenizer))
+    with pytest.raises(DataPreparationError, match=message):
+        prepare_token_arrays(config.data, vocab_size, tmp_path)
+    assert not (tmp_path / "data").exists()

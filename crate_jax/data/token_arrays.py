@@ -79,6 +79,8 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
 
     `data_config` is the experiment's `config.data` (source, data_dir, tokenizer, val_fraction).
     """
+    if is_planted(data_config.source):
+        _check_planted_settings(data_config.tokenizer, vocab_size)
     directory = Path(workdir) / "data"
     settings = {"source": data_config.source, "tokenizer": data_config.tokenizer,
                 "vocab_size": vocab_size, "val_fraction": data_config.val_fraction}
@@ -137,6 +139,19 @@ def _write_split(documents: Iterator[Document], tokenizer: TextTokenizer, path: 
         flush()
     os.replace(temporary, path)
     return counts
+
+
+def _check_planted_settings(tokenizer: str, vocab_size: int) -> None:
+    """The planted corpus's labels describe words: one token must be one word, and every word
+    (plus end-of-text and the unknown-word token) must fit the vocabulary."""
+    if tokenizer != "word":
+        raise DataPreparationError(
+            f"data.source='planted' needs data.tokenizer='word' (one token per word, so the "
+            f"ground-truth labels line up with the tokens), not {tokenizer!r}")
+    needed = len(planted.VOCABULARY) + 1  # its words, end-of-text, and the unknown-word token
+    if vocab_size < needed:
+        raise DataPreparationError(f"the planted corpus has {needed} tokens but model.vocab_size"
+                                   f"={vocab_size}; use --config.model.vocab_size=128")
 
 
 def _write_planted_truth(path: Path, validation_ids: list[str], tokens: int) -> None:
