@@ -71,8 +71,9 @@ def test_loss_above_floor_pairs_each_prediction_with_its_own_token():
     result = loss_above_floor(nll, floor, labels, ["f"])
     assert result["floor"] == pytest.approx(1.5) and result["model_loss"] == pytest.approx(3.5)
     assert result["excess"] == pytest.approx(2.0)
-    assert result["by_feature"]["f"] == {"tokens_fraction": 0.5, "excess_per_token": 1.5,
-                                         "excess_share": 0.75}
+    # Predicted positions 1, 2, 4, 5 carry the feature at 1 and 5: excesses 1 and 3 of 1+2+2+3.
+    assert result["by_feature"]["f"] == {"tokens_fraction": 0.5, "excess_per_token": 2.0,
+                                         "excess_share": 1.0}
 
 
 @pytest.fixture(scope="module")

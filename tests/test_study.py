@@ -402,7 +402,10 @@ def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path)
     assert outside.sub("", text) == outside.sub("", original)  # nothing else changed
     blocks = dict(re.findall(r"<!-- study:(\w+):begin -->\n(.*?)\n<!-- study:\1:end -->", text,
                              re.DOTALL))
-    assert set(blocks) == {"facts", "answer", "table", "floor", "truth"}
+    assert {"facts", "answer", "table", "floor", "truth"} <= set(blocks)
+    stdlib_block = re.compile(r"<!-- study:stdlib:begin -->.*?<!-- study:stdlib:end -->",
+                              re.DOTALL)
+    assert stdlib_block.findall(text) == stdlib_block.findall(original)  # not this study's block
     assert blocks["floor"] == "(no planted corpus: no floor)"  # natural text has no floor
     assert blocks["truth"] == "(no planted corpus: no ground truth)"
     assert "2 variants x 1 seed" in blocks["facts"] and "10 steps of 8 x 64" in blocks["facts"]

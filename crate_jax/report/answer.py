@@ -116,7 +116,7 @@ def answer_markdown(rows: list[dict]) -> str:
     table = markdown_rows(header, body) + "\n" if body else ""
     return ("## Answer\n\nDifference from CRATE on each site both have: mean [95% interval]; "
             "an interval that excludes 0 is a detected change.\n\n" + table
-            + "\n".join(answer_sentences(rows)) + "\n")
+            + "\n\n".join(answer_sentences(rows)) + "\n")
 
 
 def answer_json(rows: list[dict]) -> dict:

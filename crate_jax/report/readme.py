@@ -132,7 +132,8 @@ def _correlation_sentence(rows: list[dict]) -> str:
 
 def _wrapped(markdown: str) -> str:
     """Prose lines wrapped at 100 columns like the rest of the README; table lines kept."""
-    return "\n".join(line if line.startswith("|") else textwrap.fill(line, 100)
+    return "\n".join(line if line.startswith("|")
+                     else textwrap.fill(line, 100, break_on_hyphens=False)
                      for line in markdown.splitlines())
 
 
