@@ -36,7 +36,6 @@ def get_config(arg=None):
     corpus = corpora[0] if corpora else "planted"
     config = crate.get_config(sizes[0] if sizes else None)
     config.variant = "ablation"
-    config.corpus = corpus
     config.data.update(CORPORA[corpus]["data"])
     if CORPORA[corpus]["vocab_size"]:
         config.model.vocab_size = CORPORA[corpus]["vocab_size"]

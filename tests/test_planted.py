@@ -52,6 +52,18 @@ def test_the_grammar_refuses_what_it_cannot_produce():
         planted.score_words("the cat sees any dog .".split() + [END])  # 'any' outside negation
 
 
+def test_the_parser_alone_refuses_what_the_grammar_never_emits():
+    """`advance` accepts exactly the words its tables give a probability, so reading a document
+    without scoring it cannot drift into a state the generator never reaches."""
+    for words in (["the", "furry", "wild"], ["the", "cat", "does", "not", "sees"]):
+        state = planted.ParserState()
+        for word in words[:-1]:
+            planted.advance(state, word)
+        assert planted.next_token_probabilities(state)[:, planted.WORD_INDEX[words[-1]]].max() == 0
+        with pytest.raises(ValueError, match="does not allow"):
+            planted.advance(state, words[-1])
+
+
 def test_every_next_token_distribution_sums_to_one_along_generated_documents():
     for index in range(20):
         document = planted.generate_document(3, index)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -92,8 +92,8 @@ WORD_INDEX = {word: index for index, word in enumerate(VOCABULARY)}
 NOUN_FORMS = {form: (topic, plural) for topic in TOPICS
               for pair in TOPIC_NOUNS[topic] for plural, form in enumerate(pair)}
 ADJECTIVE_TOPIC = {word: topic for topic in TOPICS for word in TOPIC_ADJECTIVES[topic]}
-VERB_FORMS = {form: bool(1 - third_person) for pair in VERBS
-              for third_person, form in enumerate(reversed(pair))}  # form -> plural subject?
+BASE_VERBS = frozenset(base for base, _ in VERBS)  # after `does/do not`
+VERB_FORMS = frozenset(form for pair in VERBS for form in pair)
 
 # The ground-truth features, one boolean per token. Word classes and noun classes can be read
 # off the token; the rest are latent: they need the document's context.
@@ -133,7 +133,7 @@ _NOUNS = {plural: _topical({topic: [pair[plural] for pair in TOPIC_NOUNS[topic]]
                             for topic in TOPICS}) for plural in (0, 1)}
 _VERBS = {plural: _word_distribution({pair[1 - plural]: 1 / len(VERBS) for pair in VERBS})
           for plural in (False, True)}
-_BASE_VERBS = _word_distribution({pair[0]: 1 / len(VERBS) for pair in VERBS})
+_BASE_VERBS = _word_distribution({base: 1 / len(VERBS) for base in BASE_VERBS})
 
 
 @dataclasses.dataclass
@@ -353,7 +353,7 @@ def _transition(state: ParserState, word: str) -> bool:
         state.copy_position = 0
     elif phase == "determiner" and word in DETERMINERS:
         _begin_noun_phrase(state, state.role, word)
-    elif phase in ("adjective_or_noun", "noun") and word in ADJECTIVE_TOPIC:
+    elif phase == "adjective_or_noun" and word in ADJECTIVE_TOPIC:
         state.phase = "noun"
     elif phase in ("adjective_or_noun", "noun") and word in NOUN_FORMS:
         if state.role == "subject":
@@ -364,7 +364,7 @@ def _transition(state: ParserState, word: str) -> bool:
     elif phase == "not" and word == "not":
         state.negated = True
         state.phase = "base_verb"
-    elif phase == "base_verb" and word in VERB_FORMS:
+    elif phase == "base_verb" and word in BASE_VERBS:
         _begin_object(state)
     elif phase == "all" and word == "all":
         state.phase = "period"
@@ -478,33 +478,49 @@ def score_words(words: list[str], topic: str | None = None) -> PlantedDocument:
     Raises ValueError if the grammar cannot produce it. `topic` labels the topic features
     (the floor never uses it).
     """
-    state, posterior = ParserState(), TopicPosterior()
-    labels, nll = [], []
-    for word in words:
-        nll.append(posterior.negative_log_likelihood(next_token_probabilities(state), word))
-        labels.append(advance(state, word))
-    if words[-1] != END_OF_DOCUMENT:
-        raise ValueError("a planted document ends with END_OF_DOCUMENT")
-    label_array = np.stack(labels)
-    if topic is not None:
-        label_array[:, FEATURE_INDEX[f"topic:{topic}"]] = True
-    return PlantedDocument(topic=topic or "", words=tuple(words), labels=label_array,
-                           floor_nll=np.asarray(nll))
+    remaining = iter(words)
+
+    def next_word(_: np.ndarray) -> str:
+        word = next(remaining, None)
+        if word is None:
+            raise ValueError("a planted document ends with END_OF_DOCUMENT")
+        return word
+
+    document = _read_document(next_word, topic)
+    if len(document.words) != len(words):
+        raise ValueError("a planted document ends at its first END_OF_DOCUMENT")
+    return document
 
 
 def generate_document(seed: int, index: int) -> PlantedDocument:
     """Document `index` of the corpus with `seed`: a pure function of both (random access)."""
     rng = np.random.default_rng([seed, index])
     topic_row = int(rng.integers(len(TOPICS)))
-    state, words = ParserState(), []
-    while state.phase != "ended":
-        row = next_token_probabilities(state)[topic_row]
-        cumulative = np.cumsum(row)
-        word = VOCABULARY[int(np.searchsorted(cumulative, rng.random() * cumulative[-1],
+
+    def sample(table: np.ndarray) -> str:
+        cumulative = np.cumsum(table[topic_row])
+        return VOCABULARY[int(np.searchsorted(cumulative, rng.random() * cumulative[-1],
                                               side="right"))]
-        advance(state, word)
+
+    return _read_document(sample, TOPICS[topic_row])
+
+
+def _read_document(next_word: Callable[[np.ndarray], str], topic: str | None) -> PlantedDocument:
+    """Reads one document word by word, `next_word(table)` choosing each word from the next-word
+    table, and records each word's labels and floor in the same pass."""
+    state, posterior = ParserState(), TopicPosterior()
+    words, labels, nll = [], [], []
+    while state.phase != "ended":
+        table = next_token_probabilities(state)
+        word = next_word(table)
+        nll.append(posterior.negative_log_likelihood(table, word))
+        labels.append(advance(state, word))
         words.append(word)
-    return score_words(words, TOPICS[topic_row])
+    label_array = np.stack(labels)
+    if topic is not None:
+        label_array[:, FEATURE_INDEX[f"topic:{topic}"]] = True
+    return PlantedDocument(topic=topic or "", words=tuple(words), labels=label_array,
+                           floor_nll=np.asarray(nll))
 
 
 def generate_documents(seed: int, count: int) -> Iterator[tuple[int, PlantedDocument]]:

@@ -68,13 +68,11 @@ def reference_losses(tokens: TokenArrays, data_directory, num_windows: int, seq_
     "fitted_on_tokens"}` (nats/token; `floor` is None unless the data is planted).
     """
     positions = evaluation_targets(num_windows, seq_len)
-    validation = np.asarray(tokens.validation)
-    targets = validation[positions]
-    contexts = validation[positions.start - 1:positions.stop - 1]
+    evaluated = np.asarray(tokens.validation[:positions.stop])  # only what the loss reads
+    targets, contexts = evaluated[positions], evaluated[:-1]
     train = np.asarray(tokens.train[:MAX_FITTED_TOKENS])
-    vocab_size = int(max(tokens.manifest["tokenizer_vocab_size"], validation.max() + 1,
-                         train.max() + 1))
-    unigram, bigram = unigram_bigram_nll(train, contexts, targets, vocab_size)
+    unigram, bigram = unigram_bigram_nll(train, contexts, targets,
+                                         tokens.manifest["tokenizer_vocab_size"])
     truth = read_planted_truth(data_directory)
     floor = None if truth is None else float(np.mean(truth["floor_nll"][positions]))
     return {"unigram": float(unigram.mean()), "bigram": float(bigram.mean()), "floor": floor,

@@ -159,7 +159,7 @@ def _planted_count(argument: str) -> int:
 @functools.lru_cache(maxsize=2)
 def _planted_texts(count: int) -> tuple[str, ...]:
     """Generated once per process: tokenizing reads the documents several times (tokenizer
-    training, then each split), and 20,000 documents take ~40 s to generate."""
+    training, then each split), and 20,000 documents take about 15 s to generate."""
     return tuple(document.text for _, document in planted.generate_documents(PLANTED_SEED, count))
 
 

@@ -74,7 +74,7 @@ def layer_ground_truth(activations: np.ndarray, labels: np.ndarray,
         if present[index]:
             best = int(np.nanargmax(aurocs[:, index]))
             features[name] = {"best_neuron": best, "auroc": float(aurocs[best, index])}
-    best_feature = np.nanargmax(np.where(np.isnan(aurocs), -np.inf, aurocs), axis=1)
+    best_feature = np.argmax(np.where(np.isnan(aurocs), -np.inf, aurocs), axis=1)
     rows = np.arange(aurocs.shape[0])
     best_auroc = aurocs[rows, best_feature]
     mass_on_best = shares[rows, best_feature]

@@ -18,17 +18,16 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from crate_jax.model import ModelConfig, paper_parameter_count
+from crate_jax.model import NEURON_SITES, ModelConfig, paper_parameter_count
 from crate_jax.report import run_files
-from crate_jax.report.answer import answer_json, answer_markdown
+from crate_jax.report.answer import REFERENCE_VARIANT, answer_json, answer_markdown
 from crate_jax.report.floor_gap import floor_gap, floor_gap_markdown
 from crate_jax.report.run_files import REFERENCE_KEYS, score_entries
 from crate_jax.report.statistics import difference_interval, pooled_mean_interval
 from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
 
-SITES = ("ista", "mlp", "attn", "resid")
+SITES = NEURON_SITES
 REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic")
-REFERENCE_VARIANT = "crate"
 GROUND_TRUTH = ("recovery", "mean_monosemanticity", "spearman")
 _SHORT_SPLIT = {"top_and_random": "t&r", "random_only": "r-o", "anthropic": "anth"}
 _TRUTH_HEADER = {"recovery": "recovery", "mean_monosemanticity": "monosemanticity",
@@ -82,6 +81,7 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
     workdir = Path(workdir)
     per_variant = {}
     for variant, runs in study_runs(workdir).items():
+        truths = [run_files.ground_truth(d) for _, d in runs]  # read once: they are large
         per_variant[variant] = {
             "names": [name for name, _ in runs],
             "validation": [run_files.final_validation(d) for _, d in runs],
@@ -89,9 +89,8 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
             "scores": [_run_scores(d) for _, d in runs],
             "sparsity": [json.loads((d / "interp" / "sparsity.json").read_text())
                          for _, d in runs],
-            "truth": [run_files.ground_truth_by_site(run_files.ground_truth(d))
-                      for _, d in runs],
-            "floor_gap": floor_gap([run_files.ground_truth(d) for _, d in runs])}
+            "truth": [run_files.ground_truth_by_site(t) for t in truths],
+            "floor_gap": floor_gap(truths)}
 
     rows = []
     reference = per_variant.get(REFERENCE_VARIANT)

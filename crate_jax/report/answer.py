@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 
+from crate_jax.model import NEURON_SITES
 from crate_jax.report.text import interval_text, markdown_rows
 
 REFERENCE_VARIANT = "crate"
@@ -19,7 +20,6 @@ ABLATIONS = (("A", "no_ista"), ("B", "standard_attention"))
 COMPARED = ("top_and_random", "random_only", "recovery")
 _NAMES = {"top_and_random": "top-and-random", "random_only": "random-only",
           "recovery": "recovery"}
-_SITES = ("ista", "mlp", "attn", "resid")
 
 
 def answer_rows(rows: list[dict]) -> list[dict]:
@@ -34,7 +34,7 @@ def answer_rows(rows: list[dict]) -> list[dict]:
         row = by_variant.get(variant)
         if row is None:
             continue
-        for site in _SITES:
+        for site in NEURON_SITES:
             if f"{site}/top_and_random" in row and f"{site}/top_and_random" in crate:
                 comparisons.append({"ablation": label, "variant": variant, "site": site,
                                     **{key: row.get(f"{site}/{key}/vs_crate")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from crate_jax.report.ablation_table import build_table, study_runs
+from crate_jax.report.ablation_table import SITES, build_table, study_runs
 from crate_jax.report.answer import answer_markdown
 from crate_jax.report.floor_gap import floor_gap_cells
 from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
@@ -78,7 +78,7 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
 
 def compact_table(rows: list[dict]) -> str:
     """The README's table: one row per variant, the numbers a reader compares first."""
-    truth_sites = [site for site in ("ista", "mlp", "attn", "resid")
+    truth_sites = [site for site in SITES
                    if any(f"{site}/recovery" in row for row in rows)]
     header = (["variant", "params", "val loss", "vs bigram", "sparse block: top-and-random",
                "attn: random-only", "resid: random-only"]
@@ -100,7 +100,7 @@ def truth_table(rows: list[dict]) -> str:
     rank correlation of the explanation score with monosemanticity across neurons."""
     body = []
     for row in rows:
-        for site in ("ista", "mlp", "attn", "resid"):
+        for site in SITES:
             if f"{site}/recovery" in row:
                 body.append([row["variant"], site, interval_text(row[f"{site}/recovery"]),
                              interval_text(row.get(f"{site}/mean_monosemanticity")),
@@ -117,7 +117,7 @@ def _correlation_sentence(rows: list[dict]) -> str:
     """How many (variant, site) correlations are positive, negative or undecided, by interval."""
     signs = {"positive": 0, "negative": 0, "undecided": 0}
     for row in rows:
-        for site in ("ista", "mlp", "attn", "resid"):
+        for site in SITES:
             stats = row.get(f"{site}/spearman")
             if not stats or not all(math.isfinite(stats[k]) for k in ("ci_low", "ci_high")):
                 continue
