@@ -63,7 +63,10 @@ def run_configs(config) -> dict[str, object]:
 
 
 def run_study(config, workdir: str | Path) -> dict:
-    """Trains and evaluates every run of the study (skipping finished work); returns a manifest."""
+    """Trains and evaluates every run of the study (skipping finished work); returns a manifest.
+
+    A run stopped by a signal ends the study there (status `interrupted`): nothing after it is
+    evaluated or reported until a rerun has finished it."""
     started = time.perf_counter()
     workdir = Path(workdir)
     runs = run_configs(config)
@@ -77,7 +80,10 @@ def run_study(config, workdir: str | Path) -> dict:
         if not (run_dir / "data").exists():
             shutil.copytree(workdir / "data", run_dir / "data")
         print(f"study: run {index}/{len(runs)}: {name}", flush=True)
-        train_and_evaluate(run, run_dir)
+        trained = train_and_evaluate(run, run_dir)
+        if trained["status"] == "interrupted":  # saved; the rerun resumes this run
+            return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
+                    "interrupted_run": name}
         evaluate_interpretability(run, run_dir)
         manifest["runs"][name] = {"variant": run.variant, "seed": run.seed,
                                   "workdir": str(run_dir.relative_to(workdir))}

@@ -59,7 +59,7 @@ def test_run_writes_config_versions_metrics_and_checkpoints(prepared, tmp_path):
 
 def _run_main(workdir: Path, prepared: Path, *overrides: str, devices: int = 1,
               wait: bool = True):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
             f"--workdir={workdir}", f"--config.data.data_dir={prepared / 'tfds'}",
@@ -82,37 +82,82 @@ def _params(workdir: Path, step: int):
     return state["params"]
 
 
-def test_sigterm_saves_and_rerun_resumes_exactly(prepared, tmp_path):
-    steps = ["--config.train.num_steps=30", "--config.train.checkpoint_every=5",
-             "--config.train.log_every=5", "--config.train.eval_every=15"]
-    reference = workdir_with_data(prepared, tmp_path, "reference")
-    assert _run_main(reference, prepared, *steps).returncode == 0
+# Checkpoints every 20 steps, a log line and a slow evaluation (64 batches) every 5: a signal sent
+# on reading a log line lands inside that evaluation, between the loop's decision not to save
+# this step and its next look at the stop flag.
+_INTERRUPTIBLE = ["--config.train.num_steps=30", "--config.train.checkpoint_every=20",
+                  "--config.train.log_every=5", "--config.train.eval_every=5",
+                  "--config.train.eval_batches=64"]
 
-    interrupted = workdir_with_data(prepared, tmp_path, "interrupted")
-    process = _run_main(interrupted, prepared, *steps, wait=False)
-    deadline = time.time() + 240
-    while not (interrupted / "checkpoints" / "5").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    process.send_signal(signal.SIGTERM)
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared, tmp_path_factory):
+    """The run every interrupted one must reproduce exactly once resumed."""
+    workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("uninterrupted"))
+    result = _run_main(workdir, prepared, *_INTERRUPTIBLE)
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def _interrupt_after_log_line(workdir: Path, prepared: Path, step: int, signum: int,
+                              *overrides: str) -> tuple[int, str]:
+    """Starts a run, sends `signum` as soon as it prints step `step`'s log line; returns its
+    exit code and output."""
+    process = _run_main(workdir, prepared, *_INTERRUPTIBLE, *overrides, wait=False)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith(f"step {step} | loss"):
+            process.send_signal(signum)
+            break
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 0, output
-    assert "stopped by signal at step" in output, output
-    stopped_at = int(output.split("stopped by signal at step ")[1].split(";")[0])
-    assert 5 <= stopped_at < 30
+    return process.returncode, "".join(seen) + output
 
-    resumed = _run_main(interrupted, prepared, *steps)
+
+def _assert_resumes_to(uninterrupted: Path, workdir: Path, prepared: Path, *,
+                       from_checkpoint: bool = True, stopped_at: int | None = None) -> None:
+    """The rerun ends where the uninterrupted run did, with its parameters and its metrics
+    (plus the train line the stop itself logged at `stopped_at`)."""
+    resumed = _run_main(workdir, prepared, *_INTERRUPTIBLE)
     assert resumed.returncode == 0, resumed.stderr
-    assert "step 0 |" not in resumed.stdout  # resumed, not restarted
-    for left, right in zip(jax.tree_util.tree_leaves(_params(reference, 30)),
-                           jax.tree_util.tree_leaves(_params(interrupted, 30)), strict=True):
+    assert ("step 0 |" not in resumed.stdout) == from_checkpoint  # resumed, or restarted
+    for left, right in zip(jax.tree_util.tree_leaves(_params(uninterrupted, 30)),
+                           jax.tree_util.tree_leaves(_params(workdir, 30)), strict=True):
         np.testing.assert_allclose(left, right, rtol=1e-6, atol=1e-7)
-    curve = {(r["split"], r["step"]): r["loss"] for r in read_metrics(reference)}
-    resumed_records = read_metrics(interrupted)
+    curve = {(r["split"], r["step"]): r["loss"] for r in read_metrics(uninterrupted)}
+    resumed_records = read_metrics(workdir)
     resumed_curve = {(r["split"], r["step"]): r["loss"] for r in resumed_records}
     assert len(resumed_curve) == len(resumed_records), "no step is logged twice"
-    assert set(curve) <= set(resumed_curve)
+    assert set(resumed_curve) - set(curve) <= {("train", stopped_at)}
     for key, loss in curve.items():
         assert resumed_curve[key] == pytest.approx(loss, rel=1e-6), key
+
+
+def test_sigterm_saves_the_reported_step_stops_the_stages_and_resumes_exactly(
+        prepared, tmp_path, uninterrupted):
+    workdir = workdir_with_data(prepared, tmp_path)
+    code, output = _interrupt_after_log_line(workdir, prepared, 5, signal.SIGTERM,
+                                             "--config.stages=train,interp")
+    assert code == 128 + signal.SIGTERM, output
+    assert "stopped by signal at step" in output, output
+    stopped_at = int(output.split("stopped by signal at step ")[1].split(";")[0])
+    assert 5 <= stopped_at < 20
+    assert Checkpointer(workdir / "checkpoints", save_every=20).latest_step() == stopped_at
+    assert "train: interrupted; not run: interp" in output
+    assert not (workdir / "interp").exists()  # no evaluation of a half-trained model
+    _assert_resumes_to(uninterrupted, workdir, prepared, stopped_at=stopped_at)
+
+
+def test_kill_at_a_random_step_then_rerun_equals_the_uninterrupted_run(
+        prepared, tmp_path, uninterrupted):
+    step = int(np.random.default_rng().choice([5, 10, 15, 20, 25]))
+    print(f"killed after step {step}'s log line")
+    workdir = workdir_with_data(prepared, tmp_path)
+    code, output = _interrupt_after_log_line(workdir, prepared, step, signal.SIGKILL)
+    assert code == -signal.SIGKILL, output
+    # Without a finished checkpoint (the first is step 20's) the rerun starts over.
+    saved = Checkpointer(workdir / "checkpoints", save_every=20).latest_step()
+    _assert_resumes_to(uninterrupted, workdir, prepared, from_checkpoint=saved is not None)
 
 
 def test_one_step_on_eight_devices_matches_one_device(prepared, tmp_path):
@@ -194,7 +239,10 @@ def test_corrupt_checkpoint_is_a_clear_error_and_is_left_in_place(prepared, tmp_
 def test_a_different_model_in_the_same_workdir_is_refused(prepared, tmp_path):
     workdir = workdir_with_data(prepared, tmp_path)
     train_and_evaluate(with_data(tiny_config(num_steps=5, checkpoint_every=5), prepared), workdir)
+    record = {name: (workdir / name).read_text() for name in ("config.json", "run_info.json")}
     result = _run_main(workdir, prepared, "--config.model.ista_steps=3",
                        "--config.train.num_steps=10")
     assert result.returncode == 1
     assert "trained with other model settings (ista_steps)" in result.stderr
+    # The refused run leaves the workdir's own record of what it is untouched.
+    assert record == {name: (workdir / name).read_text() for name in record}
