@@ -188,6 +188,16 @@ class LlamaServer:
         raise RuntimeError(f"llama_cpp.server did not answer on {self.base_url} within "
                            f"{SERVER_START_TIMEOUT_S} s")
 
+    def death(self) -> str | None:
+        """How the server process ended (exit code and the end of its log), or None while it
+        runs. A server that died mid-session (an illegal instruction in a native build, say)
+        otherwise shows up in every later test only as 'connection refused'."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        self.log.seek(0)
+        return (f"llama_cpp.server (pid {self.process.pid}) died with exit code "
+                f"{self.process.returncode}; the end of its log:\n{self.log.read()[-2000:]}")
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
@@ -215,9 +225,26 @@ def llama_server(gguf_model: Path) -> Iterator[LlamaServer]:
 
 
 @pytest.fixture
-def client(llama_server: LlamaServer) -> OpenAICompatibleClient:
-    return OpenAICompatibleClient(llama_server.base_url, model="smollm2", api_key_env=None,
-                                  timeout_s=60, max_retries=1, backoff_s=0.1)
+def client(llama_server: LlamaServer) -> Iterator[OpenAICompatibleClient]:
+    """A client of the session's server; fails the test with the server's own last words when
+    the server is dead before or after it."""
+    if (death := llama_server.death()) is not None:
+        pytest.fail(death, pytrace=False)
+    yield OpenAICompatibleClient(llama_server.base_url, model="smollm2", api_key_env=None,
+                                 timeout_s=60, max_retries=1, backoff_s=0.1)
+    if (death := llama_server.death()) is not None:
+        pytest.fail(death, pytrace=False)
+
+
+def test_a_server_that_dies_is_reported_with_its_exit_code_and_log(gguf_model):
+    server = LlamaServer(gguf_model, _free_port()).start()
+    try:
+        assert server.death() is None
+        os.kill(server.process.pid, signal.SIGILL)  # as an illegal instruction would end it
+        server.process.wait(timeout=30)
+        assert f"died with exit code {-signal.SIGILL}; the end of its log:" in server.death()
+    finally:
+        server.stop()
 
 
 def _assert_predictions_or_failure(simulator: LLMSimulator, explanation: Explanation) -> bool:
