@@ -99,6 +99,7 @@ def get_config(arg=None):
         lookup_tokens=10,        # tokens listed by a token_lookup explanation
         random_baseline=True,    # also score each neuron with another neuron's explanation
         workers=1,               # neurons explained/simulated concurrently (llm backend)
+        retry_failed=True,       # a rerun redoes neurons whose explanation or simulation failed
         bootstrap_samples=1000,
         seed=0,
         llm=ml_collections.ConfigDict(dict(

@@ -353,9 +353,11 @@ def test_evaluation_with_the_llm_backend_records_failures_and_resumes_after_a_de
         gguf_model, prepared, tmp_path):
     """The whole interp stage against the real server: a dead server stops the run with a
     clear error and no partial scores; once a server is back, the rerun reuses the mined
-    records and finishes, recording unparsable simulations as failures, never as zeros."""
+    records and finishes, recording unparsable simulations as failures, never as zeros (and
+    stopping with an error if no neuron got a score at all)."""
     from run_helpers import tiny_config, with_data, workdir_with_data
 
+    from crate_jax.interp.capture import InterpretabilityError
     from crate_jax.interp.evaluate import evaluate_interpretability
     from crate_jax.train.loop import train_and_evaluate
 
@@ -378,6 +380,9 @@ def test_evaluation_with_the_llm_backend_records_failures_and_resumes_after_a_de
     server = LlamaServer(gguf_model, port).start()
     try:
         summary = evaluate_interpretability(config, workdir)
+    except InterpretabilityError as error:  # SmolLM2 often cannot follow the JSON format
+        assert "all 2 neurons failed" in str(error)
+        summary = None
     finally:
         server.stop()
     assert records.stat().st_mtime_ns == mined  # mining was not redone
@@ -390,5 +395,8 @@ def test_evaluation_with_the_llm_backend_records_failures_and_resumes_after_a_de
         splits = {"top_and_random", "random_only", "top_only", "anthropic"}
         assert set(scored["scores"]) | set(scored["failures"]) == splits
         assert not set(scored["scores"]) & set(scored["failures"])
+        if summary is None:
+            assert set(scored["failures"]) == splits
+            continue
         entry = summary["sites"]["ista"][layer]["splits"]
         assert sum(entry[s]["n"] + entry[s]["n_nan"] + entry[s]["n_failed"] for s in splits) == 4

@@ -142,21 +142,40 @@ def load_or_train_tokenizer(kind: str, workdir: Path, vocab_size: int,
                             training_texts: Iterable[str]) -> TextTokenizer:
     """The run's tokenizer: reused from `workdir` if saved there, else built (and saved).
 
-    `training_texts` is only consumed when a BPE must be trained.
+    `training_texts` is only consumed when a BPE must be trained. Only the data stage, which
+    tokenizes with what it trains here, may call this; later stages use `load_saved_tokenizer`.
+    """
+    path = workdir / TOKENIZER_FILE
+    if kind not in TRAINED_KINDS or path.exists():
+        return load_saved_tokenizer(kind, workdir, vocab_size)
+    train = train_byte_level_bpe if kind == "bpe" else train_word_level
+    tokenizer = train(training_texts, vocab_size)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(path)
+    return _fitting(tokenizer, kind, vocab_size)
+
+
+def load_saved_tokenizer(kind: str, directory: Path, vocab_size: int) -> TextTokenizer:
+    """The tokenizer the token arrays in `directory` were made with; never trains one.
+
+    A trained tokenizer rebuilt now would be another vocabulary (on no text: 257 byte tokens),
+    so token ids would decode to the wrong words: its file missing is an error, not a retrain.
     """
     if kind == "gpt2":
-        tokenizer = Gpt2Tiktoken()
-    elif kind in TRAINED_KINDS:
-        path = workdir / TOKENIZER_FILE
-        if path.exists():
-            tokenizer = SavedTokenizer.load(path)
-        else:
-            train = train_byte_level_bpe if kind == "bpe" else train_word_level
-            tokenizer = train(training_texts, vocab_size)
-            workdir.mkdir(parents=True, exist_ok=True)
-            tokenizer.save(path)
-    else:
+        return _fitting(Gpt2Tiktoken(), kind, vocab_size)
+    if kind not in TRAINED_KINDS:
         raise TokenizerError(f"data.tokenizer={kind!r} is not one of bpe, word, gpt2")
+    path = directory / TOKENIZER_FILE
+    if not path.exists():
+        raise TokenizerError(
+            f"{path} is missing, but the token arrays in {directory} were made with it and "
+            "another tokenizer would decode them to other text: restore it, or delete "
+            f"{directory} and retrain the run from scratch (its model learned those tokens)")
+    return _fitting(SavedTokenizer.load(path), kind, vocab_size)
+
+
+def _fitting(tokenizer: TextTokenizer, kind: str, vocab_size: int) -> TextTokenizer:
+    """`tokenizer`, once its ids are known to fit the model's embedding table."""
     if tokenizer.vocab_size > vocab_size:
         raise TokenizerError(
             f"the {kind} tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size="

@@ -3,7 +3,9 @@
 Restores the trained parameters from the run's last checkpoint, mines records and sparsity for
 every neuron site (`interp/records/`), explains, simulates and scores the chosen neurons
 (`interp/scores/<site>/layer_<l>/`) and writes `interp/summary.json` and `interp/report.md`.
-Each step reuses what is already on disk, so rerunning after an interruption resumes.
+Each step reuses what is already on disk, so rerunning after an interruption resumes, as long
+as `interp/inputs.json` says it was computed from the same inputs (`freshness`); neurons whose
+explanation or simulation failed are retried (`interp.retry_failed`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from crate_jax.data.token_arrays import (
     read_planted_truth,
     write_json_atomically,
 )
-from crate_jax.data.tokenizer import load_or_train_tokenizer
+from crate_jax.data.tokenizer import load_saved_tokenizer
 from crate_jax.interp.backends import make_backend
 from crate_jax.interp.capture import (
     InterpretabilityError,
@@ -28,6 +30,7 @@ from crate_jax.interp.capture import (
     mine_records,
     read_records,
 )
+from crate_jax.interp.freshness import claim_outputs, interp_inputs
 from crate_jax.interp.ground_truth import (
     GROUND_TRUTH_FILE,
     RECOVERY_AUROC,
@@ -83,16 +86,17 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     sites = requested_sites(config, model)
     params, step = restore_params(config, workdir, model)
     tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
-    tokenizer = load_or_train_tokenizer(config.data.tokenizer, workdir / "data",
-                                        model.config.vocab_size, iter(()))
+    tokenizer = load_saved_tokenizer(config.data.tokenizer, workdir / "data",
+                                     model.config.vocab_size)
     decode = functools.lru_cache(maxsize=None)(lambda token: tokenizer.decode([token]))
     sequences = evaluation_sequences(tokens.validation, interp.seq_len, interp.num_sequences)
 
     out = workdir / "interp"
+    # Before any other output: what is in `out` from here on was computed from these inputs.
+    claim_outputs(out, interp_inputs(config, step, params, tokens.manifest), _say)
     records_dir = out / "records"
     sparsity_path = out / "sparsity.json"
     if not sparsity_path.exists():
-        out.mkdir(parents=True, exist_ok=True)
         _say(f"interp: mining records of {', '.join(sites)} on {sequences.size:,} tokens")
         sparsity = mine_records(model, params, sequences, sites, interp, decode, records_dir)
         # Written last: its presence means mining finished.
@@ -102,7 +106,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     explainer, simulator = make_backend(interp)
     summary_sites: dict = {}
     top_and_random: dict = {}
-    scored = 0
+    entries: list[dict] = []
     for site in sites:
         summary_sites[site] = {}
         for layer in range(model.config.num_layers):
@@ -110,18 +114,21 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
             layer_dir = out / "scores" / site / f"layer_{layer}"
             layer_dir.mkdir(parents=True, exist_ok=True)
             explanations = explain_layer(neurons, explainer, layer_dir, interp.workers,
-                                         record_protocol=interp.protocol)
+                                         record_protocol=interp.protocol,
+                                         retry_failed=interp.retry_failed)
             scores = score_layer(neurons, explanations, simulator, layer_dir,
                                  random_baseline=interp.random_baseline, seed=interp.seed,
                                  layer=layer, workers=interp.workers,
-                                 record_protocol=interp.protocol)
-            scored += len(scores)
+                                 record_protocol=interp.protocol,
+                                 retry_failed=interp.retry_failed)
+            entries.extend(scores.values())
             top_and_random[site, layer] = {index: entry["scores"].get("top_and_random")
                                            for index, entry in scores.items()}
             summary_sites[site][str(layer)] = layer_summary(
                 scores, sparsity[site][str(layer)], samples=interp.bootstrap_samples,
                 seed=interp.seed)
             _say(f"interp: {site} layer {layer}: {len(scores)} neurons scored")
+    check_failures(entries, interp)
 
     truth = read_planted_truth(workdir / "data")
     if truth is not None:
@@ -134,11 +141,30 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
                "explainer": interp.explainer, "seed": interp.seed,
                "evaluation_tokens": int(sequences.size), "sites": summary_sites,
                "config": config.interp.to_dict(), "versions": package_versions(),
-               "seconds_this_run": elapsed, "neurons_scored": scored}
+               "seconds_this_run": elapsed, "neurons_scored": len(entries)}
     write_json_atomically(out / "summary.json", summary)
     (out / "report.md").write_text(markdown_report(summary))
     _say(markdown_report(summary))
     return summary
+
+
+def check_failures(entries: list[dict], interp) -> None:
+    """Says how many neurons have failed splits; stops the stage when no neuron got any score
+    (a dead or misconfigured LLM server), so such a run cannot pass for a finished one."""
+    failed = [entry for entry in entries if entry["failures"]]
+    if not failed:
+        return
+    entirely = sum(not entry["scores"] for entry in failed)
+    first = next(iter(failed[0]["failures"].values()))
+    retry = ("a rerun retries them" if interp.retry_failed
+             else "rerun with interp.retry_failed=True to retry them")
+    if entirely == len(entries):
+        raise InterpretabilityError(
+            f"all {len(entries)} neurons failed, none was scored (first failure: {first}); "
+            f"check the {interp.explainer} backend (interp.llm.base_url={interp.llm.base_url}, "
+            f"interp.llm.model={interp.llm.model!r}), then {retry}")
+    _say(f"interp: {len(failed)} of {len(entries)} neurons have failed splits ({entirely} "
+         f"entirely; first failure: {first}); {retry}")
 
 
 def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch_size: int,

@@ -4,6 +4,8 @@ Two append-only files per layer: `explanations.jsonl` (both protocols' explanati
 neuron) and `scores.jsonl` (scores per split, the random baseline's scores and the simulations).
 A line is written as soon as its neuron is done; a rerun skips neurons already on file, so an
 interrupted evaluation (a crash, a dead LLM server) loses nothing and resumes where it stopped.
+With `retry_failed`, a rerun also redoes the neurons whose line records a failure (a bad LLM
+answer is often a one-off) and appends the new line: the last line of a neuron is its result.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import concurrent.futures
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from crate_jax.interp.capture import InterpretabilityError
 from crate_jax.interp.explanation import Explainer, Explanation, SimulationFailure, Simulator
 from crate_jax.interp.records import ActivationRecord, NeuronRecord, max_activation
 from crate_jax.interp.scoring import correlation_score
@@ -31,18 +35,55 @@ PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_o
                      ANTHROPIC_SPLIT: "anthropic"}
 
 
-def read_jsonl(path: Path) -> dict[int, dict]:
-    """Finished lines by neuron index; a line cut by a crash (the last one) is ignored."""
+def read_neuron_lines(path: Path, *, repair: bool) -> dict[int, dict]:
+    """The last line of each neuron in an append-only JSONL file, by neuron index.
+
+    A last line without its newline, or one that does not parse, is what a writer killed
+    mid-line leaves. With `repair` it is cut off the file (one warning line), so the next append
+    starts a line of its own and that neuron is redone; without (readers that must not write,
+    such as the report) it is only skipped. A damaged line before the last is no such
+    artefact, and an `InterpretabilityError` names the file and line.
+    """
     if not path.exists():
         return {}
-    done = {}
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        done[entry["neuron"]] = entry
-    return done
+    lines = [line + b"\n" for line in path.read_bytes().split(b"\n")]
+    lines[-1] = lines[-1][:-1]  # what follows the last newline: nothing, in a whole file
+    entries, offset = {}, 0
+    for number, line in enumerate(lines, start=1):
+        entry = _entry(line)
+        if entry is None and line.strip():
+            if number < len(lines) - (lines[-1] == b""):
+                raise InterpretabilityError(
+                    f"{path} line {number} is damaged (not a neuron's JSON line, and not the "
+                    "last line, which a stopped run may cut); restore the file, or delete it "
+                    "to redo that layer")
+            _drop_partial_line(path, offset, repair)
+            break
+        if entry is not None:
+            entries[entry["neuron"]] = entry
+        offset += len(line)
+    return entries
+
+
+def _entry(line: bytes) -> dict | None:
+    """The neuron's entry on a whole line (newline included); None for anything else."""
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and "neuron" in entry else None
+
+
+def _drop_partial_line(path: Path, length: int, repair: bool) -> None:
+    if repair:
+        os.truncate(path, length)
+        print(f"interp: {path} ended in a partial line (its run was stopped while writing "
+              "it); cut it off, its neuron is redone", flush=True)
+    else:
+        print(f"warning: {path} ends in a partial line (its run was stopped while writing "
+              "it); read without it", flush=True)
 
 
 def _append(path: Path, entry: dict) -> None:
@@ -64,24 +105,31 @@ def _parallel(function: Callable, items: Iterable, workers: int) -> Iterable:
 
 
 def _complete(neurons: list[NeuronRecord], work: Callable[[NeuronRecord], dict], path: Path,
-              done: dict[int, dict], workers: int) -> dict[int, dict]:
-    """Runs `work` on the neurons not yet in `done`, appending each entry to `path` as it
-    finishes; returns every neuron's entry."""
-    todo = [n for n in neurons if n.neuron_id.neuron_index not in done]
+              redo: Callable[[dict], bool], workers: int) -> dict[int, dict]:
+    """Runs `work` on the neurons not yet in `path` or whose entry `redo` says to redo,
+    appending each entry to `path` as it finishes; returns every neuron's (last) entry."""
+    done = read_neuron_lines(path, repair=True)
+    todo = [n for n in neurons if n.neuron_id.neuron_index not in done
+            or redo(done[n.neuron_id.neuron_index])]
     for entry in _parallel(work, todo, workers):
         _append(path, entry)
         done[entry["neuron"]] = entry
     return done
 
 
+def explanation_failed(entry: dict) -> bool:
+    """Whether either protocol's explanation of this `explanations.jsonl` entry failed."""
+    return any("failure" in entry.get(protocol, {}) for protocol in ("openai", "anthropic"))
+
+
 def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Path,
-                  workers: int = 1, *, record_protocol: str = "default") -> dict[int, dict]:
-    """Explanations of every neuron (both protocols), reusing those already on file.
+                  workers: int = 1, *, record_protocol: str = "default",
+                  retry_failed: bool = False) -> dict[int, dict]:
+    """Explanations of every neuron (both protocols), reusing those already on file (except
+    failed ones with `retry_failed`).
 
     `record_protocol` (`interp.protocol`) picks the records each explanation is shown
     (see `splits`)."""
-    path = out_dir / "explanations.jsonl"
-    done = read_jsonl(path)
 
     def explain(neuron: NeuronRecord) -> dict:
         index = neuron.neuron_id.neuron_index
@@ -95,7 +143,8 @@ def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Pa
                 entry[protocol] = {"failure": str(failure)}
         return entry
 
-    return _complete(neurons, explain, path, done, workers)
+    redo = explanation_failed if retry_failed else _never
+    return _complete(neurons, explain, out_dir / "explanations.jsonl", redo, workers)
 
 
 def baseline_partners(indices: list[int], seed: int, layer: int) -> dict[int, int]:
@@ -130,14 +179,20 @@ def _simulate_and_score(explanation_entry: dict, groups: dict[str, list[Activati
 
 def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                 simulator: Simulator, out_dir: Path, *, random_baseline: bool, seed: int,
-                layer: int, workers: int = 1, record_protocol: str = "default"
-                ) -> dict[int, dict]:
+                layer: int, workers: int = 1, record_protocol: str = "default",
+                retry_failed: bool = False) -> dict[int, dict]:
     """Scores of every neuron (and of the random baseline), reusing those already on file.
 
-    `record_protocol` (`interp.protocol`) picks the held-out records each split pools."""
-    path = out_dir / "scores.jsonl"
-    done = read_jsonl(path)
+    With `retry_failed`, a neuron is rescored when a split of its own failed or when its random
+    baseline lacks a split (the partner's explanation or a baseline simulation failed): a
+    redone explanation always shows as one of these. `record_protocol` (`interp.protocol`)
+    picks the held-out records each split pools."""
     partners = baseline_partners([n.neuron_id.neuron_index for n in neurons], seed, layer)
+    with_baseline = random_baseline and len(partners) > 1
+
+    def failed(entry: dict) -> bool:
+        return bool(entry["failures"]) or (
+            with_baseline and set(entry.get("baseline_scores", {})) != set(PROTOCOL_OF_SPLIT))
 
     def score(neuron: NeuronRecord) -> dict:
         index = neuron.neuron_id.neuron_index
@@ -151,7 +206,7 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
             entry["scores"].update(scores)
             entry["failures"].update(failures)
             entry["simulations"][protocol] = simulations
-        if random_baseline and len(partners) > 1:
+        if with_baseline:
             partner = partners[index]
             baseline = {}
             for protocol in ("openai", "anthropic"):
@@ -166,4 +221,9 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                                         for k, v in entry["baseline_scores"].items()}
         return entry
 
-    return _complete(neurons, score, path, done, workers)
+    redo = failed if retry_failed else _never
+    return _complete(neurons, score, out_dir / "scores.jsonl", redo, workers)
+
+
+def _never(entry: dict) -> bool:
+    return False

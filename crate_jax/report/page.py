@@ -28,7 +28,7 @@ from crate_jax.interp.splits import explanation_records
 from crate_jax.report.ablation_table import study_runs, wide_table_cells
 from crate_jax.report.answer import answer_cells, answer_sentences
 from crate_jax.report.floor_gap import EXPLANATION, floor_gap_cells
-from crate_jax.report.run_files import neuron_statistics
+from crate_jax.report.run_files import neuron_statistics, score_lines
 
 NEURONS_PER_SITE = 2  # the best and the worst explained firing neuron of each site, per variant
 MIN_FIRING_TOKENS = 5
@@ -113,7 +113,7 @@ def _chosen_neurons(run_dir: Path, variant: str) -> list[str]:
         site = site_dir.name
         layer = max(int(p.name.split("_")[1]) for p in site_dir.glob("layer_*"))
         scores_path = site_dir / f"layer_{layer}" / "scores.jsonl"
-        entries = [json.loads(line) for line in scores_path.read_text().splitlines()]
+        entries = score_lines(scores_path)
         stats = neuron_statistics(run_dir, site, layer)
         firing = firing_neurons(stats) if stats else {e["neuron"] for e in entries}
         scored = sorted((e for e in entries if e["scores"].get("top_and_random") is not None

@@ -17,24 +17,27 @@ from pathlib import Path
 
 import numpy as np
 
+from crate_jax.interp.neuron_scoring import read_neuron_lines
+
 REFERENCE_KEYS = ("unigram", "bigram", "floor")
+
+
+def score_lines(path: Path) -> list[dict]:
+    """The whole last line of each neuron of one scores.jsonl (a rerun that retried a failed
+    neuron appended its new line after the old one), read as the interp stage reads it: a line
+    cut by a stopped run is skipped, never rewritten from here."""
+    return list(read_neuron_lines(path, repair=False).values())
 
 
 @functools.cache
 def score_entries(path: Path) -> tuple[dict, ...]:
-    """The per-neuron lines of one scores.jsonl, parsed once, without their simulations.
+    """`score_lines`, parsed once, without their simulations.
 
     Only `neuron`, `scores` and `failures` are kept: the simulations are most of each line and
     no table or figure needs them (the cache held 1.7 GB of them for the default study).
     """
-    entries = []
-    with open(path) as file:
-        for line in file:
-            if line.strip():
-                entry = json.loads(line)
-                entries.append({"neuron": entry["neuron"], "scores": entry["scores"],
-                                "failures": entry["failures"]})
-    return tuple(entries)
+    return tuple({"neuron": entry["neuron"], "scores": entry["scores"],
+                  "failures": entry["failures"]} for entry in score_lines(path))
 
 
 def final_validation(run_dir: Path) -> dict:
