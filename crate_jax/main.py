@@ -6,6 +6,7 @@ tests and notebooks call them directly; this file only parses flags and runs `co
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -14,13 +15,15 @@ from crate_jax.cli import define_config_flag, parse_flags
 from crate_jax.data.sources import SourceError
 from crate_jax.data.token_arrays import DataPreparationError
 from crate_jax.data.tokenizer import TokenizerError
+from crate_jax.input_checks import WorkdirError, check_run_config, check_workdir
 from crate_jax.interp.capture import InterpretabilityError
 from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.interp.explanation import BackendError
 from crate_jax.model import ConfigError
-from crate_jax.study import run_study
+from crate_jax.study import run_configs, run_study
 from crate_jax.train.checkpoints import CheckpointError
 from crate_jax.train.loop import TrainingError, train_and_evaluate
+from crate_jax.train.metrics import MetricsError
 
 _CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every artifact of the run; "
@@ -31,7 +34,7 @@ STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability, "stu
 
 # Failures with a message written for the user: printed as one line, no traceback.
 _USER_ERRORS = (ConfigError, SourceError, DataPreparationError, TokenizerError, CheckpointError,
-                TrainingError, InterpretabilityError, BackendError)
+                TrainingError, InterpretabilityError, BackendError, MetricsError, WorkdirError)
 
 
 def stage_names(stages: str) -> list[str]:
@@ -43,6 +46,15 @@ def stage_names(stages: str) -> list[str]:
     return names
 
 
+def check_before_any_work(config, workdir: str, stages: list[str]) -> None:
+    """Every input up front, so that a bad one costs one line, not a half-done run: the config as
+    a run, each run of a study, then the workdir (created only once the config passed)."""
+    check_run_config(config, stages)
+    if "study" in stages:
+        run_configs(config)
+    check_workdir(workdir, stages)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -50,10 +62,24 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # library INFO chatter; progress is printed
     try:
-        for stage in stage_names(config.stages):
-            STAGES[stage](config, _WORKDIR.value)
+        names = stage_names(config.stages)
+        check_before_any_work(config, _WORKDIR.value, names)
+        for position, stage in enumerate(names):
+            result = STAGES[stage](config, _WORKDIR.value)
+            if isinstance(result, dict) and result.get("status") == "interrupted":
+                _exit_interrupted(stage, names[position + 1:], result.get("signal"))
     except _USER_ERRORS as error:
         sys.exit(f"FATAL: {error}")
+
+
+def _exit_interrupted(stage: str, skipped: list[str], signum: int | None) -> None:
+    """A stage stopped by a signal saved its work; the stages after it must not run on that
+    partial result (an interp of a half-trained model would be kept and relabelled later).
+    Exits as a process killed by that signal would (128 + its number), so a scheduler or a
+    shell loop sees that the run did not finish."""
+    not_run = f"; not run: {', '.join(skipped)}" if skipped else ""
+    print(f"{stage}: interrupted{not_run}; rerun the same command to resume", flush=True)
+    sys.exit(128 + (signum or signal.SIGTERM))
 
 
 if __name__ == "__main__":

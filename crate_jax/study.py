@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import pkgutil
 import resource
 import shutil
 import time
 from pathlib import Path
 
 from crate_jax.data.token_arrays import prepare_token_arrays
+from crate_jax.input_checks import check_run_config
 from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.model import ConfigError, model_from_config, neuron_sites
 from crate_jax.report.ablation_table import build_table, markdown_table, write_table
@@ -24,6 +26,7 @@ from crate_jax.report.plots import write_plots
 from crate_jax.train.loop import train_and_evaluate
 
 SHARED_SECTIONS = ("data", "train", "interp")  # and model.vocab_size, set by the corpus
+RUN_STAGES = ("train", "interp")  # what each run of the study goes through
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -33,33 +36,77 @@ def _names(text: str, what: str) -> list[str]:
     return names
 
 
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in _names(text, "seeds")]
+    except ValueError:
+        raise ConfigError(f"study.seeds={text!r} is not a comma-separated list of integers, "
+                          "e.g. '0,1,2'") from None
+
+
 def run_configs(config) -> dict[str, object]:
-    """`{run name: config}` for every variant and seed, validated before anything runs."""
-    variants, seeds = _names(config.study.variants, "variants"), _names(config.study.seeds, "seeds")
+    """`{run name: config}` for every variant and seed, each checked as a run of its stages
+    before anything runs."""
+    variants, seeds = _names(config.study.variants, "variants"), _seeds(config.study.seeds)
     requested_sites = _names(config.interp.sites, "sites") if config.interp.sites else []
     runs = {}
     for variant in variants:
-        try:
-            module = importlib.import_module(f"configs.{variant}")
-        except ModuleNotFoundError as error:
-            raise ConfigError(f"study.variants names {variant!r}, but there is no "
-                              f"configs/{variant}.py") from error
+        module = _variant_module(variant, config.size)
         for seed in seeds:
             run = module.get_config(config.size)
-            run.seed = int(seed)
+            run.seed = seed
             for section in SHARED_SECTIONS:
                 run[section] = config[section]
             # The corpus decides the vocabulary; the rest of the model is the variant's own.
             run.model.vocab_size = config.model.vocab_size
-            run.stages = "train,interp"
+            run.stages = ",".join(RUN_STAGES)
             model = model_from_config(run)  # checks the variant's model keys
             missing = [s for s in requested_sites if s not in neuron_sites(model.config)]
             if missing:
                 raise ConfigError(f"variant {variant!r} has no {', '.join(missing)} site (it has "
                                   f"{', '.join(neuron_sites(model.config))}); drop it from "
                                   "interp.sites or from study.variants")
+            check_run_config(run, RUN_STAGES)
             runs[f"{variant}_seed{seed}"] = run
     return runs
+
+
+def model_variants(size: str) -> list[str]:
+    """The config files in `configs/` that define one model variant (not a study, not a helper),
+    as `study.variants` names them."""
+    package = importlib.import_module("configs")
+    variants = []
+    for name in sorted(info.name for info in pkgutil.iter_modules(package.__path__)):
+        try:
+            if _is_variant(importlib.import_module(f"configs.{name}"), size):
+                variants.append(name)
+        except Exception:  # a file that does not load is not a variant to offer
+            continue
+    return variants
+
+
+def _is_variant(module, size: str) -> bool:
+    get_config = getattr(module, "get_config", None)
+    return callable(get_config) and "study" not in get_config(size)
+
+
+def _variant_module(variant: str, size: str):
+    """The module of `configs/<variant>.py`, which must define a model variant."""
+    try:
+        module = importlib.import_module(f"configs.{variant}") if variant.isidentifier() else None
+    except ModuleNotFoundError as error:
+        if error.name == "configs":
+            raise ConfigError("study.variants are files in configs/, but no configs package can "
+                              "be imported: give --config as a path inside configs/") from None
+        if error.name != f"configs.{variant}":
+            raise ConfigError(f"configs/{variant}.py cannot be imported: {error}") from None
+        module = None
+    if module is not None and _is_variant(module, size):
+        return module
+    what = (f"configs/{variant}.py is not a model variant" if module is not None
+            else f"there is no configs/{variant}.py")
+    raise ConfigError(f"study.variants names {variant!r}, but {what}; the variants are: "
+                      f"{', '.join(model_variants(size))}")
 
 
 def run_study(config, workdir: str | Path) -> dict:

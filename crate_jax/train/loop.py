@@ -23,6 +23,7 @@ from tqdm import tqdm
 from crate_jax.data.references import REFERENCES_FILE, reference_losses
 from crate_jax.data.sampler import WindowSampler, evaluation_windows
 from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays, write_json_atomically
+from crate_jax.input_checks import check_run_config
 from crate_jax.model import model_from_config
 from crate_jax.train.checkpoints import Checkpointer, CheckpointError
 from crate_jax.train.metrics import MetricsWriter
@@ -54,7 +55,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     train = config.train
     model = model_from_config(config)
-    _check_layout(config, jax.device_count())
+    check_run_config(config, ("train",))
     tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
     _write_run_files(config, workdir, tokens)
     # Closing the checkpointer waits for in-flight saves, also when the loop raises.
@@ -166,20 +167,6 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
         progress.close()
         summary["step"] = step
     return summary
-
-
-def _check_layout(config, device_count: int) -> None:
-    train = config.train
-    if train.seq_len > config.model.max_len:
-        raise TrainingError(f"train.seq_len={train.seq_len} exceeds model.max_len="
-                            f"{config.model.max_len}")
-    if train.batch_size % train.grad_accum_steps:
-        raise TrainingError(f"train.batch_size={train.batch_size} is not divisible by "
-                            f"train.grad_accum_steps={train.grad_accum_steps}")
-    micro_batch = train.batch_size // train.grad_accum_steps
-    if micro_batch % device_count:
-        raise TrainingError(f"the micro-batch (train.batch_size / train.grad_accum_steps = "
-                            f"{micro_batch}) must be divisible by the {device_count} devices")
 
 
 def _restore_or_initialize(checkpointer: Checkpointer, config, model, optimizer, abstract_state,

@@ -43,6 +43,10 @@ _NON_FINITE_AS_STRING = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _SPLIT_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
 
 
+class MetricsError(ValueError):
+    """`metrics.jsonl` is damaged other than by a crash mid-write; names the line to repair."""
+
+
 def _json_number(value: int | float) -> int | float | str:
     """`value` as something `json.dumps(allow_nan=False)` accepts: non-finite floats to strings."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -75,9 +79,14 @@ def _read_complete_lines(path: Path) -> tuple[str, list[tuple[str, dict[str, Any
 
     A last line that does not parse is what a crash in the middle of a write leaves, and is
     skipped. An unparseable line anywhere else means the file was damaged some other way, so it
-    raises instead of silently losing data.
+    raises `MetricsError` instead of silently losing data.
     """
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        number = path.read_bytes().count(b"\n", 0, error.start) + 1
+        raise MetricsError(f"{path}:{number} is not UTF-8 text; delete or repair that line, "
+                           "then rerun.") from None
     lines = [(number, line) for number, line in enumerate(text.split("\n"), start=1)
              if line.strip()]
     records = []
@@ -87,13 +96,13 @@ def _read_complete_lines(path: Path) -> tuple[str, list[tuple[str, dict[str, Any
         except json.JSONDecodeError:
             if index == len(lines) - 1:
                 break
-            raise ValueError(
+            raise MetricsError(
                 f"{path}:{number} is not valid JSON ({line[:80]!r}); only a truncated last line "
-                "is tolerated. Delete or repair that line.") from None
+                "is tolerated. Delete or repair that line, then rerun.") from None
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise ValueError(
+            raise MetricsError(
                 f"{path}:{number} is not a metrics record (a JSON object with an integer 'step'): "
-                f"{line[:80]!r}. Delete or repair that line.")
+                f"{line[:80]!r}. Delete or repair that line, then rerun.")
         records.append((line, record))
     return text, records
 
