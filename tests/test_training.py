@@ -190,7 +190,7 @@ def test_gradient_accumulation_matches_the_whole_batch(prepared, tmp_path):
     assert accumulated["validation_loss"] == pytest.approx(whole["validation_loss"], rel=1e-5)
 
 
-def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path):
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_path, capsys):
     workdir = workdir_with_data(prepared, tmp_path)
     config = with_data(tiny_config(num_steps=20, checkpoint_every=5, log_every=5), prepared)
     train_and_evaluate(config, workdir)
@@ -200,6 +200,9 @@ def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(prepared, tmp_p
     with pytest.raises(TrainingError, match=r"training diverged: loss is nan at step 2\d; the "
                                             r"last good checkpoint \(step 20\) is kept"):
         train_and_evaluate(config, workdir)
+    # As the message advises, the resumption runs with other optimizer settings, and says so.
+    assert "resuming step 20 with changed optimizer settings: train.learning_rate: 0.003 " \
+        "there, 1e+30 now; train.warmup_steps: 5 there, 0 now" in capsys.readouterr().out
     assert Checkpointer(workdir / "checkpoints", save_every=5, keep=3).latest_step() == 20
 
 
@@ -243,6 +246,11 @@ def test_a_different_model_in_the_same_workdir_is_refused(prepared, tmp_path):
     result = _run_main(workdir, prepared, "--config.model.ista_steps=3",
                        "--config.train.num_steps=10")
     assert result.returncode == 1
-    assert "trained with other model settings (ista_steps)" in result.stderr
-    # The refused run leaves the workdir's own record of what it is untouched.
+    assert "trained with other settings (model.ista_steps: 2 there, 3 now)" in result.stderr
+    result = _run_main(workdir, prepared, "--config.seed=1", "--config.train.batch_size=16",
+                       "--config.train.num_steps=10")
+    assert result.returncode == 1
+    assert ("trained with other settings (seed: 0 there, 1 now; train.batch_size: 8 there, "
+            "16 now)") in result.stderr
+    # The refused runs leave the workdir's own record of what it is untouched.
     assert record == {name: (workdir / name).read_text() for name in record}

@@ -49,7 +49,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Trains `config`'s model in `workdir`; returns the final step's metrics.
 
     Returns `{"step", "status", "train_loss", "validation_loss", "validation_bits_per_byte",
-    "initial_validation_loss"?}` where status is `completed` or `interrupted`.
+    "initial_validation_loss"?}` where status is `completed` or `interrupted` (then `"signal"`
+    names the signal that stopped it, after a checkpoint of the reported step was saved).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +58,6 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     model = model_from_config(config)
     check_run_config(config, ("train",))
     tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
-    _write_run_files(config, workdir, tokens)
     # Closing the checkpointer waits for in-flight saves, also when the loop raises.
     with Checkpointer(directory=workdir / "checkpoints", save_every=train.checkpoint_every,
                       keep=train.keep_checkpoints) as checkpointer:
@@ -75,6 +75,9 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
     state_sharding = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
     state = _restore_or_initialize(checkpointer, config, model, optimizer, abstract_state,
                                    state_sharding)
+    # Only now: a config that does not match the workdir's checkpoint has been refused above,
+    # and must not overwrite the run's own record of what it is.
+    _write_run_files(config, workdir, tokens)
     start_step = int(state.step)
 
     micro_batch = train.batch_size // train.grad_accum_steps
@@ -132,7 +135,10 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
             else:
                 interval_steps += 1
             is_last = step == train.num_steps
-            saving = is_last or stop.requested or step % train.checkpoint_every == 0
+            # Read once: a signal that arrives during the metrics read or the evaluation below
+            # is acted on at the next step, never between deciding to save and deciding to stop.
+            stopping = stop.requested and not is_last
+            saving = is_last or stopping or step % train.checkpoint_every == 0
             if step % train.log_every == 0 or saving:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 if not math.isfinite(values["loss"]):
@@ -159,8 +165,9 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
             if saving:
                 checkpointer.save(step, state.as_dict(), _checkpoint_meta(config, tokens, step),
                                   force=True)
-            if stop.requested and not is_last:
+            if stopping:
                 summary["status"] = "interrupted"
+                summary["signal"] = stop.signal
                 _say(f"stopped by signal at step {step}; checkpoint saved, rerun the same "
                      "command to resume", is_main, progress)
                 break
@@ -181,14 +188,44 @@ def _restore_or_initialize(checkpointer: Checkpointer, config, model, optimizer,
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
         abstract_state, state_sharding)
     restored, meta = checkpointer.restore(latest, target.as_dict())
-    saved_model = meta.get("config", {}).get("model")
-    if saved_model != config.model.to_dict():
-        changed = sorted(k for k in config.model.to_dict()
-                         if (saved_model or {}).get(k) != config.model[k])
+    other_run, optimizer_changes = changed_settings(meta.get("config", {}), config.to_dict())
+    if other_run:
         raise CheckpointError(
             f"the checkpoint at step {latest} in {checkpointer.directory} was trained with other "
-            f"model settings ({', '.join(changed)}); use a new --workdir for a new model")
+            f"settings ({'; '.join(other_run)}); use a new --workdir for a new run (or move "
+            "that checkpoints folder aside to start this one over)")
+    if optimizer_changes:
+        _say(f"resuming step {latest} with changed optimizer settings: "
+             f"{'; '.join(optimizer_changes)}", jax.process_index() == 0)
     return TrainState.from_dict(restored)
+
+
+# What a checkpoint's run is: its model, its seed and the batches it draws. A resumption under
+# other values would be neither run, so it is refused. Other train keys may change on a resume:
+# the optimizer's (the divergence message itself advises a lower learning rate), said in one
+# line; how long the run goes on (`num_steps`, which also stretches the cosine schedule: that is
+# what continuing a finished run means) and how it is watched, silently.
+IDENTITY_TRAIN_KEYS = ("batch_size", "seq_len")
+SILENT_TRAIN_KEYS = ("num_steps", "log_every", "eval_every", "eval_batches", "checkpoint_every",
+                     "keep_checkpoints", "progress_bar", "grad_accum_steps")
+
+
+def changed_settings(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """(settings that make `saved`'s checkpoint another run, optimizer settings changed since),
+    each as `key: saved there, current now`; both arguments are `config.to_dict()`s."""
+    def differences(keys: list[tuple[str, object, object]]) -> list[str]:
+        return [f"{key}: {old!r} there, {new!r} now" for key, old, new in keys if old != new]
+
+    old_model, new_model = saved.get("model") or {}, current.get("model") or {}
+    old_train, new_train = saved.get("train") or {}, current.get("train") or {}
+    identity = [("seed", saved.get("seed"), current.get("seed"))]
+    identity += [(f"model.{k}", old_model.get(k), new_model.get(k))
+                 for k in sorted(set(old_model) | set(new_model))]
+    identity += [(f"train.{k}", old_train.get(k), new_train.get(k)) for k in IDENTITY_TRAIN_KEYS]
+    optimizer = [(f"train.{k}", old_train.get(k), new_train.get(k))
+                 for k in sorted(set(old_train) | set(new_train))
+                 if k not in IDENTITY_TRAIN_KEYS + SILENT_TRAIN_KEYS]
+    return differences(identity), differences(optimizer)
 
 
 def _local_eval_windows(tokens: TokenArrays, seq_len: int, max_windows: int,
@@ -252,6 +289,7 @@ def _say(message: str, is_main: bool, progress: tqdm | None = None) -> None:
 
 class _StopRequest:
     requested = False
+    signal: int | None = None  # the signal that asked for the stop
 
 
 @contextlib.contextmanager
@@ -263,7 +301,7 @@ def _stop_on_signals() -> Iterator[_StopRequest]:
     def request(signum, frame):
         if stop.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop.requested = True
+        stop.requested, stop.signal = True, signum
 
     try:
         previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
