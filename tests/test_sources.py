@@ -103,13 +103,13 @@ def test_stdlib_config_is_per_interpreter(stdlib_dir):
     assert (stdlib_dir / "stdlib_corpus" / config / "1.0.0" / "dataset_info.json").is_file()
 
 
-def test_text_source_reads_files_sorted_and_replaces_bad_bytes(tmp_path):
-    for name, content in (("b.txt", b"second"), ("c.txt", b"third \xff"), ("a.txt", b"first")):
+def test_text_source_reads_files_sorted_as_utf8(tmp_path):
+    for name, content in (("b.txt", b"second"), ("c.txt", b"third \xc3\xa9"), ("a.txt", b"first")):
         (tmp_path / name).write_bytes(content)
     (tmp_path / "skip.md").write_bytes(b"not matched")
     documents = list(read_documents(f"text:{tmp_path}/*.txt", tmp_path))
     assert [d.id for d in documents] == ["a.txt", "b.txt", "c.txt"]
-    assert [d.text for d in documents] == ["first", "second", "third \ufffd"]
+    assert [d.text for d in documents] == ["first", "second", "third \u00e9"]
 
     fingerprint = source_fingerprint(f"text:{tmp_path}/*.txt", tmp_path)
     assert fingerprint["num_files"] == 3

@@ -5,7 +5,8 @@ Source strings (the `data.source` config value):
 - `'stdlib'`: the running Python's standard-library prose (see `stdlib_corpus`), prepared
   into `data_dir` on first use through its TFDS builder and reused afterwards.
 - `'text:<glob>'`: local UTF-8 text files, one document per file, in sorted path order; ids
-  are paths relative to the glob's leading folder (`text:/data/**/*.txt` -> `a/b.txt`).
+  are paths relative to the glob's leading folder (`text:/data/**/*.txt` -> `a/b.txt`). A file
+  that is not UTF-8 text is refused, whatever its name (`_decode_text_file`).
 - `'tfds:<name>[/<config>][:<split>]'`: a TFDS text data set already prepared (as ArrayRecord)
   under `data_dir`; the split defaults to `train`.
 - `'planted[:<documents>]'`: the planted corpus (see `planted`), generated from seed 0 with
@@ -213,12 +214,35 @@ def _glob_root(pattern: str) -> str:
 
 def _read_text_files(files: Sequence[str], root: str) -> Iterator[Document]:
     for path in files:
-        # Stray bytes (a Latin-1 file, a truncated character) become U+FFFD rather than
-        # stopping a long run.
-        text = pathlib.Path(path).read_bytes().decode("utf-8", errors="replace")
+        text = _decode_text_file(path)
         # Ids relative to the pattern's folder, so moving the corpus keeps the validation split.
         doc_id = pathlib.PurePath(os.path.relpath(path, root) if root else path).as_posix()
         yield Document(id=doc_id, text=text)
+
+
+def _decode_text_file(path: str) -> str:
+    """A `text:` file's text: its bytes decoded as UTF-8 (a leading byte order mark dropped),
+    the same way whatever the file is called.
+
+    A file that is not valid UTF-8, or that holds a NUL byte (binary data, or UTF-16 text, whose
+    ASCII bytes are otherwise valid UTF-8), is refused, naming it and the first bad byte. Reading
+    it with replacement characters, or guessing another encoding, would train on text that is
+    not the file's without saying so; and one bad byte points to a wrong file (Latin-1, binary)
+    as surely as many do, while the fix (`iconv`, or leaving the file out) is one command.
+    """
+    data = pathlib.Path(path).read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise SourceError(
+            f"{path} holds a NUL byte (at byte {nul}): it is binary data or UTF-16 text, not UTF-8 "
+            "text; convert it (iconv -f UTF-16 -t UTF-8) or leave it out of the text: pattern")
+    try:
+        return data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        raise SourceError(
+            f"{path} is not UTF-8 text (byte {data[error.start]:#04x} at byte {error.start}); "
+            "convert it (e.g. iconv -f LATIN1 -t UTF-8) or leave it out of the text: pattern"
+        ) from None
 
 
 def _text_fingerprint(pattern: str) -> dict:

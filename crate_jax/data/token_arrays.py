@@ -2,9 +2,11 @@
 
 Documents are split into train and validation by a hash of their id (independent of any training
 seed, so every variant of a study is validated on the same text), tokenized, joined with the
-end-of-text token and written as raw uint16 (uint32 for vocabularies above 65536). `tokens.json`
-beside them records what produced them; a rerun with the same data settings reuses the arrays,
-different settings in the same workdir are an error rather than a silent mix.
+end-of-text token and written as raw uint16 (uint32 for vocabularies above 65536). A source with
+too few documents for that is split within its text instead (`_SourceSplit`). `tokens.json`
+beside them records what produced them, the tokenizer file's sha256 among it; a rerun with the
+same data settings reuses the arrays, different settings in the same workdir (or another
+tokenizer beside them) are an error rather than a silent mix.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +31,12 @@ from crate_jax.data.sources import (
     read_documents,
     source_fingerprint,
 )
-from crate_jax.data.tokenizer import TextTokenizer, load_or_train_tokenizer
+from crate_jax.data.tokenizer import (
+    TOKENIZER_FILE,
+    TRAINED_KINDS,
+    TextTokenizer,
+    load_or_train_tokenizer,
+)
 
 SPLITS = ("train", "validation")
 MANIFEST = "tokens.json"
@@ -35,6 +44,7 @@ MANIFEST = "tokens.json"
 # exact negative log-likelihood (the entropy floor), aligned with `validation.bin`.
 PLANTED_TRUTH = "planted_validation_truth.npz"
 _ENCODE_CHUNK = 512  # documents per `encode_batch` call: parallel, yet bounded memory
+_WHITESPACE = re.compile(r"\s")
 
 
 class DataPreparationError(RuntimeError):
@@ -91,19 +101,16 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
     data_dir = resolve_data_dir(data_config.data_dir)
     fraction = data_config.val_fraction
     source = data_config.source
-
-    def documents(split: str) -> Iterator[Document]:
-        return (doc for doc in read_documents(source, data_dir)
-                if is_validation(doc.id, fraction) == (split == "validation"))
-
+    split = _split_source_text(source, data_dir, fraction)
     tokenizer = load_or_train_tokenizer(data_config.tokenizer, directory, vocab_size,
-                                        (doc.text for doc in documents("train")))
+                                        (doc.text for doc in split.documents("train")))
     dtype = token_dtype(vocab_size)
     directory.mkdir(parents=True, exist_ok=True)
-    splits = {split: _write_split(documents(split), tokenizer, directory / f"{split}.bin", dtype)
-              for split in SPLITS}
-    if splits["validation"]["tokens"] == 0:
-        splits = _hold_out_tail(directory, dtype, fraction, splits)
+    splits = {name: _write_split(split.documents(name), tokenizer, directory / f"{name}.bin",
+                                 dtype)
+              for name in SPLITS}
+    if split.text_cut is not None:
+        splits["validation"]["held_out"] = "tail of the text, cut at a whitespace"
     if is_planted(source):
         validation_ids = [doc_id for doc_id in planted_document_ids(source)
                           if is_validation(doc_id, fraction)]
@@ -111,9 +118,94 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
                              splits["validation"]["tokens"])
     manifest = {**settings, "dtype": dtype.name, "splits": splits,
                 "fingerprint": source_fingerprint(source, data_dir),
+                "tokenizer_fingerprint": tokenizer_fingerprint(data_config.tokenizer, directory),
                 "end_of_text": tokenizer.end_of_text, "tokenizer_vocab_size": tokenizer.vocab_size}
     write_json_atomically(manifest_path, manifest)  # written last: its presence means "complete"
     return _load_prepared(directory, settings)
+
+
+def tokenizer_fingerprint(kind: str, directory: Path) -> str | None:
+    """The sha256 hex of the trained tokenizer's file in `directory`; None for GPT-2's BPE, a
+    published vocabulary with no file here.
+
+    Token ids mean something only with the exact file that made them: the manifest records this
+    as `tokenizer_fingerprint`, reuse checks it, and later stages record it with their outputs.
+    """
+    if kind not in TRAINED_KINDS:
+        return None
+    return hashlib.sha256((directory / TOKENIZER_FILE).read_bytes()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class _SourceSplit:
+    """Which text of a source goes to which split.
+
+    By document (`text_cut` None), the normal case: a hash of each document's id decides, so no
+    document is cut and the tokenizer, trained on the training documents only, never sees
+    validation text. A source with too few documents for both splits to get one (a single file,
+    a handful) is split within its text instead: validation is its last `fraction` of
+    characters, from `text_cut` = (document index, character offset) moved on to the next
+    whitespace so that no word is cut in two, and the tokenizer is trained on the text before.
+    """
+
+    source: str
+    data_dir: Path
+    fraction: float
+    text_cut: tuple[int, int] | None
+
+    def documents(self, split: str) -> Iterator[Document]:
+        """The documents of `split` (or their parts on its side of the cut), in source order."""
+        validation = split == "validation"
+        documents = read_documents(self.source, self.data_dir)
+        if self.text_cut is None:
+            return (doc for doc in documents if is_validation(doc.id, self.fraction) == validation)
+        return _side_of_cut(documents, self.text_cut, validation)
+
+
+def _split_source_text(source: str, data_dir: Path, fraction: float) -> _SourceSplit:
+    """How `source` is split (see `_SourceSplit`), or a DataPreparationError if it cannot be.
+
+    Reads the whole source once before any work, so that an unreadable file or a source too
+    small for two splits fails before a tokenizer is trained or any file is written.
+    """
+    documents_per_split: Counter[bool] = Counter()
+    characters = 0
+    for document in read_documents(source, data_dir):
+        documents_per_split[is_validation(document.id, fraction)] += 1
+        characters += len(document.text)
+    if len(documents_per_split) == 2:
+        return _SourceSplit(source, data_dir, fraction, text_cut=None)
+    if is_planted(source):
+        empty = "validation" if documents_per_split[False] else "training"
+        raise DataPreparationError(
+            f"data.source={source!r} gives no {empty} documents at data.val_fraction={fraction}, "
+            "and its ground truth needs whole validation documents; use more documents (the "
+            "default 'planted' has 20000)")
+    if characters < 2:
+        amount = "no text" if characters == 0 else "1 character of text"
+        raise DataPreparationError(
+            f"data.source={source!r} holds {amount}: too little to split into training and "
+            "validation text; point it at more text")
+    position = characters - max(1, int(characters * fraction))
+    for index, document in enumerate(read_documents(source, data_dir)):
+        if position < len(document.text):
+            return _SourceSplit(source, data_dir, fraction, text_cut=(index, position))
+        position -= len(document.text)
+    raise DataPreparationError(f"data.source={source!r} changed while it was read; rerun")
+
+
+def _side_of_cut(documents: Iterator[Document], cut: tuple[int, int],
+                 validation: bool) -> Iterator[Document]:
+    cut_index, offset = cut
+    for index, document in enumerate(documents):
+        if index == cut_index:
+            whitespace = _WHITESPACE.search(document.text, offset)
+            at = whitespace.start() if whitespace else offset
+            part = document.text[at:] if validation else document.text[:at]
+            if part:
+                yield dataclasses.replace(document, text=part)
+        elif (index > cut_index) == validation:
+            yield document
 
 
 def _write_split(documents: Iterator[Document], tokenizer: TextTokenizer, path: Path,
@@ -180,26 +272,6 @@ def read_planted_truth(data_directory: Path) -> dict[str, np.ndarray] | None:
         return {key: truth[key] for key in truth.files}
 
 
-def _hold_out_tail(directory: Path, dtype: np.dtype, fraction: float, splits: dict) -> dict:
-    """With too few documents for a document-level split (one big text file, say), the last
-    `fraction` of the training tokens becomes the validation split instead."""
-    train = np.fromfile(directory / "train.bin", dtype)
-    if train.size < 2:
-        raise DataPreparationError(f"the training text produced {train.size} tokens; "
-                                   "the source is empty")
-    cut = train.size - max(1, int(train.size * fraction))
-    train[cut:].tofile(directory / "validation.tmp")
-    train[:cut].tofile(directory / "train.tmp")
-    os.replace(directory / "validation.tmp", directory / "validation.bin")
-    os.replace(directory / "train.tmp", directory / "train.bin")
-    total_bytes = splits["train"]["bytes"]
-    return {"train": {"documents": splits["train"]["documents"], "tokens": int(cut),
-                      "bytes": round(total_bytes * cut / train.size)},
-            "validation": {"documents": 0, "tokens": int(train.size - cut),
-                           "bytes": round(total_bytes * (train.size - cut) / train.size),
-                           "held_out": "tail of the training tokens"}}
-
-
 def _load_prepared(directory: Path, settings: dict) -> TokenArrays:
     manifest_path = directory / MANIFEST
     try:
@@ -214,6 +286,7 @@ def _load_prepared(directory: Path, settings: dict) -> TokenArrays:
         raise DataPreparationError(
             f"{directory} holds tokens prepared with other data settings ({changed}); use a "
             "new --workdir, or delete that folder to re-tokenize")
+    _check_tokenizer(directory, manifest)
     arrays = {}
     for split in SPLITS:
         path = directory / f"{split}.bin"
@@ -224,6 +297,25 @@ def _load_prepared(directory: Path, settings: dict) -> TokenArrays:
                                        f"{max(size, 0)} bytes; delete {directory} to rebuild it")
         arrays[split] = np.memmap(path, dtype=manifest["dtype"], mode="r")
     return TokenArrays(train=arrays["train"], validation=arrays["validation"], manifest=manifest)
+
+
+def _check_tokenizer(directory: Path, manifest: dict) -> None:
+    """Token arrays are reused only beside the trained tokenizer that made them: another one, or
+    one retrained because its file went missing, maps the same ids to other text. A manifest
+    written before fingerprints were recorded has none to compare; its file must still exist."""
+    if manifest["tokenizer"] not in TRAINED_KINDS:
+        return
+    path = directory / TOKENIZER_FILE
+    fix = (f"restore it, or delete {directory} to re-tokenize, which means training the model "
+           "again from scratch (it learnt these token ids)")
+    if not path.exists():
+        raise DataPreparationError(
+            f"{path} is missing, but the token arrays beside it were made with it; {fix}")
+    recorded = manifest.get("tokenizer_fingerprint")
+    if recorded is not None and tokenizer_fingerprint(manifest["tokenizer"], directory) != recorded:
+        raise DataPreparationError(
+            f"{path} is not the tokenizer the token arrays beside it were made with (its sha256 "
+            f"differs from the one in {directory / MANIFEST}); {fix}")
 
 
 def write_json_atomically(path: Path, value: dict) -> None:
