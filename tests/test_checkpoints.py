@@ -1,10 +1,12 @@
 """Checkpointer against real orbax and real files: exact round trips, retention, clear errors."""
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import flax.linen as nn
@@ -328,3 +330,82 @@ def test_unsaveable_inputs_fail_before_anything_is_written(tmp_path, state):
         with pytest.raises(CheckpointError, match="JSON-serialisable"):
             ckpt.save(1, state, {"when": object()})
         assert ckpt.all_steps() == []
+
+
+@contextlib.contextmanager
+def read_only(directory):
+    """`directory` made read-only: by its mode, or (for root, who writes through modes) by the
+    immutable attribute; skips when neither can be set."""
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield directory
+        finally:
+            directory.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(directory)], capture_output=True).returncode:
+        pytest.skip("running as root without chattr: no directory is read-only to root")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def test_a_save_into_a_read_only_directory_fails_at_that_save_naming_it(tmp_path, state):
+    directory = tmp_path / "checkpoints"
+    with Checkpointer(directory, save_every=1) as ckpt:
+        with read_only(directory):
+            started = time.monotonic()
+            with pytest.raises(CheckpointError, match=rf"step 1 into {directory} .*Error"):
+                ckpt.save(1, state, META)
+            assert time.monotonic() - started < 10
+        assert ckpt.all_steps() == []
+
+
+def test_a_read_only_checkpoint_directory_ends_a_run_at_once_with_one_line(prepared, tmp_path):
+    """What a user sees: the run stops at its first save with one FATAL line, not after orbax's
+    300 s signal timeout and pages of background-thread tracebacks."""
+    # Imported here: the eight-device test imports this module where `tests/` is not on the path.
+    from run_helpers import workdir_with_data
+
+    workdir = workdir_with_data(prepared, tmp_path)
+    (workdir / "checkpoints").mkdir()
+    args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py:tiny",
+            f"--workdir={workdir}", "--config.stages=train", "--config.train.num_steps=4",
+            "--config.train.checkpoint_every=2", "--config.train.batch_size=4",
+            "--config.train.seq_len=32", "--config.train.eval_batches=1",
+            "--config.train.progress_bar=False"]
+    with read_only(workdir / "checkpoints"):
+        result = subprocess.run(args, cwd=REPO_ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("FATAL: "), result.stderr[-3000:]
+    assert f"step 2 into {workdir / 'checkpoints'}" in lines[0]
+
+
+def test_a_failed_background_write_is_one_error_naming_its_step_and_the_cause(tmp_path):
+    """A full disk, as the process sees it: files may not grow past 100 kB, so the arrays of step
+    1 fail in orbax's background threads. The next save reports step 1, with the operating
+    system's reason, and none of orbax's tracebacks."""
+    script = textwrap.dedent(f"""
+        import resource
+        import jax
+        from crate_jax.train.checkpoints import Checkpointer, CheckpointError
+        state = {{"w": jax.random.normal(jax.random.key(0), (512, 512))}}  # 1 MiB, incompressible
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+        try:
+            with Checkpointer({str(tmp_path / "checkpoints")!r}, save_every=1) as ckpt:
+                ckpt.save(1, state, {{}})
+                ckpt.save(2, state, {{}})
+        except CheckpointError as error:
+            print(error)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the background save of checkpoint step 1 into" in result.stdout, result.stdout
+    assert "File too large" in result.stdout
+    assert result.stderr.strip() == "", result.stderr[-3000:]

@@ -33,6 +33,8 @@ META_ITEM = "meta"
 # How many differing parameters an incompatibility message names before summarising the rest.
 MAX_NAMED_DIFFERENCES = 5
 MAX_CAUSE_CHARS = 200
+_SAVE_FIX = ("make that directory writable and check free disk space, then rerun to resume from "
+             "the last checkpoint")
 
 
 class CheckpointError(RuntimeError):
@@ -44,6 +46,10 @@ class Checkpointer:
 
     Saves are asynchronous: `save` returns once the arrays are copied off the device, and the
     files are written in the background. `wait()` (and `close()`) block until they are on disk.
+    The step's directory is created before `save` returns, though: a directory that cannot take
+    a checkpoint (read-only, full) fails that `save` at once. Created in the background (orbax's
+    default), its failure surfaced only at the next save, and the threads waiting for it held
+    the process for orbax's 300 s signal timeout.
     """
 
     def __init__(self, directory: str | os.PathLike, save_every: int, keep: int | None = 3,
@@ -58,9 +64,10 @@ class Checkpointer:
             raise CheckpointError(
                 f"{self.directory} is a file, not a checkpoint directory; move it away or use a "
                 "new --workdir")
-        _quiet_orbax_info_logs()
+        _quiet_orbax_logs()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
         try:
             # Handlers given up front (not inferred at the first save) so that a fresh process can
             # read a step's metadata before restoring it.
@@ -73,6 +80,7 @@ class Checkpointer:
                 f"cannot open checkpoint directory {self.directory} ({_short_cause(err)})"
             ) from err
         self._closed = False
+        self._step_in_flight: int | None = None
 
     def all_steps(self) -> list[int]:
         """Steps of the finished (and in-flight) checkpoints this run knows, oldest first."""
@@ -108,14 +116,19 @@ class Checkpointer:
         if step in self._manager.all_steps():
             return False
         _check_saveable(state, meta)
+        # Orbax waits for the previous save anyway; waiting here first reports its failure as
+        # that step's, not as this one's.
+        self.wait()
         args = ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardSave(state),
                                      META_ITEM: ocp.args.JsonSave(meta)})
         try:
-            return bool(self._manager.save(step, args=args, force=True))
+            started = bool(self._manager.save(step, args=args, force=True))
         except Exception as err:
-            raise CheckpointError(
-                f"could not save checkpoint step {step} to {self.step_path(step)} "
-                f"({_short_cause(err)}); check free disk space and permissions") from err
+            raise CheckpointError(f"could not save checkpoint step {step} into {self.directory} "
+                                  f"({_short_cause(err)}); {_SAVE_FIX}") from err
+        if started:
+            self._step_in_flight = step
+        return started
 
     def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, dict]:
         """Reads checkpoint `step` (None: the latest) into the structure of `abstract_state`.
@@ -155,8 +168,8 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as err:
             raise CheckpointError(
-                f"a background save into {self.directory} failed ({_short_cause(err)}); check "
-                "free disk space and permissions") from err
+                f"the background save of checkpoint step {self._step_in_flight} into "
+                f"{self.directory} failed ({_short_cause(err)}); {_SAVE_FIX}") from err
 
     def close(self) -> None:
         """Waits for pending saves, then releases orbax's threads. Safe to call twice."""
@@ -293,26 +306,39 @@ def _named_leaves(tree: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _short_cause(err: BaseException) -> str:
-    """The first line of an exception, without tensorstore's spec dump, cut to a readable size."""
+    """The first line of an exception, without tensorstore's spec dump, cut to a readable size.
+
+    A long one keeps both ends: tensorstore names what it was writing first and the operating
+    system's reason ("No space left on device") last.
+    """
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     text = text.split(" [tensorstore_spec=")[0]
     if len(text) > MAX_CAUSE_CHARS:
-        text = text[:MAX_CAUSE_CHARS] + "..."
+        half = MAX_CAUSE_CHARS // 2
+        text = f"{text[:half]} ... {text[-half:]}"
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-class _OrbaxInfoFilter(logging.Filter):
-    """Drops orbax's INFO/DEBUG records (dozens per save) and keeps its warnings and errors."""
+class _OrbaxLogFilter(logging.Filter):
+    """Keeps orbax's warnings and errors, but drops its INFO/DEBUG records (dozens per save) and
+    those that carry a traceback.
+
+    Orbax logs one failed save with a traceback from each thread that saw it (hundreds of lines
+    for a full disk) and hands the exception on to `save`, `wait` or `restore`, where it becomes
+    one `CheckpointError` line naming the directory and the cause. The one failure it logs with a
+    traceback without handing it on, an old checkpoint it could not delete, costs disk space only.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return (record.levelno >= logging.WARNING
-                or f"{os.sep}orbax{os.sep}" not in record.pathname)
+        if f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        return record.levelno >= logging.WARNING and record.exc_info is None
 
 
-def _quiet_orbax_info_logs() -> None:
+def _quiet_orbax_logs() -> None:
     # Orbax logs through absl, whose records reach the "absl" Python logger with the orbax
     # module as their pathname; once absl's flags are parsed its verbosity is INFO.
     absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxInfoFilter) for f in absl_logger.filters):
-        absl_logger.addFilter(_OrbaxInfoFilter())
+    if not any(isinstance(f, _OrbaxLogFilter) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxLogFilter())
     logging.getLogger("orbax").setLevel(logging.WARNING)
