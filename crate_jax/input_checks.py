@@ -21,6 +21,7 @@ from crate_jax.interp.evaluate import requested_sites
 from crate_jax.interp.llm_backend import SimulationMode
 from crate_jax.interp.splits import check_record_protocol
 from crate_jax.model import ConfigError, model_from_config
+from crate_jax.train.checkpoints import CHECKPOINTS_DIR
 from crate_jax.train.metrics import METRICS_FILENAME, read_metrics
 
 
@@ -146,8 +147,18 @@ def check_workdir(workdir: str | os.PathLike[str], stages: Collection[str]) -> N
     except OSError as error:
         raise WorkdirError(f"--workdir={workdir} cannot hold the run ({error.strerror}); give a "
                            "directory you can write to") from None
-    if "train" in stages and (path / METRICS_FILENAME).exists():
+    if "train" not in stages:
+        return
+    if (path / METRICS_FILENAME).exists():
         read_metrics(path)
+    checkpoints = path / CHECKPOINTS_DIR
+    if checkpoints.is_dir():  # else the first save would fail, after the first interval
+        try:
+            with tempfile.TemporaryFile(dir=checkpoints):
+                pass
+        except OSError as error:
+            raise WorkdirError(f"{checkpoints} cannot take new checkpoints ({error.strerror}); "
+                               "make it writable, or give another --workdir") from None
 
 
 def _check_interp(config, model) -> None:

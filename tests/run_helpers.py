@@ -1,7 +1,14 @@
 """Shared by the end-to-end tests: a fast `tiny` config and workdirs with prepared data."""
 
+import contextlib
+import os
 import shutil
+import subprocess
+import types
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from configs import crate
 
@@ -28,3 +35,37 @@ def with_data(config, prepared: Path):
     """`config` pointed at the session's prepared TFDS folder."""
     config.data.data_dir = str(prepared / "tfds")
     return config
+
+
+def copy_run(trained: Path, tmp_path: Path, name: str) -> Path:
+    """A copy of a finished run's workdir, to change without touching the shared original."""
+    target = tmp_path / name
+    subprocess.run(["cp", "-r", str(trained), str(target)], check=True)
+    return target
+
+
+def data_config(source: str, **overrides) -> types.SimpleNamespace:
+    """A `config.data` for `prepare_token_arrays`: a BPE tokenizer, a fifth held out."""
+    values = dict(source=source, data_dir="", tokenizer="bpe", val_fraction=0.2)
+    return types.SimpleNamespace(**{**values, **overrides})
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[Path]:
+    """`directory` (created if missing), made read-only: by its mode, or (for root, who writes
+    through modes) by the immutable attribute; skips the test when neither can be set."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        directory.chmod(0o555)
+        try:
+            yield directory
+        finally:
+            directory.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(directory)], capture_output=True).returncode:
+        pytest.skip("running as root without chattr: no directory is read-only to root")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)

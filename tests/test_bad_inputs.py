@@ -7,13 +7,12 @@ workdir that did not exist is not created.
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from run_helpers import REPO
+from run_helpers import REPO, read_only
 
 from configs import ablation, crate
 from crate_jax.input_checks import check_run_config
@@ -133,32 +132,11 @@ def test_layout_and_lengths_that_do_not_fit_are_config_errors():
 
 # --- the workdir --------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _unwritable(directory: Path):
-    """`directory`, made read-only: by its mode, or (for root, who writes through modes) by the
-    immutable attribute; skips when neither can be set."""
-    directory.mkdir()
-    if os.geteuid() != 0:
-        directory.chmod(0o555)
-        try:
-            yield directory
-        finally:
-            directory.chmod(0o755)
-        return
-    if shutil.which("chattr") is None or subprocess.run(
-            ["chattr", "+i", str(directory)], capture_output=True).returncode:
-        pytest.skip("running as root without chattr: no directory is read-only to root")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
-
-
 @pytest.mark.parametrize("kind", ["read_only", "a_file", "under_a_file"])
 def test_a_workdir_that_cannot_hold_the_run_is_one_fatal_line(kind, tmp_path):
     with contextlib.ExitStack() as stack:
         if kind == "read_only":
-            workdir = stack.enter_context(_unwritable(tmp_path / "run"))
+            workdir = stack.enter_context(read_only(tmp_path / "run"))
         elif kind == "a_file":
             workdir = tmp_path / "run"
             workdir.write_text("not a directory")

@@ -1,6 +1,5 @@
 """Checkpointer against real orbax and real files: exact round trips, retention, clear errors."""
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from run_helpers import read_only
 
 from crate_jax.train.checkpoints import Checkpointer, CheckpointError
 
@@ -201,7 +201,7 @@ def test_restore_on_eight_devices_of_a_checkpoint_saved_on_one(saved_run, state,
         np.testing.assert_array_equal(np.asarray(restored["step"]), expected["step"])
         print("restored on", jax.device_count(), "devices")
     """)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO_ROOT / "tests"),
            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
@@ -332,26 +332,6 @@ def test_unsaveable_inputs_fail_before_anything_is_written(tmp_path, state):
         assert ckpt.all_steps() == []
 
 
-@contextlib.contextmanager
-def read_only(directory):
-    """`directory` made read-only: by its mode, or (for root, who writes through modes) by the
-    immutable attribute; skips when neither can be set."""
-    if os.geteuid() != 0:
-        directory.chmod(0o555)
-        try:
-            yield directory
-        finally:
-            directory.chmod(0o755)
-        return
-    if shutil.which("chattr") is None or subprocess.run(
-            ["chattr", "+i", str(directory)], capture_output=True).returncode:
-        pytest.skip("running as root without chattr: no directory is read-only to root")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["chattr", "-i", str(directory)], check=True)
-
-
 def test_a_save_into_a_read_only_directory_fails_at_that_save_naming_it(tmp_path, state):
     directory = tmp_path / "checkpoints"
     with Checkpointer(directory, save_every=1) as ckpt:
@@ -363,9 +343,11 @@ def test_a_save_into_a_read_only_directory_fails_at_that_save_naming_it(tmp_path
         assert ckpt.all_steps() == []
 
 
-def test_a_read_only_checkpoint_directory_ends_a_run_at_once_with_one_line(prepared, tmp_path):
-    """What a user sees: the run stops at its first save with one FATAL line, not after orbax's
-    300 s signal timeout and pages of background-thread tracebacks."""
+def test_a_read_only_checkpoint_directory_stops_a_run_before_training_with_one_line(
+        prepared, tmp_path):
+    """What a user sees: one FATAL line before any training, not (as before) orbax's 300 s
+    signal timeout at the first save and pages of background-thread tracebacks. A folder that
+    turns read-only mid-run fails at that save (the test above)."""
     # Imported here: the eight-device test imports this module where `tests/` is not on the path.
     from run_helpers import workdir_with_data
 
@@ -382,7 +364,8 @@ def test_a_read_only_checkpoint_directory_ends_a_run_at_once_with_one_line(prepa
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("FATAL: "), result.stderr[-3000:]
-    assert f"step 2 into {workdir / 'checkpoints'}" in lines[0]
+    assert f"{workdir / 'checkpoints'} cannot take new checkpoints" in lines[0]
+    assert not (workdir / "metrics.jsonl").exists()
 
 
 def test_a_failed_background_write_is_one_error_naming_its_step_and_the_cause(tmp_path):

@@ -7,10 +7,10 @@ well under a second.
 
 import hashlib
 import json
-import types
 
 import numpy as np
 import pytest
+from run_helpers import data_config
 
 from crate_jax.data.sources import SourceError, read_documents
 from crate_jax.data.token_arrays import (
@@ -23,11 +23,6 @@ from crate_jax.data.tokenizer import SavedTokenizer, train_byte_level_bpe
 TEXTS = [f"Document {i}: the quick brown fox jumps over the lazy dog {i * 7} times. "
          f"Returns the value of x when y is None; raises ValueError otherwise. {i} " * 3
          for i in range(30)]
-
-
-def _data_config(source, **overrides):
-    values = dict(source=source, data_dir="", tokenizer="bpe", val_fraction=0.2)
-    return types.SimpleNamespace(**{**values, **overrides})
 
 
 def _corpus(folder, texts=TEXTS):
@@ -44,7 +39,7 @@ def _sha256(path):
 # --- case 1: the tokenizer is tied to the token arrays -------------------------------------------
 
 def test_token_arrays_are_reused_only_with_the_tokenizer_that_made_them(tmp_path):
-    config = _data_config(_corpus(tmp_path / "corpus"))
+    config = data_config(_corpus(tmp_path / "corpus"))
     workdir = tmp_path / "run"
     prepare_token_arrays(config, 300, workdir)
     data = workdir / "data"
@@ -84,7 +79,7 @@ def test_a_single_file_that_hashes_into_validation_is_split_within_its_text(tmp_
     # The last fifth of the text holds words found nowhere before it.
     text = "the cat sat on the mat and the dog sat on the log " * 40 + "zebra quokka " * 30
     (tmp_path / name).write_text(text)
-    config = _data_config(f"text:{tmp_path}/{name}", tokenizer="word")
+    config = data_config(f"text:{tmp_path}/{name}", tokenizer="word")
     arrays = prepare_token_arrays(config, 300, tmp_path / "run")
     total = arrays.train.size + arrays.validation.size
     assert 0.1 < arrays.validation.size / total < 0.3
@@ -109,12 +104,12 @@ def test_a_source_too_small_for_two_splits_stops_before_writing_tokens(tmp_path)
     for pattern, named in (("tiny.txt", "1 character"), ("empty.txt", "no text")):
         workdir = tmp_path / pattern.replace(".", "_")
         with pytest.raises(DataPreparationError, match=rf"text:{tmp_path}/{pattern}.*{named}"):
-            prepare_token_arrays(_data_config(f"text:{tmp_path}/{pattern}"), 300, workdir)
+            prepare_token_arrays(data_config(f"text:{tmp_path}/{pattern}"), 300, workdir)
         assert not (workdir / "data" / "tokens.json").exists()
 
 
 def test_a_planted_corpus_too_small_for_a_validation_split_is_refused(tmp_path):
-    config = _data_config("planted:1", tokenizer="word", val_fraction=0.05)
+    config = data_config("planted:1", tokenizer="word", val_fraction=0.05)
     with pytest.raises(DataPreparationError, match="planted:1.*validation.*documents"):
         prepare_token_arrays(config, 128, tmp_path)
     assert not (tmp_path / "data" / "tokens.json").exists()
@@ -143,5 +138,5 @@ def test_utf8_is_read_whatever_the_name_and_a_bad_file_stops_the_data_stage_firs
     corpus = _corpus(tmp_path / "corpus")
     (tmp_path / "corpus" / "zzz_photo.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     with pytest.raises(SourceError, match="zzz_photo.txt"):
-        prepare_token_arrays(_data_config(corpus), 300, tmp_path / "run")
+        prepare_token_arrays(data_config(corpus), 300, tmp_path / "run")
     assert not (tmp_path / "run" / "data").exists()  # refused before any tokenizer training

@@ -1,10 +1,10 @@
 """Tokenizer, token arrays and the batch sampler: deterministic, resumable, and loud when wrong."""
 
 import json
-import types
 
 import numpy as np
 import pytest
+from run_helpers import data_config
 
 from crate_jax.data.sampler import WindowSampler, evaluation_windows
 from crate_jax.data.token_arrays import (
@@ -22,11 +22,6 @@ from crate_jax.data.tokenizer import (
 TEXTS = [f"Document {i}: the quick brown fox jumps over the lazy dog {i * 7} times.\n"
          f"Returns the value of x when y is None; raises ValueError otherwise. {i}" * 3
          for i in range(60)]
-
-
-def _data_config(source, **overrides):
-    values = dict(source=source, data_dir="", tokenizer="bpe", val_fraction=0.2)
-    return types.SimpleNamespace(**{**values, **overrides})
 
 
 @pytest.fixture
@@ -79,7 +74,7 @@ def test_gpt2_tokenizer_without_tiktoken_or_its_files_is_a_clear_error(tmp_path)
 
 
 def test_token_arrays_split_by_document_and_are_reused(tmp_path, text_corpus):
-    arrays = prepare_token_arrays(_data_config(text_corpus), 512, tmp_path / "run")
+    arrays = prepare_token_arrays(data_config(text_corpus), 512, tmp_path / "run")
     manifest = json.loads((tmp_path / "run" / "data" / "tokens.json").read_text())
     assert arrays.train.dtype == np.uint16
     splits = manifest["splits"]
@@ -93,26 +88,26 @@ def test_token_arrays_split_by_document_and_are_reused(tmp_path, text_corpus):
     assert manifest["fingerprint"]  # what produced the data is recorded
 
     mtime = (tmp_path / "run" / "data" / "train.bin").stat().st_mtime_ns
-    again = prepare_token_arrays(_data_config(text_corpus), 512, tmp_path / "run")
+    again = prepare_token_arrays(data_config(text_corpus), 512, tmp_path / "run")
     np.testing.assert_array_equal(again.train, arrays.train)
     assert (tmp_path / "run" / "data" / "train.bin").stat().st_mtime_ns == mtime
 
-    elsewhere = prepare_token_arrays(_data_config(text_corpus), 512, tmp_path / "run2")
+    elsewhere = prepare_token_arrays(data_config(text_corpus), 512, tmp_path / "run2")
     np.testing.assert_array_equal(elsewhere.validation, arrays.validation)  # deterministic
 
 
 def test_other_data_settings_in_the_same_workdir_are_refused(tmp_path, text_corpus):
-    prepare_token_arrays(_data_config(text_corpus), 512, tmp_path)
+    prepare_token_arrays(data_config(text_corpus), 512, tmp_path)
     with pytest.raises(DataPreparationError, match="val_fraction: 0.2 there, 0.5 now"):
-        prepare_token_arrays(_data_config(text_corpus, val_fraction=0.5), 512, tmp_path)
+        prepare_token_arrays(data_config(text_corpus, val_fraction=0.5), 512, tmp_path)
     (tmp_path / "data" / "train.bin").write_bytes(b"\x00\x01\x02")
     with pytest.raises(DataPreparationError, match="train.bin should hold"):
-        prepare_token_arrays(_data_config(text_corpus), 512, tmp_path)
+        prepare_token_arrays(data_config(text_corpus), 512, tmp_path)
 
 
 def test_single_document_source_holds_out_the_tail(tmp_path):
     (tmp_path / "one.txt").write_text(" ".join(TEXTS))
-    arrays = prepare_token_arrays(_data_config(f"text:{tmp_path}/one.txt"), 300, tmp_path / "r")
+    arrays = prepare_token_arrays(data_config(f"text:{tmp_path}/one.txt"), 300, tmp_path / "r")
     total = arrays.train.size + arrays.validation.size
     assert abs(arrays.validation.size / total - 0.2) < 0.02  # the last fifth of the characters
     assert arrays.manifest["splits"]["validation"]["held_out"] == (

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from run_helpers import REPO, tiny_config, with_data, workdir_with_data
+from run_helpers import REPO, copy_run, tiny_config, with_data, workdir_with_data
 
 from crate_jax.data.tokenizer import TokenizerError
 from crate_jax.interp.capture import InterpretabilityError
@@ -40,12 +40,6 @@ def trained(prepared, tmp_path_factory):
     return workdir
 
 
-def _copy_run(trained, tmp_path, name):
-    target = tmp_path / name
-    subprocess.run(["cp", "-r", str(trained), str(target)], check=True)
-    return target
-
-
 def _moved_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if "moved interp/" in line]
 
@@ -58,7 +52,7 @@ def _files(folder) -> dict:
 
 def test_interp_after_more_training_moves_old_outputs_aside_and_recomputes(prepared, trained,
                                                                            tmp_path, capsys):
-    workdir = _copy_run(trained, tmp_path, "run")
+    workdir = copy_run(trained, tmp_path, "run")
     evaluate_interpretability(_config(prepared), workdir)
     records = workdir / "interp" / "records" / "ista" / "layer_0.jsonl"
     old_records = records.read_text()
@@ -79,7 +73,7 @@ def test_interp_after_more_training_moves_old_outputs_aside_and_recomputes(prepa
 
 def test_other_interp_settings_recompute_and_the_same_settings_resume(prepared, trained,
                                                                       tmp_path, capsys):
-    workdir = _copy_run(trained, tmp_path, "run")
+    workdir = copy_run(trained, tmp_path, "run")
     interp = workdir / "interp"
     evaluate_interpretability(_config(prepared), workdir)
     capsys.readouterr()
@@ -113,7 +107,7 @@ def test_other_interp_settings_recompute_and_the_same_settings_resume(prepared, 
 
 
 def test_missing_tokenizer_is_a_fatal_error_and_is_not_rebuilt(prepared, trained, tmp_path):
-    workdir = _copy_run(trained, tmp_path, "run")
+    workdir = copy_run(trained, tmp_path, "run")
     tokenizer = workdir / "data" / "tokenizer.json"
     tokenizer.unlink()
     args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
@@ -142,9 +136,9 @@ def test_loading_a_saved_tokenizer_never_trains_one(tmp_path):
 def test_a_cut_last_line_is_repaired_and_the_rerun_equals_an_uninterrupted_run(
         prepared, trained, tmp_path, capsys):
     config = _config(prepared)
-    reference = _copy_run(trained, tmp_path, "reference")
+    reference = copy_run(trained, tmp_path, "reference")
     evaluate_interpretability(config, reference)
-    cut = _copy_run(trained, tmp_path, "cut")
+    cut = copy_run(trained, tmp_path, "cut")
     evaluate_interpretability(config, cut)
     layer = cut / "interp" / "scores" / "ista" / "layer_0"
     for name, kept in (("explanations.jsonl", 5), ("scores.jsonl", 3)):
@@ -235,7 +229,7 @@ class _ScriptedServer:
 
 def test_failed_neurons_are_retried_on_rerun_and_a_stage_where_all_failed_stops(
         prepared, trained, tmp_path):
-    workdir = _copy_run(trained, tmp_path, "run")
+    workdir = copy_run(trained, tmp_path, "run")
     server = _ScriptedServer()
     config = _config(prepared, neurons_per_layer=2, explainer="llm")
     config.interp.llm.update(dict(base_url=server.base_url, model="scripted", api_key_env="",

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from run_helpers import REPO, tiny_config, with_data, workdir_with_data
+from run_helpers import REPO, copy_run, tiny_config, with_data, workdir_with_data
 
 from crate_jax.interp.capture import InterpretabilityError
 from crate_jax.interp.evaluate import evaluate_interpretability
@@ -33,12 +33,6 @@ def trained(prepared, tmp_path_factory):
     return workdir
 
 
-def _copy_run(trained, tmp_path, name):
-    target = tmp_path / name
-    subprocess.run(["cp", "-r", str(trained), str(target)], check=True)
-    return target
-
-
 def _scores(workdir):
     summary = json.loads((workdir / "interp" / "summary.json").read_text())
     return {(site, layer): entry["splits"] for site, layers in summary["sites"].items()
@@ -46,7 +40,7 @@ def _scores(workdir):
 
 
 def test_evaluation_writes_records_scores_summary_and_report(prepared, trained, tmp_path):
-    workdir = _copy_run(trained, tmp_path, "run")
+    workdir = copy_run(trained, tmp_path, "run")
     summary = evaluate_interpretability(_interp_config(prepared), workdir)
     assert set(summary["sites"]) == {"ista", "attn", "resid"}
     interp = workdir / "interp"
@@ -79,10 +73,10 @@ def test_evaluation_writes_records_scores_summary_and_report(prepared, trained, 
 
 
 def test_killed_evaluation_resumes_to_the_same_scores(prepared, trained, tmp_path):
-    reference = _copy_run(trained, tmp_path, "reference")
+    reference = copy_run(trained, tmp_path, "reference")
     evaluate_interpretability(_interp_config(prepared, neurons_per_layer=48), reference)
 
-    killed = _copy_run(trained, tmp_path, "killed")
+    killed = copy_run(trained, tmp_path, "killed")
     args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
             f"--workdir={killed}", "--config.stages=interp",
             f"--config.data.data_dir={prepared / 'tfds'}", "--config.train.batch_size=8",
@@ -105,7 +99,7 @@ def test_killed_evaluation_resumes_to_the_same_scores(prepared, trained, tmp_pat
 
 
 def test_interrupted_mining_is_redone_identically(prepared, trained, tmp_path):
-    workdir = _copy_run(trained, tmp_path, "run")
+    workdir = copy_run(trained, tmp_path, "run")
     config = _interp_config(prepared)
     evaluate_interpretability(config, workdir)
     records = workdir / "interp" / "records" / "ista" / "layer_1.jsonl"

@@ -43,7 +43,7 @@ from crate_jax.interp.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.report import layer_summary, markdown_report
 from crate_jax.interp.splits import check_record_protocol
 from crate_jax.model import model_from_config, neuron_sites
-from crate_jax.train.checkpoints import Checkpointer
+from crate_jax.train.checkpoints import CHECKPOINTS_DIR, Checkpointer
 from crate_jax.train.optimizer import make_optimizer
 from crate_jax.train.state import initial_state
 from crate_jax.versions import package_versions
@@ -53,12 +53,12 @@ def restore_params(config, workdir: Path, model):
     """The parameters of the run's last checkpoint (the trained model this stage explains)."""
     optimizer = make_optimizer(config.train)
     abstract = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
-    with Checkpointer(workdir / "checkpoints", save_every=config.train.checkpoint_every,
+    with Checkpointer(workdir / CHECKPOINTS_DIR, save_every=config.train.checkpoint_every,
                       keep=None) as checkpointer:
         step = checkpointer.latest_step()
         if step is None:
             raise InterpretabilityError(
-                f"no checkpoint in {workdir / 'checkpoints'}: run the 'train' stage first "
+                f"no checkpoint in {workdir / CHECKPOINTS_DIR}: run the 'train' stage first "
                 "(config.stages='train,interp')")
         state, _ = checkpointer.restore(step, abstract.as_dict())
     return state["params"], step

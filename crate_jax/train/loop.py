@@ -25,7 +25,7 @@ from crate_jax.data.sampler import WindowSampler, evaluation_windows
 from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays, write_json_atomically
 from crate_jax.input_checks import check_run_config
 from crate_jax.model import model_from_config
-from crate_jax.train.checkpoints import Checkpointer, CheckpointError
+from crate_jax.train.checkpoints import CHECKPOINTS_DIR, Checkpointer, CheckpointError
 from crate_jax.train.metrics import MetricsWriter
 from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from crate_jax.train.state import TrainState, initial_state
@@ -59,7 +59,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     check_run_config(config, ("train",))
     tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
     # Closing the checkpointer waits for in-flight saves, also when the loop raises.
-    with Checkpointer(directory=workdir / "checkpoints", save_every=train.checkpoint_every,
+    with Checkpointer(directory=workdir / CHECKPOINTS_DIR, save_every=train.checkpoint_every,
                       keep=train.keep_checkpoints) as checkpointer:
         return _train(config, workdir, model, tokens, checkpointer)
 
@@ -112,7 +112,7 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
         return summary
     # A fresh start (-1) drops metrics of any earlier run here; a resume keeps those <= its step.
     with (MetricsWriter(workdir, resume_step=start_step or -1) as writer,
-          _stop_on_signals() as stop):
+          _stop_on_signals() as stop, contextlib.ExitStack() as cleanup):
         if start_step == 0:
             initial = evaluate(state.params)
             writer.write(0, initial, split="validation")
@@ -121,6 +121,7 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
                  f"{initial['bits_per_byte']:.4f} bits/byte{_against(references)}", is_main)
         progress = tqdm(total=train.num_steps, initial=start_step, unit="step",
                         disable=not (is_main and train.progress_bar), dynamic_ncols=True)
+        cleanup.callback(progress.close)  # also on an error: its FATAL line starts a new line
         tokens_per_step = train.batch_size * train.seq_len
         interval_start, interval_steps, timing_from = time.perf_counter(), 0, start_step + 1
         step = start_step
