@@ -72,6 +72,20 @@ def test_token_arrays_are_reused_only_with_the_tokenizer_that_made_them(tmp_path
         prepare_token_arrays(config, 300, workdir)
 
 
+def test_a_tokenizer_left_by_an_unfinished_preparation_is_set_aside_not_reused(tmp_path):
+    """Killed after the tokenizer was saved but before tokens.json: the rerun (here with another
+    corpus) must not tokenize with a tokenizer trained on the first one."""
+    workdir = tmp_path / "run"
+    (workdir / "data").mkdir(parents=True)
+    unfinished = train_byte_level_bpe(["some other text entirely, " * 20], 300)
+    unfinished.save(workdir / "data" / "tokenizer.json")
+    arrays = prepare_token_arrays(data_config(_corpus(tmp_path / "corpus")), 300, workdir)
+    aside = workdir / "data" / "tokenizer.unfinished-1.json"
+    assert SavedTokenizer.load(aside).vocab_size == unfinished.vocab_size
+    assert arrays.manifest["tokenizer_fingerprint"] == _sha256(workdir / "data" / "tokenizer.json")
+    assert _sha256(aside) != arrays.manifest["tokenizer_fingerprint"]
+
+
 # --- case 2: any source with text gives both splits, or stops before tokens.json ----------------
 
 def test_a_single_file_that_hashes_into_validation_is_split_within_its_text(tmp_path):

@@ -102,6 +102,7 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
     fraction = data_config.val_fraction
     source = data_config.source
     split = _split_source_text(source, data_dir, fraction)
+    _set_aside_unfinished_tokenizer(directory)
     tokenizer = load_or_train_tokenizer(data_config.tokenizer, directory, vocab_size,
                                         (doc.text for doc in split.documents("train")))
     dtype = token_dtype(vocab_size)
@@ -122,6 +123,22 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
                 "end_of_text": tokenizer.end_of_text, "tokenizer_vocab_size": tokenizer.vocab_size}
     write_json_atomically(manifest_path, manifest)  # written last: its presence means "complete"
     return _load_prepared(directory, settings)
+
+
+def _set_aside_unfinished_tokenizer(directory: Path) -> None:
+    """A `tokenizer.json` without `tokens.json` was left by a preparation that stopped before it
+    finished, perhaps under other data settings, so nothing says what it was trained on: it is
+    moved aside (`tokenizer.unfinished-<N>.json`) and trained again (deterministic for the same
+    settings), never reused unchecked."""
+    path = directory / TOKENIZER_FILE
+    if not path.exists():
+        return
+    number = 1
+    while (aside := directory / f"tokenizer.unfinished-{number}.json").exists():
+        number += 1
+    os.replace(path, aside)
+    print(f"data: {path} was left by an unfinished preparation; moved it to {aside.name} and "
+          "training the tokenizer again", flush=True)
 
 
 def tokenizer_fingerprint(kind: str, directory: Path) -> str | None:
