@@ -247,6 +247,11 @@ def test_a_different_model_in_the_same_workdir_is_refused(prepared, tmp_path):
                        "--config.train.num_steps=10")
     assert result.returncode == 1
     assert "trained with other settings (model.ista_steps: 2 there, 3 now)" in result.stderr
+    # Another attention has other arrays: still named by the setting, not by a list of arrays.
+    result = _run_main(workdir, prepared, "--config.model.attention=mhsa",
+                       "--config.train.num_steps=10")
+    assert result.returncode == 1
+    assert "other settings (model.attention: 'mssa' there, 'mhsa' now)" in result.stderr
     result = _run_main(workdir, prepared, "--config.seed=1", "--config.train.batch_size=16",
                        "--config.train.num_steps=10")
     assert result.returncode == 1

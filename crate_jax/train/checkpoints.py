@@ -163,6 +163,16 @@ class Checkpointer:
             raise self._unreadable(step, _short_cause(err)) from err
         return restored[STATE_ITEM], restored[META_ITEM]
 
+    def meta(self, step: int) -> dict:
+        """The JSON meta of finished checkpoint `step`, without reading any array: what a resume
+        checks (the config the run was trained with) before it restores the state."""
+        self.wait()
+        args = ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+        try:
+            return self._manager.restore(int(step), args=args)[META_ITEM]
+        except Exception as err:
+            raise self._unreadable(int(step), _short_cause(err)) from err
+
     def wait(self) -> None:
         """Blocks until every started save is on disk; a failed background save raises here."""
         try:

@@ -188,8 +188,9 @@ def _restore_or_initialize(checkpointer: Checkpointer, config, model, optimizer,
     target = jax.tree_util.tree_map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
         abstract_state, state_sharding)
-    restored, meta = checkpointer.restore(latest, target.as_dict())
-    other_run, optimizer_changes = changed_settings(meta.get("config", {}), config.to_dict())
+    # The settings first: another model's checkpoint is named by what differs, not by its arrays.
+    saved_config = checkpointer.meta(latest).get("config", {})
+    other_run, optimizer_changes = changed_settings(saved_config, config.to_dict())
     if other_run:
         raise CheckpointError(
             f"the checkpoint at step {latest} in {checkpointer.directory} was trained with other "
@@ -198,6 +199,7 @@ def _restore_or_initialize(checkpointer: Checkpointer, config, model, optimizer,
     if optimizer_changes:
         _say(f"resuming step {latest} with changed optimizer settings: "
              f"{'; '.join(optimizer_changes)}", jax.process_index() == 0)
+    restored, _ = checkpointer.restore(latest, target.as_dict())
     return TrainState.from_dict(restored)
 
 
