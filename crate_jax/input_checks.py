@@ -20,9 +20,9 @@ from crate_jax.interp.backends import make_backend
 from crate_jax.interp.evaluate import requested_sites
 from crate_jax.interp.llm_backend import SimulationMode
 from crate_jax.interp.splits import check_record_protocol
+from crate_jax.layout import RunLayout
 from crate_jax.model import ConfigError, model_from_config
-from crate_jax.train.checkpoints import CHECKPOINTS_DIR
-from crate_jax.train.metrics import METRICS_FILENAME, read_metrics
+from crate_jax.train.metrics import read_metrics
 
 
 class WorkdirError(RuntimeError):
@@ -149,9 +149,9 @@ def check_workdir(workdir: str | os.PathLike[str], stages: Collection[str]) -> N
                            "directory you can write to") from None
     if "train" not in stages:
         return
-    if (path / METRICS_FILENAME).exists():
+    if RunLayout(path).metrics.exists():
         read_metrics(path)
-    checkpoints = path / CHECKPOINTS_DIR
+    checkpoints = RunLayout(path).checkpoints
     if checkpoints.is_dir():  # else the first save would fail, after the first interval
         try:
             with tempfile.TemporaryFile(dir=checkpoints):

@@ -19,7 +19,6 @@ from crate_jax.data.token_arrays import TokenArrays, read_planted_truth
 # Counting the first this many training tokens is plenty for a reference and keeps a corpus of
 # billions of tokens from costing minutes and gigabytes here.
 MAX_FITTED_TOKENS = 20_000_000
-REFERENCES_FILE = "references.json"  # in a run's workdir, written by the train stage
 
 
 def evaluation_targets(num_windows: int, seq_len: int) -> slice:

@@ -31,18 +31,10 @@ from crate_jax.data.sources import (
     read_documents,
     source_fingerprint,
 )
-from crate_jax.data.tokenizer import (
-    TOKENIZER_FILE,
-    TRAINED_KINDS,
-    TextTokenizer,
-    load_or_train_tokenizer,
-)
+from crate_jax.data.tokenizer import TRAINED_KINDS, TextTokenizer, load_or_train_tokenizer
+from crate_jax.layout import DataLayout, RunLayout
 
 SPLITS = ("train", "validation")
-MANIFEST = "tokens.json"
-# Planted sources only: per validation token, its ground-truth features and the generator's
-# exact negative log-likelihood (the entropy floor), aligned with `validation.bin`.
-PLANTED_TRUTH = "planted_validation_truth.npz"
 _ENCODE_CHUNK = 512  # documents per `encode_batch` call: parallel, yet bounded memory
 _WHITESPACE = re.compile(r"\s")
 
@@ -91,10 +83,11 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
     """
     if is_planted(data_config.source):
         _check_planted_settings(data_config.tokenizer, vocab_size)
-    directory = Path(workdir) / "data"
+    data = RunLayout(workdir).data
+    directory = data.directory
     settings = {"source": data_config.source, "tokenizer": data_config.tokenizer,
                 "vocab_size": vocab_size, "val_fraction": data_config.val_fraction}
-    manifest_path = directory / MANIFEST
+    manifest_path = data.manifest
     if manifest_path.exists():
         return _load_prepared(directory, settings)
 
@@ -107,15 +100,14 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
                                         (doc.text for doc in split.documents("train")))
     dtype = token_dtype(vocab_size)
     directory.mkdir(parents=True, exist_ok=True)
-    splits = {name: _write_split(split.documents(name), tokenizer, directory / f"{name}.bin",
-                                 dtype)
+    splits = {name: _write_split(split.documents(name), tokenizer, data.split(name), dtype)
               for name in SPLITS}
     if split.text_cut is not None:
         splits["validation"]["held_out"] = "tail of the text, cut at a whitespace"
     if is_planted(source):
         validation_ids = [doc_id for doc_id in planted_document_ids(source)
                           if is_validation(doc_id, fraction)]
-        _write_planted_truth(directory / PLANTED_TRUTH, validation_ids,
+        _write_planted_truth(data.planted_truth, validation_ids,
                              splits["validation"]["tokens"])
     manifest = {**settings, "dtype": dtype.name, "splits": splits,
                 "fingerprint": source_fingerprint(source, data_dir),
@@ -130,11 +122,11 @@ def _set_aside_unfinished_tokenizer(directory: Path) -> None:
     finished, perhaps under other data settings, so nothing says what it was trained on: it is
     moved aside (`tokenizer.unfinished-<N>.json`) and trained again (deterministic for the same
     settings), never reused unchecked."""
-    path = directory / TOKENIZER_FILE
+    path = DataLayout(directory).tokenizer
     if not path.exists():
         return
     number = 1
-    while (aside := directory / f"tokenizer.unfinished-{number}.json").exists():
+    while (aside := DataLayout(directory).unfinished_tokenizer(number)).exists():
         number += 1
     os.replace(path, aside)
     print(f"data: {path} was left by an unfinished preparation; moved it to {aside.name} and "
@@ -150,7 +142,7 @@ def tokenizer_fingerprint(kind: str, directory: Path) -> str | None:
     """
     if kind not in TRAINED_KINDS:
         return None
-    return hashlib.sha256((directory / TOKENIZER_FILE).read_bytes()).hexdigest()
+    return hashlib.sha256(DataLayout(directory).tokenizer.read_bytes()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,7 +274,7 @@ def _write_planted_truth(path: Path, validation_ids: list[str], tokens: int) -> 
 def read_planted_truth(data_directory: Path) -> dict[str, np.ndarray] | None:
     """`{"labels": [tokens, features] bool, "floor_nll": [tokens], "features": [features]}` of
     the validation split, or None when the run's data is not planted."""
-    path = Path(data_directory) / PLANTED_TRUTH
+    path = DataLayout(Path(data_directory)).planted_truth
     if not path.exists():
         return None
     with np.load(path) as truth:
@@ -290,7 +282,8 @@ def read_planted_truth(data_directory: Path) -> dict[str, np.ndarray] | None:
 
 
 def _load_prepared(directory: Path, settings: dict) -> TokenArrays:
-    manifest_path = directory / MANIFEST
+    data = DataLayout(directory)
+    manifest_path = data.manifest
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -306,7 +299,7 @@ def _load_prepared(directory: Path, settings: dict) -> TokenArrays:
     _check_tokenizer(directory, manifest)
     arrays = {}
     for split in SPLITS:
-        path = directory / f"{split}.bin"
+        path = data.split(split)
         expected = manifest["splits"][split]["tokens"]
         size = path.stat().st_size if path.exists() else -1
         if size != expected * np.dtype(manifest["dtype"]).itemsize:
@@ -322,7 +315,7 @@ def _check_tokenizer(directory: Path, manifest: dict) -> None:
     written before fingerprints were recorded has none to compare; its file must still exist."""
     if manifest["tokenizer"] not in TRAINED_KINDS:
         return
-    path = directory / TOKENIZER_FILE
+    path = DataLayout(directory).tokenizer
     fix = (f"restore it, or delete {directory} to re-tokenize, which means training the model "
            "again from scratch (it learnt these token ids)")
     if not path.exists():
@@ -332,7 +325,7 @@ def _check_tokenizer(directory: Path, manifest: dict) -> None:
     if recorded is not None and tokenizer_fingerprint(manifest["tokenizer"], directory) != recorded:
         raise DataPreparationError(
             f"{path} is not the tokenizer the token arrays beside it were made with (its sha256 "
-            f"differs from the one in {directory / MANIFEST}); {fix}")
+            f"differs from the one in {DataLayout(directory).manifest}); {fix}")
 
 
 def write_json_atomically(path: Path, value: dict) -> None:

@@ -18,9 +18,10 @@ from typing import Protocol
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from crate_jax.layout import DataLayout
+
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN_WORD = "<|unknown|>"
-TOKENIZER_FILE = "tokenizer.json"
 TRAINED_KINDS = ("bpe", "word")
 
 
@@ -145,7 +146,7 @@ def load_or_train_tokenizer(kind: str, workdir: Path, vocab_size: int,
     `training_texts` is only consumed when a BPE must be trained. Only the data stage, which
     tokenizes with what it trains here, may call this; later stages use `load_saved_tokenizer`.
     """
-    path = workdir / TOKENIZER_FILE
+    path = DataLayout(workdir).tokenizer
     if kind not in TRAINED_KINDS or path.exists():
         return load_saved_tokenizer(kind, workdir, vocab_size)
     train = train_byte_level_bpe if kind == "bpe" else train_word_level
@@ -165,7 +166,7 @@ def load_saved_tokenizer(kind: str, directory: Path, vocab_size: int) -> TextTok
         return _fitting(Gpt2Tiktoken(), kind, vocab_size)
     if kind not in TRAINED_KINDS:
         raise TokenizerError(f"data.tokenizer={kind!r} is not one of bpe, word, gpt2")
-    path = directory / TOKENIZER_FILE
+    path = DataLayout(directory).tokenizer
     if not path.exists():
         raise TokenizerError(
             f"{path} is missing, but the token arrays in {directory} were made with it and "

@@ -18,6 +18,7 @@ import numpy as np
 from crate_jax.interp.miner import RecordMiner
 from crate_jax.interp.records import NeuronRecord, from_json, to_json
 from crate_jax.interp.sparsity import SparsityCounter
+from crate_jax.layout import RunLayout
 from crate_jax.model import LanguageModel, apply_with_neurons, neuron_width
 
 
@@ -51,8 +52,9 @@ def _batches(sequences: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarra
 
 
 def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tuple[str, ...],
-                 interp_config, decode: Callable[[int], str], out_dir: Path) -> dict:
-    """Mines records for every (site, layer) into `out_dir/<site>/layer_<l>.jsonl`.
+                 interp_config, decode: Callable[[int], str], layout: RunLayout) -> dict:
+    """Mines records for every (site, layer) into `layout.records(site, layer)`, with the
+    neurons' statistics beside them (`layout.record_statistics`).
 
     Returns the sparsity summary `{site: {layer: {...}}}`. One line per neuron, written only when
     the whole file is complete (temp file + rename), so a crash leaves no half file behind.
@@ -92,7 +94,7 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
         stream(first_pass=False)
 
     for (site, layer), miner in miners.items():
-        path = out_dir / site / f"layer_{layer}.jsonl"
+        path = layout.records(site, layer)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         with open(temporary, "w") as file:
@@ -104,7 +106,7 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
         os.replace(temporary, path)
         # Per-neuron max and firing frequency (not fields of OpenAI's NeuronRecord) with the
         # moments, for the chosen neurons in file order.
-        statistics = path.with_name(f"layer_{layer}_statistics.npz")
+        statistics = layout.record_statistics(site, layer)
         with open(statistics.with_suffix(".tmp"), "wb") as file:
             np.savez(file, neuron_index=indices, **miner.neuron_statistics())
         os.replace(statistics.with_suffix(".tmp"), statistics)

@@ -32,7 +32,6 @@ from crate_jax.interp.capture import (
 )
 from crate_jax.interp.freshness import claim_outputs, interp_inputs
 from crate_jax.interp.ground_truth import (
-    GROUND_TRUTH_FILE,
     RECOVERY_AUROC,
     capture_all_neurons,
     layer_ground_truth,
@@ -42,8 +41,9 @@ from crate_jax.interp.ground_truth import (
 from crate_jax.interp.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.report import layer_summary, markdown_report
 from crate_jax.interp.splits import check_record_protocol
+from crate_jax.layout import RunLayout
 from crate_jax.model import model_from_config, neuron_sites
-from crate_jax.train.checkpoints import CHECKPOINTS_DIR, Checkpointer
+from crate_jax.train.checkpoints import Checkpointer
 from crate_jax.train.optimizer import make_optimizer
 from crate_jax.train.state import initial_state
 from crate_jax.versions import package_versions
@@ -53,12 +53,12 @@ def restore_params(config, workdir: Path, model):
     """The parameters of the run's last checkpoint (the trained model this stage explains)."""
     optimizer = make_optimizer(config.train)
     abstract = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
-    with Checkpointer(workdir / CHECKPOINTS_DIR, save_every=config.train.checkpoint_every,
+    with Checkpointer(RunLayout(workdir).checkpoints, save_every=config.train.checkpoint_every,
                       keep=None) as checkpointer:
         step = checkpointer.latest_step()
         if step is None:
             raise InterpretabilityError(
-                f"no checkpoint in {workdir / CHECKPOINTS_DIR}: run the 'train' stage first "
+                f"no checkpoint in {RunLayout(workdir).checkpoints}: run the 'train' stage first "
                 "(config.stages='train,interp')")
         state, _ = checkpointer.restore(step, abstract.as_dict())
     return state["params"], step
@@ -78,30 +78,27 @@ def requested_sites(config, model) -> tuple[str, ...]:
 
 def evaluate_interpretability(config, workdir: str | Path) -> dict:
     """Runs (or resumes) the evaluation; returns the summary written to `summary.json`."""
-    workdir = Path(workdir)
+    layout = RunLayout(workdir)
     interp = config.interp
     check_record_protocol(interp.protocol, interp.top_k, interp.random_k)
     started = time.perf_counter()
     model = model_from_config(config)
     sites = requested_sites(config, model)
-    params, step = restore_params(config, workdir, model)
-    tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
-    tokenizer = load_saved_tokenizer(config.data.tokenizer, workdir / "data",
+    params, step = restore_params(config, layout.workdir, model)
+    tokens = prepare_token_arrays(config.data, model.config.vocab_size, layout.workdir)
+    tokenizer = load_saved_tokenizer(config.data.tokenizer, layout.data_dir,
                                      model.config.vocab_size)
     decode = functools.lru_cache(maxsize=None)(lambda token: tokenizer.decode([token]))
     sequences = evaluation_sequences(tokens.validation, interp.seq_len, interp.num_sequences)
 
-    out = workdir / "interp"
-    # Before any other output: what is in `out` from here on was computed from these inputs.
-    claim_outputs(out, interp_inputs(config, step, params, tokens.manifest), _say)
-    records_dir = out / "records"
-    sparsity_path = out / "sparsity.json"
-    if not sparsity_path.exists():
+    # Before any other output: what is in `interp/` from here on was computed from these inputs.
+    claim_outputs(layout, interp_inputs(config, step, params, tokens.manifest), _say)
+    if not layout.sparsity.exists():
         _say(f"interp: mining records of {', '.join(sites)} on {sequences.size:,} tokens")
-        sparsity = mine_records(model, params, sequences, sites, interp, decode, records_dir)
+        sparsity = mine_records(model, params, sequences, sites, interp, decode, layout)
         # Written last: its presence means mining finished.
-        write_json_atomically(sparsity_path, sparsity)
-    sparsity = _read_json(sparsity_path)
+        write_json_atomically(layout.sparsity, sparsity)
+    sparsity = _read_json(layout.sparsity)
 
     explainer, simulator = make_backend(interp)
     summary_sites: dict = {}
@@ -110,8 +107,8 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     for site in sites:
         summary_sites[site] = {}
         for layer in range(model.config.num_layers):
-            neurons = read_records(records_dir / site / f"layer_{layer}.jsonl")
-            layer_dir = out / "scores" / site / f"layer_{layer}"
+            neurons = read_records(layout.records(site, layer))
+            layer_dir = layout.layer_scores(site, layer).directory
             layer_dir.mkdir(parents=True, exist_ok=True)
             explanations = explain_layer(neurons, explainer, layer_dir, interp.workers,
                                          record_protocol=interp.protocol,
@@ -130,20 +127,20 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
             _say(f"interp: {site} layer {layer}: {len(scores)} neurons scored")
     check_failures(entries, interp)
 
-    truth = read_planted_truth(workdir / "data")
+    truth = read_planted_truth(layout.data_dir)
     if truth is not None:
         _say("interp: ground truth of the planted features")
         ground_truth = planted_ground_truth(model, params, sequences, sites, interp.batch_size,
                                             truth, top_and_random)
-        write_json_atomically(out / GROUND_TRUTH_FILE, ground_truth)
+        write_json_atomically(layout.ground_truth, ground_truth)
     elapsed = time.perf_counter() - started
     summary = {"variant": config.variant, "size": config.size, "checkpoint_step": step,
                "explainer": interp.explainer, "seed": interp.seed,
                "evaluation_tokens": int(sequences.size), "sites": summary_sites,
                "config": config.interp.to_dict(), "versions": package_versions(),
                "seconds_this_run": elapsed, "neurons_scored": len(entries)}
-    write_json_atomically(out / "summary.json", summary)
-    (out / "report.md").write_text(markdown_report(summary))
+    write_json_atomically(layout.summary, summary)
+    layout.interp_report.write_text(markdown_report(summary))
     _say(markdown_report(summary))
     return summary
 

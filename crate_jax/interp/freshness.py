@@ -20,8 +20,8 @@ import jax
 import numpy as np
 
 from crate_jax.data.token_arrays import write_json_atomically
+from crate_jax.layout import RunLayout
 
-INPUTS_FILE = "inputs.json"
 # Settings that change only how fast the stage runs or how its summary is presented.
 _SPEED_SETTINGS = ("workers", "bootstrap_samples", "retry_failed", "batch_size")
 # How the LLM server is reached: the same model and mode answer the same wherever it runs.
@@ -61,24 +61,24 @@ def changed_inputs(stored: dict, current: dict) -> list[str]:
             if stored.get(key) != current.get(key)]
 
 
-def claim_outputs(out: Path, inputs: dict, say: Callable[[str], None]) -> None:
-    """Makes `out` hold outputs of `inputs` only: resumes when its `inputs.json` matches,
-    else moves it to the first free `<out>.stale-<N>/` (with one line through `say`)."""
-    path = out / INPUTS_FILE
+def claim_outputs(layout: RunLayout, inputs: dict, say: Callable[[str], None]) -> None:
+    """Makes the run's `interp/` hold outputs of `inputs` only: resumes when its `inputs.json`
+    matches, else moves it to the first free `interp.stale-<N>/` (with one line through `say`)."""
+    out, path = layout.interp, layout.interp_inputs
     stored = _read_inputs(path)
     if stored == inputs:
         return
     if stored is not None:
         reason = f"inputs changed ({', '.join(changed_inputs(stored, inputs))})"
     elif out.exists() and any(out.iterdir()):
-        reason = f"no {INPUTS_FILE} says what {out.name}/ was computed from"
+        reason = f"no {path.name} says what {out.name}/ was computed from"
     else:
         reason = None
     if reason is not None:
         number = 1
-        while out.with_name(f"{out.name}.stale-{number}").exists():
+        while layout.stale_interp(number).exists():
             number += 1
-        stale = out.with_name(f"{out.name}.stale-{number}")
+        stale = layout.stale_interp(number)
         out.rename(stale)
         say(f"{out.name}: {reason}; moved {out.name}/ to {stale.name}/ and recomputing")
     out.mkdir(parents=True, exist_ok=True)

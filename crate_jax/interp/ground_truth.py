@@ -30,7 +30,6 @@ from scipy import stats
 from crate_jax.model import LanguageModel, apply_with_neurons
 
 RECOVERY_AUROC = 0.9
-GROUND_TRUTH_FILE = "ground_truth.json"  # in a run's interp/ folder
 
 
 def feature_aurocs(activations: np.ndarray, labels: np.ndarray) -> np.ndarray:

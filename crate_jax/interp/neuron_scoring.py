@@ -30,6 +30,7 @@ from crate_jax.interp.splits import (
     held_out_records,
     split_groups,
 )
+from crate_jax.layout import LayerScoresLayout
 
 PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_only": "openai",
                      ANTHROPIC_SPLIT: "anthropic"}
@@ -144,7 +145,7 @@ def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Pa
         return entry
 
     redo = explanation_failed if retry_failed else _never
-    return _complete(neurons, explain, out_dir / "explanations.jsonl", redo, workers)
+    return _complete(neurons, explain, LayerScoresLayout(out_dir).explanations, redo, workers)
 
 
 def baseline_partners(indices: list[int], seed: int, layer: int) -> dict[int, int]:
@@ -222,7 +223,7 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
         return entry
 
     redo = failed if retry_failed else _never
-    return _complete(neurons, score, out_dir / "scores.jsonl", redo, workers)
+    return _complete(neurons, score, LayerScoresLayout(out_dir).scores, redo, workers)
 
 
 def _never(entry: dict) -> bool:

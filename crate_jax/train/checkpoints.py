@@ -28,7 +28,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-CHECKPOINTS_DIR = "checkpoints"  # a run's checkpoints, under its workdir
 STATE_ITEM = "state"
 META_ITEM = "meta"
 # How many differing parameters an incompatibility message names before summarising the rest.

@@ -20,12 +20,13 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from crate_jax.data.references import REFERENCES_FILE, reference_losses
+from crate_jax.data.references import reference_losses
 from crate_jax.data.sampler import WindowSampler, evaluation_windows
 from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays, write_json_atomically
 from crate_jax.input_checks import check_run_config
+from crate_jax.layout import RunLayout
 from crate_jax.model import model_from_config
-from crate_jax.train.checkpoints import CHECKPOINTS_DIR, Checkpointer, CheckpointError
+from crate_jax.train.checkpoints import Checkpointer, CheckpointError
 from crate_jax.train.metrics import MetricsWriter
 from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from crate_jax.train.state import TrainState, initial_state
@@ -59,7 +60,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     check_run_config(config, ("train",))
     tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
     # Closing the checkpointer waits for in-flight saves, also when the loop raises.
-    with Checkpointer(directory=workdir / CHECKPOINTS_DIR, save_every=train.checkpoint_every,
+    with Checkpointer(directory=RunLayout(workdir).checkpoints, save_every=train.checkpoint_every,
                       keep=train.keep_checkpoints) as checkpointer:
         return _train(config, workdir, model, tokens, checkpointer)
 
@@ -89,8 +90,9 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
     references = None
     if jax.process_index() == 0:
         num_windows = jax.process_count() * sum(chunk.shape[0] for chunk in eval_windows)
-        references = reference_losses(tokens, workdir / "data", num_windows, train.seq_len)
-        write_json_atomically(workdir / REFERENCES_FILE, references)
+        layout = RunLayout(workdir)
+        references = reference_losses(tokens, layout.data_dir, num_windows, train.seq_len)
+        write_json_atomically(layout.references, references)
     train_step = make_train_step(model, optimizer, schedule, mesh, state_sharding)
     eval_step = make_eval_step(model, mesh, state_sharding.params)
     batch_layout = (train.grad_accum_steps, micro_batch // jax.process_count(), train.seq_len + 1)
@@ -263,10 +265,11 @@ def _write_run_files(config, workdir: Path, tokens: TokenArrays) -> None:
     """The config and versions next to every result, so any number can be reproduced."""
     if jax.process_index() != 0:
         return
-    (workdir / "config.json").write_text(config.to_json(indent=2, sort_keys=True))
+    layout = RunLayout(workdir)
+    layout.config.write_text(config.to_json(indent=2, sort_keys=True))
     run_info = {"versions": package_versions(), "devices": [str(d) for d in jax.devices()],
                 "process_count": jax.process_count(), "data": tokens.manifest}
-    (workdir / "run_info.json").write_text(json.dumps(run_info, indent=2, sort_keys=True))
+    layout.run_info.write_text(json.dumps(run_info, indent=2, sort_keys=True))
 
 
 def _divergence_message(loss: float, step: int, checkpointer: Checkpointer) -> str:

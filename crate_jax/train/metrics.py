@@ -31,10 +31,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from crate_jax.layout import METRICS_FILENAME, TENSORBOARD_DIRNAME, RunLayout
 from crate_jax.train.tensorboard_events import EventFileWriter
 
-METRICS_FILENAME = "metrics.jsonl"
-TENSORBOARD_DIRNAME = "tensorboard"
 # Keys every record carries; a metric with one of these names would overwrite it.
 RESERVED_KEYS = ("step", "split", "time")
 
@@ -132,7 +131,7 @@ def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     A truncated last line (a crash mid-write) is ignored; "nan"/"inf"/"-inf" strings come back
     as floats. Raises FileNotFoundError if the run never wrote metrics.
     """
-    path = Path(workdir) / METRICS_FILENAME
+    path = RunLayout(workdir).metrics
     if not path.exists():
         raise FileNotFoundError(f"no {METRICS_FILENAME} in {workdir}; is that the run's workdir?")
     _, records = _read_complete_lines(path)
@@ -161,8 +160,8 @@ class MetricsWriter:
     def __init__(self, workdir: str | os.PathLike[str], resume_step: int | None = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = self.workdir / METRICS_FILENAME
-        self.tensorboard_dir = self.workdir / TENSORBOARD_DIRNAME
+        self.metrics_path = RunLayout(self.workdir).metrics
+        self.tensorboard_dir = RunLayout(self.workdir).tensorboard
         if self.metrics_path.exists():
             self._drop_stale_records(resume_step)
         self._jsonl = open(self.metrics_path, "a", encoding="utf-8")

@@ -1,0 +1,271 @@
+"""Where every artifact of a run's workdir and of a study's workdir lives.
+
+The one module that spells these paths; every stage and the report ask it, so a file is renamed
+or moved here once. A run's workdir (`RunLayout`):
+
+    data/                          the token arrays and their tokenizer (`DataLayout`):
+        tokenizer.json, tokens.json, train.bin, validation.bin,
+        planted_validation_truth.npz  (planted corpus only)
+    config.json, run_info.json     the config, versions and data manifest of the last `train`
+    references.json                reference losses of the validation targets (`train`)
+    checkpoints/                   orbax checkpoints, one folder per step
+    metrics.jsonl, tensorboard/    training and validation metrics
+    interp/                        the `interp` stage:
+        inputs.json                what everything below was computed from (`freshness`)
+        records/<site>/layer_<l>.jsonl, layer_<l>_statistics.npz
+        sparsity.json
+        scores/<site>/layer_<l>/   explanations.jsonl, scores.jsonl (`LayerScoresLayout`)
+        summary.json, report.md, ground_truth.json (planted corpus only)
+    interp.stale-<N>/              an `interp/` whose inputs changed, moved aside
+
+A study's workdir (`StudyLayout`):
+
+    data/                          the token arrays every run shares (copied into each run)
+    config.json                    the study's config, saved before any run: the report's settings
+    runs/<variant>_seed<seed>/     one run workdir each
+    study.json                     the manifest: which runs, in which order
+    report/                        ablation.json, ablation.csv, ablation.md, <figure>.png,
+                                   index.html (`ReportLayout`)
+
+Each layout is a frozen dataclass of the folder it describes: a layout is a value, building one
+touches no file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+CONFIG_FILE = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
+METRICS_FILENAME = "metrics.jsonl"
+TENSORBOARD_DIRNAME = "tensorboard"
+
+
+def _layer(layer: int) -> str:
+    return f"layer_{layer}"
+
+
+def _layer_number(name: str) -> int:
+    """The `l` of a `layer_<l>` folder or file stem."""
+    return int(name.removeprefix("layer_"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataLayout:
+    """A `data/` folder: the token arrays and what made them."""
+
+    directory: Path
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.directory / "tokenizer.json"
+
+    def unfinished_tokenizer(self, number: int) -> Path:
+        """Where a tokenizer left by an unfinished preparation is moved aside."""
+        return self.directory / f"tokenizer.unfinished-{number}.json"
+
+    @property
+    def manifest(self) -> Path:
+        """`tokens.json`: what produced the arrays; written last, so it means "complete"."""
+        return self.directory / "tokens.json"
+
+    def split(self, name: str) -> Path:
+        """The flat token array of split `name` (`train`, `validation`)."""
+        return self.directory / f"{name}.bin"
+
+    @property
+    def planted_truth(self) -> Path:
+        """Planted sources only: per validation token, its features and the entropy floor."""
+        return self.directory / "planted_validation_truth.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerScoresLayout:
+    """One (site, layer) folder of `interp/scores/`: two append-only files."""
+
+    directory: Path
+
+    @property
+    def explanations(self) -> Path:
+        return self.directory / "explanations.jsonl"
+
+    @property
+    def scores(self) -> Path:
+        return self.directory / "scores.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    """A run's workdir (see the module docstring)."""
+
+    workdir: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workdir", Path(self.workdir))  # a str is welcome too
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def data(self) -> DataLayout:
+        return DataLayout(self.data_dir)
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / CONFIG_FILE
+
+    @property
+    def run_info(self) -> Path:
+        return self.workdir / "run_info.json"
+
+    @property
+    def references(self) -> Path:
+        return self.workdir / "references.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.workdir / CHECKPOINTS_DIR
+
+    @property
+    def metrics(self) -> Path:
+        return self.workdir / METRICS_FILENAME
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.workdir / TENSORBOARD_DIRNAME
+
+    # -- interp/ --
+
+    @property
+    def interp(self) -> Path:
+        return self.workdir / "interp"
+
+    def stale_interp(self, number: int) -> Path:
+        """Where an `interp/` computed from other inputs is moved aside (never deleted)."""
+        return self.workdir / f"{self.interp.name}.stale-{number}"
+
+    @property
+    def interp_inputs(self) -> Path:
+        return self.interp / "inputs.json"
+
+    @property
+    def records_dir(self) -> Path:
+        return self.interp / "records"
+
+    def records(self, site: str, layer: int) -> Path:
+        """One line per chosen neuron of (site, layer): its top and random records."""
+        return self.records_dir / site / f"{_layer(layer)}.jsonl"
+
+    def record_statistics(self, site: str, layer: int) -> Path:
+        """Per-neuron max, firing frequency and moments, for the neurons of `records`."""
+        return self.records_dir / site / f"{_layer(layer)}_statistics.npz"
+
+    @property
+    def sparsity(self) -> Path:
+        """Written last by mining: its presence means every records file is complete."""
+        return self.interp / "sparsity.json"
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.interp / "scores"
+
+    def layer_scores(self, site: str, layer: int) -> LayerScoresLayout:
+        return LayerScoresLayout(self.scores_dir / site / _layer(layer))
+
+    def scores(self, site: str, layer: int) -> Path:
+        return self.layer_scores(site, layer).scores
+
+    def scored_sites(self) -> list[str]:
+        """The sites with a scores folder, sorted by name."""
+        if not self.scores_dir.is_dir():
+            return []
+        return sorted(path.name for path in self.scores_dir.iterdir() if path.is_dir())
+
+    def scored_layers(self, site: str) -> list[int]:
+        """The layers of `site` with a scores folder, in layer order."""
+        folder = self.scores_dir / site
+        return sorted(_layer_number(path.name) for path in folder.glob(_layer("*"))
+                      if path.is_dir())
+
+    def scores_files(self, site: str | None = None) -> list[Path]:
+        """Every `scores.jsonl` of `site` (None: of every site), in the order of their paths."""
+        sites = self.scored_sites() if site is None else [site]
+        paths = [self.scores(s, layer) for s in sites for layer in self.scored_layers(s)]
+        return sorted(path for path in paths if path.exists())
+
+    @property
+    def summary(self) -> Path:
+        return self.interp / "summary.json"
+
+    @property
+    def interp_report(self) -> Path:
+        return self.interp / "report.md"
+
+    @property
+    def ground_truth(self) -> Path:
+        return self.interp / "ground_truth.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportLayout:
+    """A study's `report/` folder."""
+
+    directory: Path
+
+    @property
+    def ablation_json(self) -> Path:
+        return self.directory / "ablation.json"
+
+    @property
+    def ablation_csv(self) -> Path:
+        return self.directory / "ablation.csv"
+
+    @property
+    def ablation_markdown(self) -> Path:
+        return self.directory / "ablation.md"
+
+    def figure(self, name: str) -> Path:
+        return self.directory / f"{name}.png"
+
+    @property
+    def page(self) -> Path:
+        return self.directory / "index.html"
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyLayout:
+    """A study's workdir (see the module docstring)."""
+
+    workdir: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "workdir", Path(self.workdir))  # a str is welcome too
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / CONFIG_FILE
+
+    @property
+    def manifest(self) -> Path:
+        return self.workdir / "study.json"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.workdir / "runs"
+
+    @staticmethod
+    def run_name(variant: str, seed: int) -> str:
+        return f"{variant}_seed{seed}"
+
+    def run(self, name: str) -> RunLayout:
+        return RunLayout(self.runs_dir / name)
+
+    @property
+    def report(self) -> ReportLayout:
+        return ReportLayout(self.workdir / "report")
