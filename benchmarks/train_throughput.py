@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs` fr
 from crate_jax.model import model_from_config  # noqa: E402
 from crate_jax.model.parameters import count_parameters  # noqa: E402
 from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
-from crate_jax.train.state import initial_state  # noqa: E402
+from crate_jax.train.state import abstract_train_state, initial_state  # noqa: E402
 from crate_jax.train.step import (  # noqa: E402
     global_batch,
     make_mesh,
@@ -56,7 +56,7 @@ def measure(variant: str) -> dict:
     model = model_from_config(config)
     mesh = make_mesh()
     optimizer = make_optimizer(train)
-    abstract = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
+    abstract = abstract_train_state(model, optimizer)
     sharding = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract)
     state = jax.jit(lambda: initial_state(model, optimizer, config.seed),
                     out_shardings=sharding)()

@@ -268,6 +268,31 @@ def test_shape_mismatch_names_the_parameter_and_both_shapes(saved_run):
     assert files_under(saved_run) == before
 
 
+def test_params_only_restore_needs_no_optimizer_and_returns_only_the_parameters(saved_run, state):
+    """What evaluation needs: the trained parameters, from their shapes alone."""
+    with Checkpointer(saved_run, save_every=100) as ckpt:
+        params = ckpt.restore_params(200, abstract_of(state["params"]))
+        latest = ckpt.restore_params(None, abstract_of(state["params"]))
+    assert_trees_equal(params, state["params"])
+    assert_trees_equal(latest, state["params"])
+
+
+def test_params_only_restore_checks_shapes_as_restore_does(saved_run):
+    wider = train_state(expansion=2)
+    before = files_under(saved_run)
+    with Checkpointer(saved_run, save_every=100) as ckpt:
+        with pytest.raises(CheckpointError) as error:
+            ckpt.restore_params(200, abstract_of(wider["params"]))
+        with pytest.raises(CheckpointError, match=r"step 150 .*finished steps: \[100, 200\]"):
+            ckpt.restore_params(150, abstract_of(wider["params"]))
+    message = str(error.value)
+    assert f"checkpoint at {saved_run / '200'} does not match this model" in message
+    assert ("params/layer_0/ista/dictionary has shape (8, 32) in the checkpoint but (8, 16) "
+            "in the model") in message
+    assert "opt_state" not in message, "the optimizer state is neither read nor compared"
+    assert files_under(saved_run) == before
+
+
 def test_structure_mismatch_names_missing_and_extra_keys(saved_run, state):
     deeper = train_state(num_layers=2)
     with Checkpointer(saved_run, save_every=100) as ckpt:

@@ -14,12 +14,10 @@ import pytest
 from run_helpers import REPO, tiny_config, with_data, workdir_with_data
 
 from configs import crate, gpt2, ista_to_mlp, no_ista, standard_attention
-from crate_jax.model import model_from_config
+from crate_jax.model import abstract_params, model_from_config
 from crate_jax.train.checkpoints import Checkpointer
 from crate_jax.train.loop import TrainingError, train_and_evaluate
 from crate_jax.train.metrics import read_metrics
-from crate_jax.train.optimizer import make_optimizer
-from crate_jax.train.state import initial_state
 
 VARIANTS = {"crate": crate, "no_ista": no_ista, "standard_attention": standard_attention,
             "ista_to_mlp": ista_to_mlp, "gpt2": gpt2}
@@ -73,13 +71,9 @@ def _run_main(workdir: Path, prepared: Path, *overrides: str, devices: int = 1,
 
 
 def _params(workdir: Path, step: int):
-    config = tiny_config()
-    model = model_from_config(config)
-    optimizer = make_optimizer(config.train)
-    abstract = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
+    abstract = abstract_params(model_from_config(tiny_config()).config)
     with Checkpointer(workdir / "checkpoints", save_every=1, keep=None) as checkpointer:
-        state, _ = checkpointer.restore(step, abstract.as_dict())
-    return state["params"]
+        return checkpointer.restore_params(step, abstract)
 
 
 # Checkpoints every 20 steps, a log line and a slow evaluation (64 batches) every 5: a signal sent

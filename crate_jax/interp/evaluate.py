@@ -42,17 +42,14 @@ from crate_jax.interp.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.report import layer_summary, markdown_report
 from crate_jax.interp.splits import check_record_protocol
 from crate_jax.layout import RunLayout
-from crate_jax.model import model_from_config, neuron_sites
+from crate_jax.model import abstract_params, model_from_config, neuron_sites
 from crate_jax.train.checkpoints import Checkpointer
-from crate_jax.train.optimizer import make_optimizer
-from crate_jax.train.state import initial_state
 from crate_jax.versions import package_versions
 
 
 def restore_params(config, workdir: Path, model):
-    """The parameters of the run's last checkpoint (the trained model this stage explains)."""
-    optimizer = make_optimizer(config.train)
-    abstract = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
+    """The parameters of the run's last checkpoint (the trained model this stage explains); the
+    optimizer state beside them is not read."""
     with Checkpointer(RunLayout(workdir).checkpoints, save_every=config.train.checkpoint_every,
                       keep=None) as checkpointer:
         step = checkpointer.latest_step()
@@ -60,8 +57,8 @@ def restore_params(config, workdir: Path, model):
             raise InterpretabilityError(
                 f"no checkpoint in {RunLayout(workdir).checkpoints}: run the 'train' stage first "
                 "(config.stages='train,interp')")
-        state, _ = checkpointer.restore(step, abstract.as_dict())
-    return state["params"], step
+        params = checkpointer.restore_params(step, abstract_params(model.config))
+    return params, step
 
 
 def requested_sites(config, model) -> tuple[str, ...]:

@@ -6,11 +6,11 @@ from crate_jax.model.ista import SparseCodingBlock, ista_code
 from crate_jax.model.language_model import LanguageModel, Layer, model_from_config
 from crate_jax.model.mlp import FeedForwardBlock
 from crate_jax.model.neurons import NEURON_SITES, apply_with_neurons, neuron_sites, neuron_width
-from crate_jax.model.parameters import count_parameters, paper_parameter_count
+from crate_jax.model.parameters import abstract_params, count_parameters, paper_parameter_count
 
 __all__ = [
     "NEURON_SITES", "ConfigError", "FeedForwardBlock", "LanguageModel", "Layer", "ModelConfig",
-    "MultiHeadSelfAttention", "SparseCodingBlock", "SubspaceSelfAttention", "apply_with_neurons",
-    "count_parameters", "ista_code", "model_from_config", "neuron_sites", "neuron_width",
-    "paper_parameter_count",
+    "MultiHeadSelfAttention", "SparseCodingBlock", "SubspaceSelfAttention", "abstract_params",
+    "apply_with_neurons", "count_parameters", "ista_code", "model_from_config", "neuron_sites",
+    "neuron_width", "paper_parameter_count",
 ]

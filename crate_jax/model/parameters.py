@@ -20,7 +20,8 @@ def count_parameters(params: Any, exclude: tuple[str, ...] = (POSITION_EMBEDDING
 
 
 def abstract_params(config: ModelConfig) -> Any:
-    """Parameter shapes without allocating them, so even size `b` is counted instantly."""
+    """Parameter shapes and dtypes without allocating them: even size `b` is counted instantly,
+    and a checkpoint's parameters are restored into them without building an optimizer."""
     model = LanguageModel(config)
     tokens = jax.ShapeDtypeStruct((1, 1), np.int32)
     return jax.eval_shape(model.init, jax.random.key(0), tokens)["params"]

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
+PARAMS_KEY = "params"  # the state's subtree that `restore_params` reads
 # How many differing parameters an incompatibility message names before summarising the rest.
 MAX_NAMED_DIFFERENCES = 5
 MAX_CAUSE_CHARS = 200
@@ -139,18 +140,8 @@ class Checkpointer:
         `abstract_state`. Returns `(state, meta)`, `meta` as JSON gives it back (tuples become
         lists). Structure and shapes are compared with the saved tree before any array is read.
         """
-        self.wait()
-        steps = self.all_steps()
-        if step is None:
-            if not steps:
-                raise CheckpointError(f"no finished checkpoint in {self.directory}")
-            step = steps[-1]
-        step = int(step)
+        step = self._finished_step(step)
         path = self.step_path(step)
-        if step not in steps:
-            raise CheckpointError(
-                f"no finished checkpoint for step {step} in {self.directory} "
-                f"(finished steps: {steps or 'none'})")
         saved_tree = self._saved_state_tree(step)
         _raise_if_incompatible(saved_tree, abstract_state, path)
         args = ocp.args.Composite(**{
@@ -161,6 +152,31 @@ class Checkpointer:
         except Exception as err:
             raise self._unreadable(step, _short_cause(err)) from err
         return restored[STATE_ITEM], restored[META_ITEM]
+
+    def restore_params(self, step: int | None, abstract_params: Any) -> Any:
+        """Reads only the parameters of checkpoint `step` (None: the latest), into the structure of
+        `abstract_params` (the model's `params`, e.g. `jax.eval_shape` of its `init`).
+
+        For evaluation: no optimizer is needed to describe the target, and its state (Adam's two
+        moments, twice the parameters' size) is never read. Placement, dtypes and the shape check
+        against the saved tree are those of `restore`.
+        """
+        step = self._finished_step(step)
+        path = self.step_path(step)
+        saved_params = {PARAMS_KEY: self._saved_state_tree(step).get(PARAMS_KEY, {})}
+        target = {PARAMS_KEY: _with_default_sharding(abstract_params)}
+        _raise_if_incompatible(saved_params, target, path)
+        # The manager's state handler restores whole trees only; the same files read through a
+        # PyTree handler can skip every leaf that `target` lacks.
+        args = ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+            partial_restore=True)
+        try:
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+                restored = reader.restore(path / STATE_ITEM, args=args)
+        except Exception as err:
+            raise self._unreadable(step, _short_cause(err)) from err
+        return restored[PARAMS_KEY]
 
     def meta(self, step: int) -> dict:
         """The JSON meta of finished checkpoint `step`, without reading any array: what a resume
@@ -196,6 +212,20 @@ class Checkpointer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _finished_step(self, step: int | None) -> int:
+        """`step`, or the latest finished one for None, once every started save is on disk."""
+        self.wait()
+        steps = self.all_steps()
+        if step is None:
+            if not steps:
+                raise CheckpointError(f"no finished checkpoint in {self.directory}")
+            return steps[-1]
+        if int(step) not in steps:
+            raise CheckpointError(
+                f"no finished checkpoint for step {step} in {self.directory} "
+                f"(finished steps: {steps or 'none'})")
+        return int(step)
 
     def _saved_state_tree(self, step: int) -> Any:
         """The saved state's tree of per-array metadata (`.shape`, `.dtype`), read from disk."""

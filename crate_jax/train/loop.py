@@ -29,7 +29,7 @@ from crate_jax.model import model_from_config
 from crate_jax.train.checkpoints import Checkpointer, CheckpointError
 from crate_jax.train.metrics import MetricsWriter
 from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from crate_jax.train.state import TrainState, initial_state
+from crate_jax.train.state import TrainState, abstract_train_state, initial_state
 from crate_jax.train.step import (
     eval_batch_sharding,
     global_batch,
@@ -72,7 +72,7 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
     mesh = make_mesh()
     optimizer = make_optimizer(train)
     schedule = learning_rate_schedule(train)
-    abstract_state = jax.eval_shape(lambda: initial_state(model, optimizer, config.seed))
+    abstract_state = abstract_train_state(model, optimizer)
     state_sharding = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
     state = _restore_or_initialize(checkpointer, config, model, optimizer, abstract_state,
                                    state_sharding)

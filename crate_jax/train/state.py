@@ -40,3 +40,10 @@ def initial_state(model: LanguageModel, optimizer: optax.GradientTransformation,
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       opt_state=optimizer.init(params),
                       dropout_key=jax.random.key_data(dropout_key))
+
+
+def abstract_train_state(model: LanguageModel,
+                         optimizer: optax.GradientTransformation) -> TrainState:
+    """The state's shapes and dtypes, without allocating it: what a checkpoint is restored into
+    and what shardings are laid over. Shapes do not depend on the seed."""
+    return jax.eval_shape(lambda: initial_state(model, optimizer, seed=0))
