@@ -25,8 +25,10 @@ CONFIG_FLAG = "config"
 def define_config_flag() -> flags.FlagHolder:
     """`--config=configs/<variant>.py[:size]`, locked so that overrides cannot add keys."""
     return config_flags.DEFINE_config_file(
-        CONFIG_FLAG, None, "Experiment config file, e.g. configs/crate.py:2l; override keys with "
-        "--config.model.num_layers=4", lock_config=True)
+        CONFIG_FLAG, None, "Config file, with an optional size preset after a colon: "
+        "configs/crate.py or configs/crate.py:2l (its docstring lists the presets). Override any "
+        "key with --config.<key>=<value>, e.g. --config.train.num_steps=100; choose the stages "
+        "with --config.stages=train,interp.", lock_config=True)
 
 
 def unknown_override(config, argv: Sequence[str]) -> str | None:

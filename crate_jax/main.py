@@ -1,8 +1,20 @@
-"""Run one experiment: `python -m crate_jax.main --config=configs/no_ista.py --workdir=runs/a`.
+"""Train a CRATE-family language model and explain its neurons, or run an ablation study.
 
-All logic lives in the stages (`train_and_evaluate(config, workdir)` and those added later), so
-tests and notebooks call them directly; this file only parses flags and runs `config.stages`.
+  python -m crate_jax.main --config=configs/crate.py --workdir=runs/crate
+  python -m crate_jax.main --config=configs/crate.py:2l --workdir=runs/crate_2l \\
+      --config.train.num_steps=100 --config.stages=train,interp
+
+--config names a config file (configs/<variant>.py), optionally with a size preset after a colon
+(configs/crate.py:2l); --config.<key>=<value> overrides any of its keys. --config.stages lists
+the stages to run, in order (comma-separated):
+  train   train the model in --workdir, or resume it from its last checkpoint
+  interp  explain and score the neurons of the trained model (needs 'train' first)
+  study   train and score every variant and seed of a study (configs/ablation.py), then report
+Rerunning the same command resumes where it stopped.
 """
+
+# All logic lives in the stages (`train_and_evaluate(config, workdir)` and the others), so tests
+# and notebooks call them directly; this file only parses flags and runs `config.stages`.
 
 from __future__ import annotations
 
@@ -11,7 +23,7 @@ import sys
 
 from absl import app, flags, logging
 
-from crate_jax.cli import define_config_flag, parse_flags
+from crate_jax.cli import CONFIG_FLAG, define_config_flag, parse_flags
 from crate_jax.data.sources import SourceError
 from crate_jax.data.token_arrays import DataPreparationError
 from crate_jax.data.tokenizer import TokenizerError
@@ -26,9 +38,12 @@ from crate_jax.train.loop import TrainingError, train_and_evaluate
 from crate_jax.train.metrics import MetricsError
 
 _CONFIG = define_config_flag()
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every artifact of the run; "
-                               "rerunning with the same one resumes.")
-flags.mark_flags_as_required(["config", "workdir"])
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every artifact of the run "
+                               "(data, checkpoints, metrics, interp results); rerunning with the "
+                               "same one resumes.")
+flags.mark_flags_as_required([CONFIG_FLAG, "workdir"])
+# Defined in crate_jax.cli; declared a key flag here so that --help, not only --helpfull, shows it.
+flags.declare_key_flag(CONFIG_FLAG)
 
 STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability, "study": run_study}
 
