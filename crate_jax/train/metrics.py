@@ -5,11 +5,13 @@ Layout under `workdir`:
     metrics.jsonl                      one JSON object per `write`:
                                        {"step": 10, "split": "train", "time": 1.7e9, "loss": 3.2}
     tensorboard/<split>/events.out.tfevents.<time>.<host>.<pid>
-                                       scalars tagged by metric name, one directory per split so
-                                       TensorBoard overlays train and eval curves as two runs
+                                       scalars tagged by metric name (written by tensorboardX),
+                                       one directory per split so TensorBoard overlays train and
+                                       eval curves as two runs
 
-`metrics.jsonl` is the record the report code reads (`read_metrics`); TensorBoard is for watching
-a run live. Both are flushed on every write, so a crashed run keeps everything it logged.
+`metrics.jsonl` is the record the report code reads (`read_metrics`); it is flushed on every
+write, so a crashed run keeps everything it logged. TensorBoard is for watching a run live: its
+files are written in the background and reach the disk within `TENSORBOARD_FLUSH_SECONDS`.
 
 Non-finite values: JSON has no NaN or infinity, so they are written as the strings "nan", "inf"
 and "-inf" (keeping which one it was, unlike null) and `read_metrics` turns them back into floats.
@@ -31,11 +33,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tensorboardX import SummaryWriter
+
 from crate_jax.layout import METRICS_FILENAME, TENSORBOARD_DIRNAME, RunLayout
-from crate_jax.train.tensorboard_events import EventFileWriter
 
 # Keys every record carries; a metric with one of these names would overwrite it.
 RESERVED_KEYS = ("step", "split", "time")
+TENSORBOARD_FLUSH_SECONDS = 2
 
 _NON_FINITE_AS_STRING = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 # A split names a directory, so keep it to characters that are safe in a path.
@@ -145,6 +149,22 @@ def _decode_non_finite(record: dict[str, Any]) -> dict[str, Any]:
             for key, value in record.items()}
 
 
+_event_files_opened: dict[Path, int] = {}
+
+
+def _event_file_suffix(logdir: Path) -> str:
+    """`.<pid>`, then `.<pid>.1`, `.<pid>.2`, ... for later writers of this process in `logdir`.
+
+    tensorboardX names a file by the second it was opened and the host, and truncates one of that
+    name: a run resumed in the same second by the same process (a notebook, a test) would lose
+    the events its first writer logged.
+    """
+    logdir = logdir.resolve()
+    opened = _event_files_opened.get(logdir, 0)
+    _event_files_opened[logdir] = opened + 1
+    return f".{os.getpid()}" + (f".{opened}" if opened else "")
+
+
 class MetricsWriter:
     """Writes metrics to `workdir/metrics.jsonl` and TensorBoard; see the module docstring.
 
@@ -165,7 +185,7 @@ class MetricsWriter:
         if self.metrics_path.exists():
             self._drop_stale_records(resume_step)
         self._jsonl = open(self.metrics_path, "a", encoding="utf-8")
-        self._event_writers: dict[str, EventFileWriter] = {}
+        self._event_writers: dict[str, SummaryWriter] = {}
 
     def _drop_stale_records(self, resume_step: int | None) -> None:
         """Rewrite the file without a truncated last line and, if resuming, without the records
@@ -197,21 +217,17 @@ class MetricsWriter:
         self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self._jsonl.flush()
         if values:
-            self._event_writer(split).add_scalars(
-                int(step), {name: float(value) for name, value in values.items()}, wall_time=now)
+            event_writer = self._event_writer(split)
+            for name, value in values.items():
+                event_writer.add_scalar(name, float(value), global_step=int(step), walltime=now)
 
-    def _event_writer(self, split: str) -> EventFileWriter:
+    def _event_writer(self, split: str) -> SummaryWriter:
         """The split's event file, created on first use so unused splits leave no directory."""
         if split not in self._event_writers:
-            self._event_writers[split] = EventFileWriter(self.tensorboard_dir / split)
+            self._event_writers[split] = SummaryWriter(
+                str(self.tensorboard_dir / split), flush_secs=TENSORBOARD_FLUSH_SECONDS,
+                filename_suffix=_event_file_suffix(self.tensorboard_dir / split))
         return self._event_writers[split]
-
-    def flush(self) -> None:
-        """Flush all files (every `write` already flushes; this is for callers that expect it)."""
-        if not self._jsonl.closed:
-            self._jsonl.flush()
-        for event_writer in self._event_writers.values():
-            event_writer.flush()
 
     def close(self) -> None:
         self._jsonl.close()
