@@ -110,7 +110,7 @@ def test_round_trip_is_exact(tmp_path, state):
     directory = tmp_path / "checkpoints"
     with Checkpointer(directory, save_every=100) as ckpt:
         assert ckpt.latest_step() is None
-        assert ckpt.maybe_save(200, state, META)
+        assert ckpt.save(200, state, META)
     # A fresh object, as after a restart, sees the finished checkpoint.
     with Checkpointer(directory, save_every=100) as ckpt:
         assert ckpt.latest_step() == 200
@@ -144,17 +144,17 @@ def test_buffers_can_be_freed_as_soon_as_save_returns(tmp_path, state):
 def test_keeps_only_the_last_k(tmp_path, state):
     with Checkpointer(tmp_path, save_every=1, keep=2) as ckpt:
         for step in range(1, 6):
-            ckpt.maybe_save(step, state, META)
+            ckpt.save(step, state, META)
         ckpt.wait()
         assert ckpt.all_steps() == [4, 5]
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["4", "5"]
 
 
-def test_maybe_save_follows_the_cadence_and_never_overwrites(tmp_path, state):
+def test_save_follows_the_cadence_and_never_overwrites(tmp_path, state):
     with Checkpointer(tmp_path, save_every=3, keep=None) as ckpt:
-        saved = [step for step in range(11) if ckpt.maybe_save(step, state, META)]
+        saved = [step for step in range(11) if ckpt.save(step, state, META)]
         assert saved == [0, 3, 6, 9]
-        assert not ckpt.maybe_save(9, state, META), "a step already saved is not written again"
+        assert not ckpt.save(9, state, META), "a step already saved is not written again"
         assert not ckpt.save(10, state, META), "off-cadence steps need force"
         assert ckpt.save(10, state, META, force=True)
         assert not ckpt.save(10, state, META, force=True)

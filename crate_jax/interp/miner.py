@@ -22,7 +22,6 @@ float64 rounding). Memory is `O(N * window * (top_k + quantile_bins * per_bin + 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -30,9 +29,6 @@ import numpy as np
 from crate_jax.interp.moments import RunningMoments
 from crate_jax.interp.record_pool import RecordPool, gather_windows
 from crate_jax.interp.records import ActivationRecord, NeuronId, NeuronRecord
-
-_CONFIG_KEYS = ("num_neurons", "seq_len", "num_sequences", "window", "top_k", "random_k",
-                "quantile_bins", "per_bin", "seed")
 
 
 class RecordMiner:
@@ -142,7 +138,7 @@ class RecordMiner:
         self.seen_second[sequences] = True
 
     def missing_sequences(self, second_pass: bool = False) -> np.ndarray:
-        """Sequence indices not yet observed in that pass (to resume from a saved miner)."""
+        """Sequence indices not yet observed in that pass (what an incomplete pass lacks)."""
         return np.nonzero(~(self.seen_second if second_pass else self.seen_first))[0]
 
     def _checked_batch(self, sequence_indices, tokens, activations, seen: np.ndarray,
@@ -251,34 +247,3 @@ class RecordMiner:
                     for j in range(self.quantile_bins)]
                 record.quantile_boundaries = boundaries[n].tolist()
             yield record
-
-    # -- saving ------------------------------------------------------------------------------
-
-    def to_npz(self, path: str | os.PathLike) -> None:
-        """Saves config and the whole mining state (also mid-pass: `missing_sequences` says
-        where to resume), so a pipeline need not redo forward passes. Uncompressed `.npz`."""
-        arrays = {"config": np.array([getattr(self, k) for k in _CONFIG_KEYS], np.int64),
-                  **self._top.state("top"), **self._binned.state("binned"),
-                  **{f"moments_{k}": getattr(self._moments, k) for k in RunningMoments._FIELDS}}
-        for name in ("random_sequence", "random_centre", "random_activations", "random_tokens",
-                     "max_activation", "firing_count", "seen_first", "seen_second"):
-            arrays[name] = getattr(self, name)
-        with open(path, "wb") as file:
-            np.savez(file, **arrays)
-
-    @classmethod
-    def from_npz(cls, path: str | os.PathLike) -> RecordMiner:
-        """A miner equal to the one `to_npz` saved; `observe` may continue where it stopped."""
-        with np.load(path) as data:
-            arrays = {name: data[name] for name in data.files}
-        miner = cls(**{k: int(v) for k, v in zip(_CONFIG_KEYS, arrays.pop("config"),
-                                                 strict=True)})
-        miner._top.load("top", arrays)
-        miner._binned.load("binned", arrays)
-        for name in RunningMoments._FIELDS:
-            setattr(miner._moments, name, np.array(arrays[f"moments_{name}"]))
-        miner._moments.count = int(miner._moments.count)
-        for name in ("random_sequence", "random_centre", "random_activations", "random_tokens",
-                     "max_activation", "firing_count", "seen_first", "seen_second"):
-            setattr(miner, name, np.array(arrays[name]))
-        return miner

@@ -12,8 +12,6 @@ class RunningMoments:
     accurate when the mean is large compared with the spread (raw power sums would not).
     """
 
-    _FIELDS = ("count", "mean", "m2", "m3", "m4")
-
     def __init__(self, num_neurons: int):
         self.count = 0
         self.mean, self.m2, self.m3, self.m4 = (np.zeros(num_neurons) for _ in range(4))

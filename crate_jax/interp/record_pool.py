@@ -47,8 +47,6 @@ class RecordPool:
     writes only the windows of newcomers, which become rare as the stream goes on.
     """
 
-    _FIELDS = ("key", "sequence", "centre", "slot", "activations", "tokens")
-
     def __init__(self, capacity: int, columns: tuple[int, ...], width: int):
         shape = (capacity, *columns)
         self.key = np.full(shape, np.inf)  # float64
@@ -108,10 +106,3 @@ class RecordPool:
         """Window activations and token ids `[capacity, *columns, width]`, in rank order."""
         return (np.take_along_axis(self.activations, self.slot[..., None], axis=0),
                 np.take_along_axis(self.tokens, self.slot[..., None], axis=0))
-
-    def state(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}_{name}": getattr(self, name) for name in self._FIELDS}
-
-    def load(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
-        for name in self._FIELDS:
-            setattr(self, name, np.array(arrays[f"{prefix}_{name}"]))

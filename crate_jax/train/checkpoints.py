@@ -100,10 +100,6 @@ class Checkpointer:
         """The directory that holds checkpoint `step` (orbax's default, unpadded step names)."""
         return self.directory / str(step)
 
-    def maybe_save(self, step: int, state: Any, meta: dict) -> bool:
-        """Saves when `step` is a multiple of `save_every`; returns whether a save started."""
-        return self.save(step, state, meta)
-
     def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
         """Saves `state` (a pytree of arrays) and `meta` (a JSON-able dict) as checkpoint `step`.
 
