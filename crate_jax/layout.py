@@ -40,6 +40,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
+_SCORES_FILE = "scores.jsonl"
 
 
 def _layer(layer: int) -> str:
@@ -92,7 +93,7 @@ class LayerScoresLayout:
 
     @property
     def scores(self) -> Path:
-        return self.directory / "scores.jsonl"
+        return self.directory / _SCORES_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,11 +190,13 @@ class RunLayout:
         return sorted(_layer_number(path.name) for path in folder.glob(_layer("*"))
                       if path.is_dir())
 
-    def scores_files(self, site: str | None = None) -> list[Path]:
-        """Every `scores.jsonl` of `site` (None: of every site), in the order of their paths."""
-        sites = self.scored_sites() if site is None else [site]
-        paths = [self.scores(s, layer) for s in sites for layer in self.scored_layers(s)]
-        return sorted(path for path in paths if path.exists())
+    def score_files(self, site: str | None = None) -> list[tuple[str, int, Path]]:
+        """`(site, layer, scores.jsonl)` of every scored layer of `site` (None: of every site),
+        in the order of their paths (`layer_10` before `layer_2`): the order the report pools
+        neurons in, so its bootstrap intervals stay the same."""
+        pattern = f"{'*' if site is None else site}/{_layer('*')}/{_SCORES_FILE}"
+        return [(path.parent.parent.name, _layer_number(path.parent.name), path)
+                for path in sorted(self.scores_dir.glob(pattern))]
 
     @property
     def summary(self) -> Path:

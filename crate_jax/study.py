@@ -4,6 +4,8 @@ Each run lives in `workdir/runs/<variant>_seed<seed>/` and goes through the `tra
 stages, which resume on their own; so a finished run is never redone and an interrupted study
 continues where it stopped. The study's shared settings (size, data, training budget,
 interpretability) override each variant's, and everything is checked before any training starts.
+The study's config is saved in its workdir before the first run: the report takes its settings
+from there, whoever rebuilds it (`report.study_report`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from pathlib import Path
 from crate_jax.data.token_arrays import prepare_token_arrays
 from crate_jax.input_checks import check_run_config
 from crate_jax.interp.evaluate import evaluate_interpretability
+from crate_jax.layout import StudyLayout
 from crate_jax.model import ConfigError, model_from_config, neuron_sites
-from crate_jax.report.ablation_table import build_table, markdown_table, write_table
-from crate_jax.report.page import write_page
-from crate_jax.report.plots import write_plots
+from crate_jax.report.ablation_table import markdown_table
+from crate_jax.report.study_report import write_study_report
 from crate_jax.train.loop import train_and_evaluate
 
 SHARED_SECTIONS = ("data", "train", "interp")  # and model.vocab_size, set by the corpus
@@ -67,7 +69,7 @@ def run_configs(config) -> dict[str, object]:
                                   f"{', '.join(neuron_sites(model.config))}); drop it from "
                                   "interp.sites or from study.variants")
             check_run_config(run, RUN_STAGES)
-            runs[f"{variant}_seed{seed}"] = run
+            runs[StudyLayout.run_name(variant, seed)] = run
     return runs
 
 
@@ -115,33 +117,32 @@ def run_study(config, workdir: str | Path) -> dict:
     A run stopped by a signal ends the study there (status `interrupted`): nothing after it is
     evaluated or reported until a rerun has finished it."""
     started = time.perf_counter()
-    workdir = Path(workdir)
+    study = StudyLayout(workdir)
     runs = run_configs(config)
-    workdir.mkdir(parents=True, exist_ok=True)
-    resumed = (workdir / "runs").exists()
+    study.workdir.mkdir(parents=True, exist_ok=True)
+    study.config.write_text(config.to_json(indent=2, sort_keys=True))
+    resumed = study.runs_dir.exists()
     # Tokenize once: every run shares the data settings, so they share the token arrays.
-    prepare_token_arrays(config.data, config.model.vocab_size, workdir)
+    prepare_token_arrays(config.data, config.model.vocab_size, study.workdir)
     manifest = {"runs": {}, "variants": config.study.variants, "seeds": config.study.seeds}
     for index, (name, run) in enumerate(runs.items(), start=1):
-        run_dir = workdir / "runs" / name
-        if not (run_dir / "data").exists():
-            shutil.copytree(workdir / "data", run_dir / "data")
+        run_layout = study.run(name)
+        if not run_layout.data_dir.exists():
+            shutil.copytree(study.data_dir, run_layout.data_dir)
         print(f"study: run {index}/{len(runs)}: {name}", flush=True)
-        trained = train_and_evaluate(run, run_dir)
+        trained = train_and_evaluate(run, run_layout.workdir)
         if trained["status"] == "interrupted":  # saved; the rerun resumes this run
             return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
                     "interrupted_run": name}
-        evaluate_interpretability(run, run_dir)
+        evaluate_interpretability(run, run_layout.workdir)
         manifest["runs"][name] = {"variant": run.variant, "seed": run.seed,
-                                  "workdir": str(run_dir.relative_to(workdir))}
-    (workdir / "study.json").write_text(json.dumps(manifest, indent=2))
-    rows = build_table(workdir, samples=config.interp.bootstrap_samples, seed=config.interp.seed)
-    write_table(rows, workdir / "report")
-    page = write_page(workdir, workdir / "report", write_plots(workdir, workdir / "report"))
+                                  "workdir": str(run_layout.workdir.relative_to(study.workdir))}
+    study.manifest.write_text(json.dumps(manifest, indent=2))
+    rows, page = write_study_report(study.workdir)
     # What this invocation cost: the whole study when it ran from an empty workdir.
     manifest.update(wall_seconds=time.perf_counter() - started, resumed=resumed,
                     peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    (workdir / "study.json").write_text(json.dumps(manifest, indent=2))
+    study.manifest.write_text(json.dumps(manifest, indent=2))
     print(markdown_table(rows, answer_last=True), flush=True)
     print(f"study: open {page}", flush=True)
     return manifest

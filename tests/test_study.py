@@ -198,7 +198,7 @@ def _rebuild_report(workdir, figures=False):
 
     rows = build_table(workdir, samples=50)
     write_table(rows, workdir / "report")
-    write_page(workdir, workdir / "report",
+    write_page(rows, workdir, workdir / "report",
                write_plots(workdir, workdir / "report") if figures else [])
     return rows
 
@@ -463,3 +463,85 @@ def test_planted_study_reports_the_floor_gap_and_ground_truth_from_its_runs(tmp_
     truth = study_blocks(tmp_path)["truth"]
     assert truth.splitlines()[2].startswith("| crate | ista | ")
     assert re.search(r"Of \d+ \(variant, site\) pairs, the explanation score", truth)
+
+
+# -- one report pipeline, with the settings the study saved; the study from an installed copy --
+
+
+def _report_files(workdir):
+    return {path.name: path.read_bytes() for path in sorted((workdir / "report").iterdir())}
+
+
+def _report_command(workdir):
+    """`python -m crate_jax.report` on `workdir`, from another directory; returns its stdout."""
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "crate_jax.report", f"--workdir={workdir}"],
+                          capture_output=True, text=True, timeout=300, cwd=workdir.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_the_report_command_rebuilds_the_studys_own_report(miniature, tmp_path):
+    """The study saved its config, and the command takes the bootstrap settings from there (the
+    miniature's 100 samples, where the command once used 1000): every file comes out the same."""
+    import json
+
+    config, original = miniature
+    workdir = _copy_study(original, tmp_path)
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["interp"]["bootstrap_samples"] == config.interp.bootstrap_samples == 100
+    assert saved["study"]["variants"] == "crate,no_ista"
+    study_report = _report_files(workdir)
+    shutil.rmtree(workdir / "report")
+    _report_command(workdir)
+    assert _report_files(workdir) == study_report
+
+
+def test_a_study_without_a_saved_config_is_reported_with_its_runs_settings(miniature, tmp_path):
+    """A study from before studies saved their config: its runs saved the same interp settings."""
+    _, original = miniature
+    workdir = _copy_study(original, tmp_path)
+    (workdir / "config.json").unlink(missing_ok=True)
+    study_report = _report_files(workdir)
+    shutil.rmtree(workdir / "report")
+    output = _report_command(workdir)
+    assert _report_files(workdir) == study_report
+    notice = [line for line in output.splitlines() if "config.json is missing" in line]
+    assert len(notice) == 1 and "bootstrap_samples=100, seed=0" in notice[0]
+
+
+def test_an_installed_copy_finds_the_study_variants_from_any_directory(tmp_path):
+    """`pip install` of the repository (as in Colab) ships `configs`, so a study's variants
+    (`configs.<variant>`) import without the repository on the path."""
+    import os
+    import sys
+
+    source, site, elsewhere = tmp_path / "source", tmp_path / "site", tmp_path / "elsewhere"
+    for name in ("crate_jax", "configs"):
+        shutil.copytree(REPO / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                              "--disable-pip-version-check", f"--target={site}", str(source)],
+                             capture_output=True, text=True, timeout=300)
+    if install.returncode and "No matching distribution found for setuptools" in install.stderr:
+        pytest.skip("pip cannot fetch the build backend (setuptools) here: offline")
+    assert install.returncode == 0, install.stderr[-2000:]
+    elsewhere.mkdir()
+    script = ("import configs, crate_jax\n"
+              "from configs import ablation\n"
+              "from crate_jax.study import model_variants, run_configs\n"
+              "config = ablation.get_config('stdlib')\n"
+              "config.study.update(variants='crate,no_ista', seeds='0')\n"
+              "print(configs.__file__, crate_jax.__file__)\n"
+              "print(','.join(model_variants('tiny')))\n"
+              "print(','.join(run_configs(config)))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, cwd=elsewhere, env={**os.environ, "PYTHONPATH": str(site)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    files, variants, runs = done.stdout.splitlines()[-3:]
+    assert all(path.startswith(str(site)) for path in files.split())  # the installed copy
+    assert variants == "crate,gpt2,ista_to_mlp,no_ista,standard_attention"
+    assert runs == "crate_seed0,no_ista_seed0"

@@ -18,13 +18,20 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from crate_jax.layout import ReportLayout, RunLayout, StudyLayout
 from crate_jax.model import NEURON_SITES, ModelConfig, paper_parameter_count
 from crate_jax.report import run_files
 from crate_jax.report.answer import REFERENCE_VARIANT, answer_json, answer_markdown
 from crate_jax.report.floor_gap import floor_gap, floor_gap_markdown
 from crate_jax.report.run_files import REFERENCE_KEYS, score_entries
 from crate_jax.report.statistics import difference_interval, pooled_mean_interval
-from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
+from crate_jax.report.text import (
+    Cell,
+    interval_text,
+    markdown_rows,
+    reference_text,
+    training_text,
+)
 
 SITES = NEURON_SITES
 REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic")
@@ -37,12 +44,12 @@ __all__ = ["SITES", "REPORTED_SPLITS", "build_table", "markdown_table", "score_e
            "study_runs", "wide_table_cells", "write_table"]
 
 
-def study_runs(workdir: Path) -> dict[str, list[tuple[str, Path]]]:
+def study_runs(workdir: str | Path) -> dict[str, list[tuple[str, Path]]]:
     """`{variant: [(run name, run dir), ...]}` in the study's order, from `study.json`."""
-    study = json.loads((workdir / "study.json").read_text())
+    study = StudyLayout(workdir)
     runs: dict[str, list[tuple[str, Path]]] = defaultdict(list)
-    for name, run in study["runs"].items():
-        runs[run["variant"]].append((name, workdir / run["workdir"]))
+    for name, run in json.loads(study.manifest.read_text())["runs"].items():
+        runs[run["variant"]].append((name, study.workdir / run["workdir"]))
     return dict(runs)
 
 
@@ -51,8 +58,7 @@ def _run_scores(run_dir: Path) -> tuple[dict, dict]:
     {site: {split: neurons left out (NaN score or failed)}, site: {"neurons": scored}})`."""
     scores: dict = defaultdict(lambda: defaultdict(list))
     counts: dict = defaultdict(lambda: defaultdict(int))
-    for path in sorted((run_dir / "interp" / "scores").glob("*/layer_*/scores.jsonl")):
-        site = path.parent.parent.name
+    for site, _, path in RunLayout(run_dir).score_files():
         for entry in score_entries(path):
             counts[site]["neurons"] += 1
             for split in REPORTED_SPLITS:
@@ -87,8 +93,7 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
             "validation": [run_files.final_validation(d) for _, d in runs],
             "references": [run_files.references(d) for _, d in runs],
             "scores": [_run_scores(d) for _, d in runs],
-            "sparsity": [json.loads((d / "interp" / "sparsity.json").read_text())
-                         for _, d in runs],
+            "sparsity": [run_files.sparsity(d) for _, d in runs],
             "truth": [run_files.ground_truth_by_site(t) for t in truths],
             "floor_gap": floor_gap(truths)}
 
@@ -175,16 +180,17 @@ def _flat(row: dict) -> dict[str, object]:
 def write_table(rows: list[dict], out_dir: Path) -> None:
     """`ablation.json` (the answer and the nested rows), `ablation.csv` (one column per number,
     one row per variant) and `ablation.md` (the answer, then the wide table)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ablation.json").write_text(json.dumps({"answer": answer_json(rows),
-                                                       "variants": rows}, indent=2))
+    report = ReportLayout(Path(out_dir))
+    report.directory.mkdir(parents=True, exist_ok=True)
+    report.ablation_json.write_text(json.dumps({"answer": answer_json(rows), "variants": rows},
+                                               indent=2))
     flat = [_flat(row) for row in rows]
     columns = list(dict.fromkeys(key for row in flat for key in row))
-    with open(out_dir / "ablation.csv", "w", newline="") as file:
+    with open(report.ablation_csv, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(flat)
-    (out_dir / "ablation.md").write_text(markdown_table(rows))
+    report.ablation_markdown.write_text(markdown_table(rows))
 
 
 def _left_out_text(row: dict, site: str) -> str:
@@ -195,7 +201,7 @@ def _left_out_text(row: dict, site: str) -> str:
     return ", ".join(parts) + dead
 
 
-def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[Cell]]]:
     """The wide table's header and cells, shared by `ablation.md` and `index.html`."""
     def present(key: str) -> bool:
         return any(key in row for row in rows)

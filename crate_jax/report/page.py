@@ -1,9 +1,9 @@
 """`report/index.html`: one static page with the answer, the table, the figures and a neuron viewer.
 
 It opens from disk with no server and no network: the figures are sibling PNG files, the style
-is inline and there is no script. The answer and the table are the cells of `ablation.md`, built
-from `ablation.json` by the same functions, so the page and the Markdown never disagree; runs
-that do not beat the bigram reference are flagged in a warning above them.
+is inline and there is no script. The answer and the tables are rendered from the report's rows
+by the functions that give `ablation.md` its cells, so the page and the Markdown never disagree;
+runs that do not beat the bigram reference are flagged in a warning above them.
 
 The viewer shows, for each variant and site (last layer), the best- and the worst-explained
 neuron by top-and-random score (ties broken by neuron index), chosen only among neurons that
@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import statistics
 from pathlib import Path
 
 from crate_jax.interp.explanation import MAX_NORMALIZED_ACTIVATION
 from crate_jax.interp.records import NeuronRecord, from_json, max_activation
 from crate_jax.interp.splits import explanation_records
+from crate_jax.layout import ReportLayout, RunLayout, StudyLayout
 from crate_jax.report.ablation_table import study_runs, wide_table_cells
 from crate_jax.report.answer import answer_cells, answer_sentences
 from crate_jax.report.floor_gap import EXPLANATION, floor_gap_cells
 from crate_jax.report.run_files import neuron_statistics, score_lines
+from crate_jax.report.text import Cell
 
 NEURONS_PER_SITE = 2  # the best and the worst explained firing neuron of each site, per variant
 MIN_FIRING_TOKENS = 5
@@ -49,11 +50,13 @@ img { max-width: 48%; margin: 0.5em 1%; }
 """
 
 
-def _cell_html(text: str) -> str:
-    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+def _cell_html(cell: Cell) -> str:
+    if isinstance(cell, str):
+        return html.escape(cell)
+    return f"<strong>{html.escape(cell.flag)}</strong>{html.escape(cell.rest)}"
 
 
-def _table_html(header: list[str], body: list[list[str]], table_id: str) -> str:
+def _table_html(header: list[str], body: list[list[Cell]], table_id: str) -> str:
     head = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
     rows = "".join("<tr>" + "".join(f"<td>{_cell_html(c)}</td>" for c in row) + "</tr>"
                    for row in body)
@@ -106,14 +109,13 @@ def firing_neurons(stats: dict[int, dict]) -> set[int]:
 
 def _chosen_neurons(run_dir: Path, variant: str) -> list[str]:
     """Panels for the best and worst explained firing neuron of each site's last layer."""
-    config = json.loads((run_dir / "config.json").read_text())
+    layout = RunLayout(run_dir)
+    config = json.loads(layout.config.read_text())
     record_protocol = config.get("interp", {}).get("protocol", "default")
     panels = []
-    for site_dir in sorted(p for p in (run_dir / "interp" / "scores").iterdir() if p.is_dir()):
-        site = site_dir.name
-        layer = max(int(p.name.split("_")[1]) for p in site_dir.glob("layer_*"))
-        scores_path = site_dir / f"layer_{layer}" / "scores.jsonl"
-        entries = score_lines(scores_path)
+    for site in layout.scored_sites():
+        layer = max(layout.scored_layers(site))
+        entries = score_lines(layout.scores(site, layer))
         stats = neuron_statistics(run_dir, site, layer)
         firing = firing_neurons(stats) if stats else {e["neuron"] for e in entries}
         scored = sorted((e for e in entries if e["scores"].get("top_and_random") is not None
@@ -121,9 +123,9 @@ def _chosen_neurons(run_dir: Path, variant: str) -> list[str]:
                         key=lambda e: (-e["scores"]["top_and_random"], e["neuron"]))
         chosen = list(zip(("best explained", "worst explained"),
                           scored[:1] + scored[-1:] if len(scored) > 1 else scored, strict=False))
-        records_path = run_dir / "interp" / "records" / site / f"layer_{layer}.jsonl"
         records = {r.neuron_id.neuron_index: r for r in
-                   (from_json(line) for line in records_path.read_text().splitlines())}
+                   (from_json(line) for line in layout.records(site, layer).read_text()
+                    .splitlines())}
         for title, entry in chosen:
             neuron = records[entry["neuron"]]
             scale = max_activation(explanation_records(neuron, "openai", record_protocol))
@@ -155,11 +157,11 @@ def _floor_gap_html(rows: list[dict]) -> str:
             f"{_table_html(header, body, 'floor-gap-table')}")
 
 
-def write_page(workdir: str | Path, out_dir: Path, figures: list[Path]) -> Path:
-    """Writes `out_dir/index.html` (after `ablation.json` and the figures); returns its path."""
-    workdir = Path(workdir)
-    study = json.loads((workdir / "study.json").read_text())
-    rows = json.loads((out_dir / "ablation.json").read_text())["variants"]
+def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
+               figures: list[Path]) -> Path:
+    """Writes `index.html` into `out_dir` (beside the figures) from the report's `rows`
+    (`ablation_table.build_table`); returns its path."""
+    study = json.loads(StudyLayout(workdir).manifest.read_text())
     viewer = "".join(panel for variant, runs in study_runs(workdir).items()
                      for panel in _chosen_neurons(runs[0][1], variant))
     images = "".join(f'<img src="{html.escape(p.name)}" alt="{html.escape(p.stem)}">'
@@ -180,6 +182,6 @@ def write_page(workdir: str | Path, out_dir: Path, figures: list[Path]) -> Path:
             f"{_table_html(*wide_table_cells(rows), 'ablation-table')}"
             f"<h2>Figures</h2>{images}"
             f'<h2>Neurons</h2><div id="neuron-viewer">{viewer}</div></body></html>')
-    path = out_dir / "index.html"
+    path = ReportLayout(Path(out_dir)).page
     path.write_text(page)
     return path

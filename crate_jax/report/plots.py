@@ -15,9 +15,7 @@ a panel lacks some (a variant without a site is absent from that panel, not zero
 
 from __future__ import annotations
 
-import json
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -28,7 +26,9 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from crate_jax.report.ablation_table import REPORTED_SPLITS, SITES  # noqa: E402
+from crate_jax.layout import ReportLayout, RunLayout  # noqa: E402
+from crate_jax.report import run_files  # noqa: E402
+from crate_jax.report.ablation_table import REPORTED_SPLITS, SITES, study_runs  # noqa: E402
 from crate_jax.report.run_files import REFERENCE_KEYS, references, score_entries  # noqa: E402
 from crate_jax.report.statistics import pooled_mean_interval  # noqa: E402
 
@@ -37,11 +37,8 @@ _REFERENCE_STYLE = {"unigram": ":", "bigram": "--", "floor": "-."}
 
 
 def _runs(workdir: Path) -> dict[str, list[Path]]:
-    study = json.loads((workdir / "study.json").read_text())
-    runs: dict[str, list[Path]] = defaultdict(list)
-    for run in study["runs"].values():
-        runs[run["variant"]].append(workdir / run["workdir"])
-    return runs
+    return {variant: [run_dir for _, run_dir in runs]
+            for variant, runs in study_runs(workdir).items()}
 
 
 def variant_colours(variants: list[str]) -> dict[str, str]:
@@ -57,8 +54,7 @@ def _variant_legend(figure, colours: dict[str, str], **style) -> None:
 
 def _layer_scores(run_dir: Path, site: str, split: str) -> dict[int, list[float]]:
     scores = {}
-    for path in sorted((run_dir / "interp" / "scores" / site).glob("layer_*/scores.jsonl")):
-        layer = int(path.parent.name.split("_")[1])
+    for _, layer, path in RunLayout(run_dir).score_files(site):
         entries = score_entries(path)
         scores[layer] = [math.nan if e["scores"].get(split) is None else e["scores"][split]
                          for e in entries if split not in e["failures"]]
@@ -67,7 +63,7 @@ def _layer_scores(run_dir: Path, site: str, split: str) -> dict[int, list[float]
 
 def _sites_present(runs: dict[str, list[Path]]) -> list[str]:
     return [site for site in SITES
-            if any((d / "interp" / "scores" / site).exists() for ds in runs.values() for d in ds)]
+            if any(site in RunLayout(d).scored_sites() for ds in runs.values() for d in ds)]
 
 
 def scores_by_layer_figure(runs: dict[str, list[Path]], split: str) -> Figure:
@@ -113,8 +109,7 @@ def sparsity_by_layer_figure(runs: dict[str, list[Path]]) -> Figure:
     figure, axes = plt.subplots(1, len(sites), sharey=True, squeeze=False, **_FIGURE)
     for axis, site in zip(axes[0], sites, strict=True):
         for variant, run_dirs in runs.items():
-            sparsity = [json.loads((d / "interp" / "sparsity.json").read_text()).get(site)
-                        for d in run_dirs]
+            sparsity = [run_files.sparsity(d).get(site) for d in run_dirs]
             sparsity = [s for s in sparsity if s]
             if not sparsity:
                 continue
@@ -131,9 +126,8 @@ def sparsity_by_layer_figure(runs: dict[str, list[Path]]) -> Figure:
 
 
 def _validation_curve(run_dir: Path) -> tuple[list[int], list[float]]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    points = [(r["step"], r["loss"]) for r in records if r["split"] == "validation"]
-    return [p[0] for p in points], [p[1] for p in points]
+    records = run_files.validation_records(run_dir)
+    return [r["step"] for r in records], [r["loss"] for r in records]
 
 
 def _reference_losses(runs: dict[str, list[Path]]) -> dict[str, float]:
@@ -192,11 +186,12 @@ def _save(figure: Figure, path: Path) -> Path:
 def write_plots(workdir: str | Path, out_dir: Path) -> list[Path]:
     """Every figure of the study into `out_dir`; returns their paths."""
     runs = _runs(Path(workdir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [_save(scores_by_layer_figure(runs, split), out_dir / f"scores_by_layer_{split}.png")
-             for split in REPORTED_SPLITS]
-    for name, build in (("sparsity_by_layer.png", sparsity_by_layer_figure),
-                        ("validation_loss.png", validation_loss_figure),
-                        ("score_vs_loss.png", score_vs_loss_figure)):
-        paths.append(_save(build(runs), out_dir / name))
+    report = ReportLayout(Path(out_dir))
+    report.directory.mkdir(parents=True, exist_ok=True)
+    paths = [_save(scores_by_layer_figure(runs, split),
+                   report.figure(f"scores_by_layer_{split}")) for split in REPORTED_SPLITS]
+    for name, build in (("sparsity_by_layer", sparsity_by_layer_figure),
+                        ("validation_loss", validation_loss_figure),
+                        ("score_vs_loss", score_vs_loss_figure)):
+        paths.append(_save(build(runs), report.figure(name)))
     return paths

@@ -29,9 +29,11 @@ from pathlib import Path
 
 from absl import app, flags
 
+from crate_jax.layout import RunLayout, StudyLayout
 from crate_jax.report.ablation_table import SITES, build_table, study_runs
 from crate_jax.report.answer import answer_markdown
 from crate_jax.report.floor_gap import floor_gap_cells
+from crate_jax.report.study_report import not_a_study, report_settings
 from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
 
 BLOCKS = ("facts", "answer", "table", "floor", "truth")
@@ -43,12 +45,12 @@ def _marker(block: str, end: str) -> str:
 
 def facts_text(workdir: Path, rows: list[dict]) -> str:
     """One paragraph: what the study ran, on what, and what its data's reference losses are."""
-    study = json.loads((workdir / "study.json").read_text())
+    study = json.loads(StudyLayout(workdir).manifest.read_text())
     runs = study_runs(workdir)
-    first = next(iter(runs.values()))[0][1]
-    config = json.loads((first / "config.json").read_text())
-    versions = json.loads((first / "run_info.json").read_text()).get("versions", {})
-    summary = json.loads((first / "interp" / "summary.json").read_text())
+    first = RunLayout(next(iter(runs.values()))[0][1])
+    config = json.loads(first.config.read_text())
+    versions = json.loads(first.run_info.read_text()).get("versions", {})
+    summary = json.loads(first.summary.read_text())
     train, interp = config["train"], config["interp"]
     seeds = max(len(r) for r in runs.values())
     text = (f"Study: {len(runs)} variants x {seeds} seed{'s' if seeds > 1 else ''}; "
@@ -139,15 +141,13 @@ def _wrapped(markdown: str) -> str:
 
 def study_rows(workdir: Path) -> list[dict]:
     """The study report's own rows (`report/ablation.json`), so the README repeats its numbers
-    exactly; rebuilt with the study's bootstrap settings where the report is missing or old."""
-    report = workdir / "report" / "ablation.json"
+    exactly; rebuilt with the report's settings where the report is missing or old."""
+    report = StudyLayout(workdir).report.ablation_json
     if report.exists():
         saved = json.loads(report.read_text())
         if isinstance(saved, dict):  # older reports (a bare list) lack the reference losses
             return saved["variants"]
-    first = next(iter(study_runs(workdir).values()))[0][1]
-    interp = json.loads((first / "config.json").read_text())["interp"]
-    return build_table(workdir, samples=interp["bootstrap_samples"], seed=interp["seed"])
+    return build_table(workdir, **report_settings(workdir))
 
 
 def study_blocks(workdir: str | Path) -> dict[str, str]:
@@ -201,9 +201,9 @@ _AS_BLOCK = flags.DEFINE_string("as_block", "", "Write only this block (e.g. std
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if _WORKDIR.value is None or not (Path(_WORKDIR.value) / "study.json").exists():
-        raise app.UsageError(f"--workdir={_WORKDIR.value} holds no study.json: run the study "
-                             "first (python -m crate_jax.main --config=configs/ablation.py ...)")
+    problem = not_a_study(_WORKDIR.value)
+    if problem:
+        raise app.UsageError(problem)
     try:
         regenerate_readme(_WORKDIR.value, _README.value, _AS_BLOCK.value)
     except ValueError as error:

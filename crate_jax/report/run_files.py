@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from crate_jax.interp.neuron_scoring import read_neuron_lines
+from crate_jax.layout import RunLayout
+from crate_jax.train.metrics import read_metrics
 
 REFERENCE_KEYS = ("unigram", "bigram", "floor")
 
@@ -42,18 +44,26 @@ def score_entries(path: Path) -> tuple[dict, ...]:
 
 def final_validation(run_dir: Path) -> dict:
     """`{"loss", "bits_per_byte", "steps": [...], "losses": [...], "config"}` of a run."""
-    config = json.loads((run_dir / "config.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-               if line.strip()]
-    validation = [r for r in records if r["split"] == "validation"]
+    config = json.loads(RunLayout(run_dir).config.read_text())
+    validation = validation_records(run_dir)
     return {"loss": validation[-1]["loss"], "bits_per_byte": validation[-1]["bits_per_byte"],
             "steps": [r["step"] for r in validation], "losses": [r["loss"] for r in validation],
             "config": config}
 
 
+def validation_records(run_dir: Path) -> list[dict]:
+    """The run's validation records of `metrics.jsonl`, in the order they were written."""
+    return [record for record in read_metrics(run_dir) if record["split"] == "validation"]
+
+
+def sparsity(run_dir: Path) -> dict:
+    """`interp/sparsity.json`: `{site: {layer: {"zero_fraction", "mean_l0", ...}}}`."""
+    return json.loads(RunLayout(run_dir).sparsity.read_text())
+
+
 def references(run_dir: Path) -> dict | None:
     """The run's reference losses (`references.json`), or None where the run has none."""
-    path = run_dir / "references.json"
+    path = RunLayout(run_dir).references
     if not path.exists():
         return None
     return json.loads(path.read_text())
@@ -68,7 +78,7 @@ def undertrained(loss: float, reference: dict | None) -> bool | None:
 
 def ground_truth(run_dir: Path) -> dict | None:
     """`interp/ground_truth.json`, or None where the run has none (natural text)."""
-    path = run_dir / "interp" / "ground_truth.json"
+    path = RunLayout(run_dir).ground_truth
     if not path.exists():
         return None
     return json.loads(path.read_text())
@@ -107,7 +117,7 @@ def _finite_mean(values: list[float]) -> float:
 def neuron_statistics(run_dir: Path, site: str, layer: int) -> dict[int, dict[str, float]]:
     """`{neuron index: {"max", "firing_frequency", "count"}}` from the records' statistics file;
     empty where the run has none."""
-    path = run_dir / "interp" / "records" / site / f"layer_{layer}_statistics.npz"
+    path = RunLayout(run_dir).record_statistics(site, layer)
     if not path.exists():
         return {}
     with np.load(path) as data:

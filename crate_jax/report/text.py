@@ -1,8 +1,24 @@
-"""How the report writes numbers and flags: the same in `ablation.md`, the page and the README."""
+"""How the report writes numbers and flags: the same in `ablation.md`, the page and the README.
+
+Table cells are plain text, or a `Flagged` cell whose warning word each format emphasises its
+own way (`**…**` in Markdown, `<strong>` on the page), so no renderer parses another's markup.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+
+
+@dataclasses.dataclass(frozen=True)
+class Flagged:
+    """A cell that opens with a warning word shown in bold, then plain text."""
+
+    flag: str
+    rest: str = ""
+
+
+Cell = str | Flagged
 
 
 def interval_text(stats: dict | None, key: str = "mean") -> str:
@@ -18,18 +34,20 @@ def reference_text(row: dict, key: str) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def training_text(row: dict) -> str:
-    """`**undertrained** (runs)`, `beats bigram` or `n/a` (no reference losses)."""
+def training_text(row: dict) -> Cell:
+    """`undertrained (runs)` flagged, `beats bigram` or `n/a` (no reference losses)."""
     if row.get("undertrained") is None:
         return "n/a"
     if row["undertrained"]:
-        return f"**undertrained** ({', '.join(row['undertrained_runs'])})"
+        return Flagged("undertrained", f" ({', '.join(row['undertrained_runs'])})")
     return "beats bigram"
 
 
-def markdown_rows(header: list[str], body: list[list[str]]) -> str:
+def markdown_cell(cell: Cell) -> str:
+    return cell if isinstance(cell, str) else f"**{cell.flag}**{cell.rest}"
+
+
+def markdown_rows(header: list[str], body: list[list[Cell]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    lines += ["| " + " | ".join(markdown_cell(cell) for cell in cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
-
-
