@@ -3,6 +3,7 @@
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from run_helpers import REPO, with_data, workdir_with_data
@@ -65,34 +66,43 @@ def test_miniature_study_writes_every_report_file(miniature):
     _check_report_against_run_files(workdir)
 
 
+def _finished_work(run_dir):
+    """What a rerun must leave alone once it is written: the run's training curve and the
+    explanations and scores of every neuron, each with its bytes and modification time."""
+    paths = [run_dir / "metrics.jsonl",
+             *sorted((run_dir / "interp" / "scores").glob("*/layer_*/*.jsonl"))]
+    return {path.relative_to(run_dir): (path.read_bytes(), path.stat().st_mtime_ns)
+            for path in paths}
+
+
 def test_an_interrupted_study_finishes_without_retraining_finished_runs(miniature):
     """As if killed while scoring no_ista: the rerun redoes only that run's missing work."""
     config, workdir = miniature
-    stamps = {}
-    for name in ("crate_seed0", "no_ista_seed0"):
-        stamps[name] = (workdir / "runs" / name / "checkpoints" / "10").stat().st_mtime_ns
-    interp = workdir / "runs" / "no_ista_seed0" / "interp"
-    expected = _scores_of((interp / "summary.json").read_text())
-    shutil.rmtree(interp / "scores")
-    (interp / "summary.json").unlink()
+    crate, no_ista = workdir / "runs" / "crate_seed0", workdir / "runs" / "no_ista_seed0"
+    finished = _finished_work(crate)
+    trained = _finished_work(no_ista)
+    scored = {path: content for path, (content, _) in trained.items()
+              if path.parts[0] == "interp"}
+    assert Path("metrics.jsonl") in finished and Path("metrics.jsonl") in trained
+    assert {path.name for path in scored} == {"explanations.jsonl", "scores.jsonl"}
+    shutil.rmtree(no_ista / "interp" / "scores")
+    (no_ista / "interp" / "summary.json").unlink()
     run_study(config, workdir)
-    assert _scores_of((interp / "summary.json").read_text()) == expected
-    for name, mtime in stamps.items():
-        assert (workdir / "runs" / name / "checkpoints" / "10").stat().st_mtime_ns == mtime
+    assert _finished_work(crate) == finished
+    redone = _finished_work(no_ista)
+    assert redone[Path("metrics.jsonl")] == trained[Path("metrics.jsonl")]  # not retrained
+    assert {path: content for path, (content, _) in redone.items()
+            if path.parts[0] == "interp"} == scored  # rescored, as before
+    assert (no_ista / "interp" / "summary.json").exists()
 
 
 def test_rerunning_a_finished_study_retrains_nothing(miniature):
     config, workdir = miniature
-    stamps = {}
-    for name in ("crate_seed0", "no_ista_seed0"):
-        run_dir = workdir / "runs" / name
-        stamps[name] = (run_dir / "checkpoints" / "10").stat().st_mtime_ns, \
-            (run_dir / "interp" / "summary.json").read_text()
-    run_study(config, workdir)  # finished runs are skipped, results unchanged
-    for name, (mtime, summary) in stamps.items():
-        run_dir = workdir / "runs" / name
-        assert (run_dir / "checkpoints" / "10").stat().st_mtime_ns == mtime
-        assert _scores_of(summary) == _scores_of((run_dir / "interp" / "summary.json").read_text())
+    runs = [workdir / "runs" / name for name in ("crate_seed0", "no_ista_seed0")]
+    finished = {run_dir: _finished_work(run_dir) for run_dir in runs}
+    run_study(config, workdir)  # finished runs are skipped, their files untouched
+    for run_dir in runs:
+        assert _finished_work(run_dir) == finished[run_dir], run_dir.name
 
 
 def test_report_page_renders_in_a_headless_browser(miniature, tmp_path):
