@@ -248,3 +248,32 @@ def test_unknown_record_protocol_or_too_few_records_for_the_paper_is_a_config_er
         check_record_protocol("paper", top_k=8, random_k=20)
     check_record_protocol("paper", top_k=10, random_k=10)
     check_record_protocol("default", top_k=2, random_k=2)
+
+
+def test_map_in_threads_keeps_item_order_or_yields_as_finished_and_raises_the_first_error():
+    import threading
+    import time
+
+    from crate_jax.interp.thread_pool import map_in_threads
+
+    def slow_first(item):
+        time.sleep(0.2 if item == 0 else 0.0)
+        return item, threading.get_ident()
+
+    ordered = list(map_in_threads(slow_first, range(4), workers=4))
+    assert [item for item, _ in ordered] == [0, 1, 2, 3]
+    assert len({thread for _, thread in ordered}) > 1, "ran on several threads"
+    finished = [item for item, _ in map_in_threads(slow_first, range(4), workers=4,
+                                                     as_completed=True)]
+    assert sorted(finished) == [0, 1, 2, 3] and finished[-1] == 0
+    serial = list(map_in_threads(slow_first, range(3), workers=1))
+    assert {thread for _, thread in serial} == {threading.get_ident()}, "one worker: no threads"
+
+    def fail_on_odd(item):
+        time.sleep(0.1 if item == 1 else 0.0)
+        if item % 2:
+            raise ValueError(f"item {item}")
+        return item
+
+    with pytest.raises(ValueError, match="item 1"):  # item 3 fails first, item 1 is raised
+        list(map_in_threads(fail_on_odd, range(4), workers=4))

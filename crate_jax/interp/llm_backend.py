@@ -18,12 +18,11 @@ their few-shot examples:
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import math
 import re
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from crate_jax.interp.explanation import (
     MAX_NORMALIZED_ACTIVATION,
@@ -33,6 +32,7 @@ from crate_jax.interp.explanation import (
 )
 from crate_jax.interp.llm_client import OpenAICompatibleClient, RequestRejected
 from crate_jax.interp.records import ActivationRecord
+from crate_jax.interp.thread_pool import map_in_threads
 
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
 PLACEHOLDER = "unknown"
@@ -45,8 +45,6 @@ _TASK = (
     "token<TAB>activation, the activation an integer from 0 (none) to 10 (strongest); most are 0.")
 
 SimulationMode = Literal["auto", "logprobs", "json"]
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 class ExplanationFailure(SimulationFailure):
@@ -312,13 +310,13 @@ class LLMSimulator:
                                                             token_sequences[1:])
         if self.resolved_mode == "logprobs":
             return self._simulate_with_logprobs(explanation.text, token_sequences)
-        return _map_concurrently(lambda tokens: self._simulate_json(explanation.text, tokens),
-                                 token_sequences, self.client.max_concurrency)
+        return list(map_in_threads(lambda tokens: self._simulate_json(explanation.text, tokens),
+                                   token_sequences, self.client.max_concurrency))
 
     def _simulate_with_logprobs(self, explanation: str,
                                 token_sequences: Sequence[Sequence[str]]) -> list[list[float]]:
-        return _map_concurrently(lambda tokens: self._simulate_logprobs(explanation, tokens),
-                                 token_sequences, self.client.max_concurrency)
+        return list(map_in_threads(lambda tokens: self._simulate_logprobs(explanation, tokens),
+                                   token_sequences, self.client.max_concurrency))
 
     def _simulate_logprobs(self, explanation: str, tokens: Sequence[str]) -> list[float]:
         if not tokens:
@@ -336,17 +334,6 @@ class LLMSimulator:
         response = self.client.chat_completion(json_simulation_messages(explanation, tokens),
                                                max_tokens=4 * len(tokens) + 16, **self.sampling)
         return parse_activation_list(_message_text(response), len(tokens))
-
-
-def _map_concurrently(function: Callable[[T], R], items: Sequence[T],
-                      max_workers: int) -> list[R]:
-    """`[function(x) for x in items]` on up to `max_workers` threads; the first error (in item
-    order) is raised."""
-    if len(items) <= 1:
-        return [function(item) for item in items]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(max_workers, len(items))) as pool:
-        futures = [pool.submit(function, item) for item in items]
-        return [future.result() for future in futures]
 
 
 def _message_text(response: dict[str, Any]) -> str:

@@ -10,12 +10,11 @@ answer is often a one-off) and appends the new line: the last line of a neuron i
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from crate_jax.interp.splits import (
     held_out_records,
     split_groups,
 )
+from crate_jax.interp.thread_pool import map_in_threads
 from crate_jax.layout import LayerScoresLayout
 
 PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_only": "openai",
@@ -93,18 +93,6 @@ def _append(path: Path, entry: dict) -> None:
         file.flush()
 
 
-def _parallel(function: Callable, items: Iterable, workers: int) -> Iterable:
-    """`function` over `items` (in a thread pool when `workers > 1`), yielding as they finish."""
-    items = list(items)
-    if workers <= 1:
-        yield from (function(item) for item in items)
-        return
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(function, item) for item in items]
-        for future in concurrent.futures.as_completed(futures):
-            yield future.result()
-
-
 def _complete(neurons: list[NeuronRecord], work: Callable[[NeuronRecord], dict], path: Path,
               redo: Callable[[dict], bool], workers: int) -> dict[int, dict]:
     """Runs `work` on the neurons not yet in `path` or whose entry `redo` says to redo,
@@ -112,7 +100,7 @@ def _complete(neurons: list[NeuronRecord], work: Callable[[NeuronRecord], dict],
     done = read_neuron_lines(path, repair=True)
     todo = [n for n in neurons if n.neuron_id.neuron_index not in done
             or redo(done[n.neuron_id.neuron_index])]
-    for entry in _parallel(work, todo, workers):
+    for entry in map_in_threads(work, todo, workers, as_completed=True):
         _append(path, entry)
         done[entry["neuron"]] = entry
     return done
