@@ -1,16 +1,15 @@
 """The interpretability stage never reuses or relabels results whose inputs changed, never
 rebuilds the tokenizer, repairs its append-only files on open and retries failed neurons."""
 
-import http.server
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+from openai_stub import OpenAIStub
 from run_helpers import REPO, copy_run, tiny_config, with_data, workdir_with_data
 
 from crate_jax.data.tokenizer import TokenizerError
@@ -187,36 +186,14 @@ def test_the_report_reads_the_last_line_per_neuron_and_leaves_a_cut_file_alone(t
     assert path.read_text() == text
 
 
-class _ScriptedServer:
-    """An OpenAI-compatible chat endpoint on localhost whose answers the test switches:
-    `empty` (no explanation at all), `prose` (explanations, but simulations that are not
-    lists of numbers) or `good` (a number per token)."""
+class _Script:
+    """Answers to chat requests that the test switches: `empty` (no explanation at all), `prose`
+    (explanations, but simulations that are not lists of numbers) or `good` (a number per
+    token)."""
 
-    def __init__(self):
-        self.mode, self.requests = "empty", 0
-        server = self
+    mode = "empty"
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests += 1
-                reply = json.dumps({"choices": [{"message": {
-                    "role": "assistant",
-                    "content": server.answer(body["messages"][-1]["content"])}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
-
-            def log_message(self, *args):
-                pass
-
-        self.http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
-        threading.Thread(target=self.http.serve_forever, daemon=True).start()
-
-    def answer(self, prompt: str) -> str:
+    def __call__(self, prompt: str) -> str:
         if self.mode == "empty":
             return ""
         simulation = re.search(r"Tokens \(\d+\): (.*)\n\nPredict", prompt)
@@ -230,7 +207,8 @@ class _ScriptedServer:
 def test_failed_neurons_are_retried_on_rerun_and_a_stage_where_all_failed_stops(
         prepared, trained, tmp_path):
     workdir = copy_run(trained, tmp_path, "run")
-    server = _ScriptedServer()
+    script = _Script()
+    server = OpenAIStub(chat=script)
     config = _config(prepared, neurons_per_layer=2, explainer="llm")
     config.interp.llm.update(dict(base_url=server.base_url, model="scripted", api_key_env="",
                                   simulator_mode="json", max_retries=0, timeout_s=10.0))
@@ -243,22 +221,22 @@ def test_failed_neurons_are_retried_on_rerun_and_a_stage_where_all_failed_stops(
         with pytest.raises(InterpretabilityError,
                            match=r"all 4 neurons failed.*gave no explanation.*rerun"):
             evaluate_interpretability(config, workdir)
-        server.mode = "prose"
+        script.mode = "prose"
         with pytest.raises(InterpretabilityError, match=r"all 4 neurons failed.*no JSON list"):
             evaluate_interpretability(config, workdir)
         assert all("failure" not in entry["openai"] for entry in lines("explanations.jsonl")[2:])
 
-        server.mode = "good"
+        script.mode = "good"
         config.interp.retry_failed = False
-        requests = server.requests
+        requests = len(server.requests)
         with pytest.raises(InterpretabilityError, match="interp.retry_failed=True"):
             evaluate_interpretability(config, workdir)
-        assert server.requests == requests  # nothing was asked again
+        assert len(server.requests) == requests  # nothing was asked again
 
         config.interp.retry_failed = True
         summary = evaluate_interpretability(config, workdir)
     finally:
-        server.http.shutdown()
+        server.stop()
     assert len(lines("explanations.jsonl")) == 4  # failed, then redone once
     scores = lines("scores.jsonl")
     assert len(scores) == 6  # explanation failed, simulations failed, scored

@@ -2,9 +2,11 @@
 
 Standard library only, so the `llm` backend adds no runtime dependency. It owns the failure
 policy of the backend: connection errors, timeouts, 429 and 5xx are retried with exponential
-backoff; any other 4xx is the request's fault and is not retried. When retries run out the caller
-gets a `BackendError` that names the URL and says what to check, which stops the pipeline run
-(finished neurons stay on disk and a rerun resumes).
+backoff and jitter (so that the threads of a pool that failed together do not retry together),
+never sooner than a server's `Retry-After`; any other 4xx is the request's fault and is not
+retried. When retries run out, or a server asks for a longer wait than a run should sit idle, the
+caller gets a `BackendError` that names the URL and says what to check, which stops the pipeline
+run (finished neurons stay on disk and a rerun resumes).
 
 A `threading.BoundedSemaphore` caps the number of requests in flight from one client, whichever
 threads they come from: the pipeline may share one client across a thread pool.
@@ -12,15 +14,18 @@ threads they come from: the pipeline may share one client across a thread pool.
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
 import logging
 import os
+import random
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from datetime import UTC
 from typing import Any
 
 from crate_jax.interp.explanation import BackendError
@@ -56,13 +61,13 @@ class OpenAICompatibleClient:
     on every request (so it can be set after construction and never sits in a config or a log);
     when it is unset or `api_key_env` is None no `Authorization` header is sent, which is what
     local servers expect. `max_retries` counts attempts after the first, so a request is tried at
-    most `max_retries + 1` times, sleeping `backoff_s * 2**k` before retry k (or the server's
-    `Retry-After`, capped at 60 s).
+    most `max_retries + 1` times; `retry_delay_s` says how long it waits before each retry, its
+    jitter drawn from a generator seeded with `jitter_seed` (None: from the OS).
     """
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout_s: float = 60, max_retries: int = 3, backoff_s: float = 1.0,
-                 max_concurrency: int = 4):
+                 max_concurrency: int = 4, jitter_seed: int | None = None):
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
         if max_concurrency < 1:
@@ -77,12 +82,21 @@ class OpenAICompatibleClient:
         self._in_flight = threading.BoundedSemaphore(max_concurrency)
         self._count_lock = threading.Lock()
         self._attempt_count = 0
+        self._jitter = random.Random(jitter_seed)
 
     @property
     def attempt_count(self) -> int:
         """HTTP attempts made so far by this client, retries included (all threads)."""
         with self._count_lock:
             return self._attempt_count
+
+    def retry_delay_s(self, retry: int, retry_after_s: float | None = None) -> float:
+        """Seconds to wait before retry `retry` (1 for the first). With b = backoff_s *
+        2**(retry-1): uniform in [b/2, b] ("equal jitter": spread out, yet never much sooner than
+        the backoff), or after a server's `Retry-After` of r seconds, uniform in [r, r + b/2]."""
+        half = self.backoff_s * 2 ** (retry - 1) / 2
+        floor = half if retry_after_s is None else retry_after_s
+        return floor + self._jitter.uniform(0, half)
 
     def chat_completion(self, messages: Sequence[Mapping[str, str]],
                         **params: Any) -> dict[str, Any]:
@@ -116,16 +130,20 @@ class OpenAICompatibleClient:
         last_cause, retry_after = "no attempt made", None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                delay = self.backoff_s * 2 ** (attempt - 1)
-                if retry_after is not None:
-                    delay = retry_after
-                logger.warning("retrying %s in %.1f s (attempt %d of %d): %s", url, delay,
+                delay = self.retry_delay_s(attempt, retry_after)
+                logger.warning("retrying %s in %.2f s (attempt %d of %d): %s", url, delay,
                                attempt + 1, self.max_retries + 1, last_cause)
                 time.sleep(delay)
             try:
                 raw = self._attempt(method, url, data)
             except _RetryableError as error:
                 last_cause, retry_after = str(error), error.retry_after_s
+                if retry_after is not None and retry_after > _MAX_RETRY_AFTER_S:
+                    raise BackendError(
+                        f"{method} {url} answered {last_cause} with Retry-After: "
+                        f"{retry_after:.0f} s, more than the {_MAX_RETRY_AFTER_S:.0f} s this "
+                        "client waits (a rate limit or an exhausted quota); rerun after that "
+                        "time, finished neurons are kept") from None
                 continue
             try:
                 return json.loads(raw)
@@ -181,12 +199,22 @@ def _read_error_body(error: urllib.error.HTTPError) -> str:
 
 
 def _retry_after_s(headers: Any) -> float | None:
-    """The `Retry-After` header in seconds (HTTP-date form is ignored), capped at 60 s."""
+    """The `Retry-After` header as seconds from now, in either of its forms (RFC 9110 10.2.3):
+    a number of seconds or an HTTP-date; None when absent or unreadable."""
     value = headers.get("Retry-After") if headers is not None else None
+    if value is None:
+        return None
     try:
-        return min(_MAX_RETRY_AFTER_S, max(0.0, float(value)))
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP-dates are
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _preview(text: str) -> str:
