@@ -12,6 +12,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from openai_stub import OpenAIStub, Reply
 
 from crate_jax.interp.explanation import BackendError, Explanation, SimulationFailure
 from crate_jax.interp.llm_backend import (
@@ -112,6 +114,38 @@ def test_expected_activations_without_prompt_logprobs_is_a_failure():
     prompt, slots = placeholder_prompt("letters", ["a"])
     with pytest.raises(SimulationFailure, match="no prompt logprobs"):
         expected_activations(None, prompt, slots)
+
+
+def _twice_the_length_of_each_token(prompt: str) -> str:
+    """A scripted JSON-mode answer, chatty as models are: a number per listed token."""
+    tokens = json.loads(re.search(r"Tokens \(\d+\): (.*)\n\nPredict", prompt).group(1))
+    return f"Sure! Here it is: {json.dumps([2 * len(token) for token in tokens])}"
+
+
+@pytest.mark.parametrize("mode", ["json", "auto"])
+def test_json_mode_predicts_the_numbers_the_model_answered(mode):
+    """Against scripted answers, so the values are known: each sequence gets its own answer's
+    numbers, in token order, clipped to 10. `auto` first asks `/completions` for prompt
+    logprobs; this server returns none, so it settles on JSON."""
+    no_logprobs = Reply(body={"choices": [{"index": 0, "text": "", "logprobs": None}]})
+    with OpenAIStub(chat=_twice_the_length_of_each_token, default=no_logprobs) as stub:
+        client = OpenAICompatibleClient(stub.base_url, "scripted", api_key_env=None,
+                                        max_retries=0)
+        simulator = LLMSimulator(client, mode=mode)
+        predictions = simulator.simulate(Explanation("cats"), SEQUENCES)
+    assert predictions == [[4.0, 8.0, 10.0, 10.0], [8.0, 10.0, 2.0, 10.0, 2.0]]
+    assert simulator.resolved_mode == "json"
+    asked = [request.path for request in stub.requests]
+    assert asked == ["/v1/completions"] * (mode == "auto") + ["/v1/chat/completions"] * 2
+
+
+def test_json_mode_answer_without_numbers_is_a_failure_never_zeros():
+    with OpenAIStub(chat=lambda prompt: "The neuron fires on cats.") as stub:
+        client = OpenAICompatibleClient(stub.base_url, "scripted", api_key_env=None,
+                                        max_retries=0)
+        with pytest.raises(SimulationFailure, match="no JSON list of numbers in the answer: "
+                                                    "'The neuron fires on cats.'"):
+            LLMSimulator(client, mode="json").simulate(Explanation("cats"), SEQUENCES)
 
 
 def _tokenize_by_characters_and_placeholders(prompt: str) -> list[str]:
@@ -247,16 +281,49 @@ def test_a_server_that_dies_is_reported_with_its_exit_code_and_log(gguf_model):
         server.stop()
 
 
-def _assert_predictions_or_failure(simulator: LLMSimulator, explanation: Explanation) -> bool:
-    """True when predictions came back with the right shape and range; False when the model's
-    answer was recorded as a `SimulationFailure` (a tiny model often cannot follow the format)."""
+class _RecordsAnswers(OpenAICompatibleClient):
+    """The real server; keeps each chat answer under the tokens its simulation request listed,
+    so a test can hold the simulator's result against what the model actually said."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.answers: dict[str, str] = {}
+
+    def chat_completion(self, messages, **params):
+        response = super().chat_completion(messages, **params)
+        listed = re.search(r"Tokens \(\d+\): (.*)\n", messages[-1]["content"]).group(1)
+        self.answers[listed] = response["choices"][0]["message"]["content"]
+        return response
+
+    def answer_to(self, tokens: list[str]) -> str:
+        return self.answers[json.dumps(tokens, ensure_ascii=False)]
+
+
+def _listed_numbers(answer: str, length: int) -> list[float] | None:
+    """The first bracketed list of plain numbers in `answer`, clipped to 0-10, if it has
+    `length` of them: what a JSON-mode prediction must be, read here without the parser."""
+    number = r"-?\d+(?:\.\d+)?"
+    found = re.search(rf"\[\s*{number}(?:\s*,\s*{number})*\s*\]", answer)
+    values = json.loads(found.group()) if found else []
+    return [min(10.0, max(0.0, float(v))) for v in values] if len(values) == length else None
+
+
+def _assert_json_simulation_reads_the_answers(simulator: LLMSimulator,
+                                              client: _RecordsAnswers) -> None:
+    """Each sequence's predictions are the list the model answered for it; or, when an answer
+    held no such list (a tiny model often cannot follow the format), the simulation failed
+    quoting that answer: never zeros, never another sequence's numbers."""
     try:
-        predictions = simulator.simulate(explanation, SEQUENCES)
-    except SimulationFailure:
-        return False
-    assert [len(p) for p in predictions] == [len(s) for s in SEQUENCES]
-    assert all(0.0 <= value <= 10.0 for p in predictions for value in p)
-    return True
+        predictions = simulator.simulate(Explanation("cats"), SEQUENCES)
+    except SimulationFailure as failure:
+        unreadable = [client.answer_to(tokens) for tokens in SEQUENCES
+                      if _listed_numbers(client.answer_to(tokens), len(tokens)) is None]
+        assert any(repr(answer[:200]) in str(failure) for answer in unreadable), (
+            failure, client.answers)
+        return
+    for tokens, predicted in zip(SEQUENCES, predictions, strict=True):
+        assert predicted == _listed_numbers(client.answer_to(tokens), len(tokens)), (
+            tokens, client.answer_to(tokens))
 
 
 def test_explainer_returns_nonempty_text(client):
@@ -290,12 +357,12 @@ def test_auto_mode_prefers_logprobs_when_the_server_returns_them(client):
 
 
 def test_json_mode_parses_or_records_failure(client):
-    simulator = LLMSimulator(client, mode="json")
-    _assert_predictions_or_failure(simulator, Explanation("cats"))
-    assert simulator.resolved_mode == "json"
+    recording = _RecordsAnswers(client.base_url, client.model, api_key_env=None, max_retries=0)
+    _assert_json_simulation_reads_the_answers(LLMSimulator(recording, mode="json"), recording)
+    assert len(recording.answers) == len(SEQUENCES)  # one chat request per sequence
 
 
-class _IgnoresLogprobs(OpenAICompatibleClient):
+class _IgnoresLogprobs(_RecordsAnswers):
     """The real server, asked the way a server that ignores `echo`/`logprobs` would answer
     (OpenAI's chat-only models, llama.cpp's own `llama-server`): no prompt logprobs."""
 
@@ -309,7 +376,7 @@ class _IgnoresLogprobs(OpenAICompatibleClient):
 def test_auto_mode_falls_back_to_json_without_prompt_logprobs(client):
     ignoring = _IgnoresLogprobs(client.base_url, client.model, api_key_env=None, max_retries=0)
     simulator = LLMSimulator(ignoring, mode="auto")
-    _assert_predictions_or_failure(simulator, Explanation("cats"))
+    _assert_json_simulation_reads_the_answers(simulator, ignoring)
     assert simulator.resolved_mode == "json"
     with pytest.raises(SimulationFailure, match="no prompt logprobs"):
         LLMSimulator(ignoring, mode="logprobs").simulate(Explanation("cats"), SEQUENCES)
