@@ -51,6 +51,18 @@ def data_config(source: str, **overrides) -> types.SimpleNamespace:
 
 
 @contextlib.contextmanager
+def raises_user_error(error: type[Exception], match: str) -> Iterator[pytest.ExceptionInfo]:
+    """`pytest.raises(error, match=match)` for an error that `python -m crate_jax.main` prints as
+    one `FATAL: <message>` line: the in-process form of a CLI error test (one subprocess test in
+    test_bad_inputs.py checks that line itself)."""
+    from crate_jax.main import _USER_ERRORS
+
+    assert issubclass(error, _USER_ERRORS), f"the CLI would print a traceback for {error}"
+    with pytest.raises(error, match=match) as raised:
+        yield raised
+
+
+@contextlib.contextmanager
 def read_only(directory: Path) -> Iterator[Path]:
     """`directory` (created if missing), made read-only: by its mode, or (for root, who writes
     through modes) by the immutable attribute; skips the test when neither can be set."""

@@ -1,24 +1,29 @@
 """Every bad input to `python -m crate_jax.main` ends in one `FATAL:` line before any work.
 
-The CLI runs as users run it (a subprocess, from the repository root unless the case is about the
-working directory): the last line of stderr names the problem, no traceback is printed, and a
-workdir that did not exist is not created.
+What only the CLI process shows runs as users run it (a subprocess): a config file that does not
+load, a misspelt override, an absolute config path from another directory, and the `FATAL:` line
+itself (the last of stderr, exit code 1, no traceback). Everything else is checked in process,
+where it is decided: `check_before_any_work` raises one of the errors that `main` prints as that
+line, and a workdir that did not exist is not created.
 """
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from run_helpers import REPO, read_only
+from run_helpers import REPO, raises_user_error, read_only
 
 from configs import ablation, crate
-from crate_jax.input_checks import check_run_config
+from crate_jax.input_checks import WorkdirError, check_run_config
+from crate_jax.interp.capture import InterpretabilityError
+from crate_jax.main import check_before_any_work, stage_names
 from crate_jax.model import ConfigError
 from crate_jax.study import run_configs
-from crate_jax.train.metrics import METRICS_FILENAME, MetricsWriter
+from crate_jax.train.metrics import METRICS_FILENAME, MetricsError, MetricsWriter
 
 VARIANTS = "crate, gpt2, ista_to_mlp, no_ista, standard_attention"
 
@@ -31,7 +36,7 @@ def _main(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 def _assert_one_fatal_line(result: subprocess.CompletedProcess, *named: str) -> str:
     """The run failed with one `FATAL:` line, the last of stderr, naming each of `named`."""
-    assert result.returncode != 0, result.stdout[-2000:]
+    assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = result.stderr.strip().splitlines()
     assert lines and lines[-1].startswith("FATAL: "), result.stderr[-3000:]
@@ -41,7 +46,12 @@ def _assert_one_fatal_line(result: subprocess.CompletedProcess, *named: str) -> 
     return lines[-1]
 
 
-# --- the config file itself ---------------------------------------------------------------------
+def _check(config, workdir: Path, stages: str | None = None) -> None:
+    """What `main` does before any stage runs."""
+    check_before_any_work(config, str(workdir), stage_names(stages or config.stages))
+
+
+# --- what only the command line shows -------------------------------------------------------
 
 def _missing_file(tmp_path):
     return ["--config=configs/crat.py"], ["configs/crat.py", "crate.py"], REPO
@@ -59,16 +69,23 @@ def _no_get_config(tmp_path):
     return [f"--config={path}"], [str(path), "get_config"], REPO
 
 
-def _absolute_path_from_elsewhere(tmp_path):
-    # The config loads (its `from configs import crate` resolves), so the run reaches the next
-    # check, which is what fails here.
-    return ([f"--config={REPO / 'configs' / 'gpt2.py'}", "--config.stages=trian"],
-            ["config.stages='trian'", "unknown stage"], tmp_path)
+def _misspelt_override(tmp_path):
+    return (["--config=configs/crate.py:tiny", "--config.train.num_stepz=3"],
+            ["unknown config key 'train.num_stepz' (did you mean 'train.num_steps'?)"], REPO)
+
+
+def _study_from_elsewhere(tmp_path):
+    # The study's config and its variants' (`from configs import crate`) load from another
+    # directory; the run then reaches `check_before_any_work`, whose error `main` prints.
+    return ([f"--config={REPO / 'configs' / 'ablation.py'}",
+             "--config.study.variants=crate,ablation"],
+            ["study.variants names 'ablation'", VARIANTS], tmp_path)
 
 
 @pytest.mark.parametrize("case", [_missing_file, _syntax_error, _no_get_config,
-                                  _absolute_path_from_elsewhere], ids=lambda case: case.__name__)
-def test_config_file_problems_are_one_fatal_line(case, tmp_path):
+                                  _misspelt_override, _study_from_elsewhere],
+                         ids=lambda case: case.__name__)
+def test_command_line_problems_are_one_fatal_line(case, tmp_path):
     args, named, cwd = case(tmp_path)
     workdir = tmp_path / "run"
     _assert_one_fatal_line(_main(*args, f"--workdir={workdir}", cwd=cwd), *named)
@@ -77,19 +94,30 @@ def test_config_file_problems_are_one_fatal_line(case, tmp_path):
 
 # --- config values, checked before any data work ------------------------------------------------
 
-@pytest.mark.parametrize("override, named", [
-    ("train.grad_accum_steps=0", "train.grad_accum_steps=0"),
-    ("train.batch_size=0", "train.batch_size=0"),
-    ("train.num_steps=0", "train.num_steps=0"),
-    ("data.val_fraction=1.0", "data.val_fraction=1.0"),
-    ("interp.sites=mlp", "interp.sites"),  # crate has ista, attn and resid sites
-    ("interp.explainer=llm", "interp.llm.model"),  # an llm explainer without a model
-], ids=lambda value: value if "=" in value else "")
-def test_bad_config_values_fail_before_any_work(override, named, tmp_path):
+BAD_VALUES = [
+    ("train.grad_accum_steps", 0, ConfigError, "train.grad_accum_steps=0"),
+    ("train.batch_size", 0, ConfigError, "train.batch_size=0"),
+    ("train.num_steps", 0, ConfigError, "train.num_steps=0"),
+    ("data.val_fraction", 1.0, ConfigError, "data.val_fraction=1.0"),
+    # crate has ista, attn and resid sites
+    ("interp.sites", "mlp", InterpretabilityError, "interp.sites asks for mlp"),
+    ("interp.explainer", "llm", ConfigError, "interp.llm.model"),  # an llm without a model
+    ("stages", "trian", ConfigError, "config.stages='trian': unknown stage"),
+]
+
+
+@pytest.mark.parametrize("key, value, error, named", BAD_VALUES,
+                         ids=[f"{key}={value}" for key, value, *_ in BAD_VALUES])
+def test_bad_config_values_fail_before_any_work(key, value, error, named, tmp_path):
+    config = crate.get_config("tiny")
+    *sections, name = key.split(".")
+    node = config
+    for section in sections:
+        node = node[section]
+    node[name] = value
     workdir = tmp_path / "run"
-    result = _main("--config=configs/crate.py:tiny", f"--workdir={workdir}",
-                   f"--config.{override}")
-    _assert_one_fatal_line(result, named)
+    with raises_user_error(error, re.escape(named)):
+        _check(config, workdir)
     assert not workdir.exists()
 
 
@@ -143,9 +171,8 @@ def test_a_workdir_that_cannot_hold_the_run_is_one_fatal_line(kind, tmp_path):
         else:
             (tmp_path / "file").write_text("not a directory")
             workdir = tmp_path / "file" / "run"
-        result = _main("--config=configs/crate.py:tiny", f"--workdir={workdir}",
-                       "--config.stages=train")
-        _assert_one_fatal_line(result, f"--workdir={workdir}")
+        with raises_user_error(WorkdirError, re.escape(f"--workdir={workdir}")):
+            _check(crate.get_config("tiny"), workdir, "train")
         if kind == "read_only":
             assert list(workdir.iterdir()) == []
 
@@ -162,22 +189,23 @@ def test_a_damaged_middle_line_of_metrics_is_one_fatal_line_naming_it(tmp_path):
     lines[1] = lines[1][:25] + "\n"  # line 2 of 3: damaged some other way than a crash
     path.write_text("".join(lines))
     damaged = path.read_text()
-    result = _main("--config=configs/crate.py:tiny", f"--workdir={workdir}",
-                   "--config.stages=train")
-    _assert_one_fatal_line(result, f"{path}:2", "repair")
+    before = sorted(p.name for p in workdir.iterdir())
+    with raises_user_error(MetricsError, rf"{re.escape(str(path))}:2.*repair"):
+        _check(crate.get_config("tiny"), workdir, "train")
     assert path.read_text() == damaged  # the records are the user's to repair, not dropped
-    assert sorted(p.name for p in workdir.iterdir()) == [METRICS_FILENAME, "tensorboard"]
+    assert sorted(p.name for p in workdir.iterdir()) == before
 
 
 # --- study variants -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("variant, elsewhere", [("__init__", False), ("ablation", True)])
-def test_a_study_variant_that_is_no_variant_lists_the_variants(variant, elsewhere, tmp_path):
+def test_a_study_variant_that_is_no_variant_lists_the_variants(tmp_path):
+    """From another directory too: `_study_from_elsewhere` above."""
+    config = ablation.get_config()
+    config.study.variants = "crate,__init__"
     workdir = tmp_path / "study"
-    config = REPO / "configs" / "ablation.py" if elsewhere else "configs/ablation.py"
-    result = _main(f"--config={config}", f"--workdir={workdir}",
-                   f"--config.study.variants=crate,{variant}", cwd=tmp_path if elsewhere else REPO)
-    _assert_one_fatal_line(result, f"study.variants names {variant!r}", VARIANTS)
+    with raises_user_error(ConfigError, re.escape("study.variants names '__init__'")) as raised:
+        _check(config, workdir)
+    assert VARIANTS in str(raised.value)
     assert not workdir.exists()
 
 
