@@ -18,6 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
+from crate_jax.atomic_files import write_text_atomically
 from crate_jax.data.token_arrays import prepare_token_arrays
 from crate_jax.input_checks import check_run_config
 from crate_jax.interp.evaluate import evaluate_interpretability
@@ -120,7 +121,7 @@ def run_study(config, workdir: str | Path) -> dict:
     study = StudyLayout(workdir)
     runs = run_configs(config)
     study.workdir.mkdir(parents=True, exist_ok=True)
-    study.config.write_text(config.to_json(indent=2, sort_keys=True))
+    write_text_atomically(study.config, config.to_json(indent=2, sort_keys=True))
     resumed = study.runs_dir.exists()
     # Tokenize once: every run shares the data settings, so they share the token arrays.
     prepare_token_arrays(config.data, config.model.vocab_size, study.workdir)
@@ -137,12 +138,12 @@ def run_study(config, workdir: str | Path) -> dict:
         evaluate_interpretability(run, run_layout.workdir)
         manifest["runs"][name] = {"variant": run.variant, "seed": run.seed,
                                   "workdir": str(run_layout.workdir.relative_to(study.workdir))}
-    study.manifest.write_text(json.dumps(manifest, indent=2))
+    write_text_atomically(study.manifest, json.dumps(manifest, indent=2))
     rows, page = write_study_report(study.workdir)
     # What this invocation cost: the whole study when it ran from an empty workdir.
     manifest.update(wall_seconds=time.perf_counter() - started, resumed=resumed,
                     peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    study.manifest.write_text(json.dumps(manifest, indent=2))
+    write_text_atomically(study.manifest, json.dumps(manifest, indent=2))
     print(markdown_table(rows, answer_last=True), flush=True)
     print(f"study: open {page}", flush=True)
     return manifest

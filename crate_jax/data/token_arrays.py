@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crate_jax.atomic_files import atomic_path, write_json_atomically
 from crate_jax.data import planted
 from crate_jax.data.sources import (
     Document,
@@ -221,8 +222,7 @@ def _write_split(documents: Iterator[Document], tokenizer: TextTokenizer, path: 
                  dtype: np.dtype) -> dict:
     """Tokenizes `documents` into `path` (each followed by end-of-text); returns counts."""
     counts = {"documents": 0, "tokens": 0, "bytes": 0}
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "wb") as file:
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
         chunk: list[str] = []
 
         def flush() -> None:
@@ -238,7 +238,6 @@ def _write_split(documents: Iterator[Document], tokenizer: TextTokenizer, path: 
             if len(chunk) == _ENCODE_CHUNK:
                 flush()
         flush()
-    os.replace(temporary, path)
     return counts
 
 
@@ -265,10 +264,9 @@ def _write_planted_truth(path: Path, validation_ids: list[str], tokens: int) -> 
         raise DataPreparationError(
             f"planted ground truth covers {floor.size} tokens but validation.bin holds {tokens}: "
             "use data.tokenizer='word' with the planted source (one token per word)")
-    with open(path.with_suffix(".tmp"), "wb") as file:
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
         np.savez(file, labels=labels, floor_nll=floor.astype(np.float64),
                  features=np.asarray(planted.FEATURES))
-    os.replace(path.with_suffix(".tmp"), path)
 
 
 def read_planted_truth(data_directory: Path) -> dict[str, np.ndarray] | None:
@@ -328,8 +326,3 @@ def _check_tokenizer(directory: Path, manifest: dict) -> None:
             f"differs from the one in {DataLayout(directory).manifest}); {fix}")
 
 
-def write_json_atomically(path: Path, value: dict) -> None:
-    """Temp file + rename: a crash leaves the old file or the new one, never half of one."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True))
-    os.replace(temporary, path)

@@ -11,13 +11,13 @@ the optional `tiktoken` package and its cached vocabulary files.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from crate_jax.atomic_files import atomic_path
 from crate_jax.layout import DataLayout
 
 END_OF_TEXT = "<|endoftext|>"
@@ -70,9 +70,8 @@ class SavedTokenizer:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def save(self, path: Path) -> None:
-        temporary = path.with_suffix(".tmp")
-        self._tokenizer.save(str(temporary))
-        os.replace(temporary, path)  # never leave a half-written tokenizer behind
+        with atomic_path(path) as temporary:  # never leave a half-written tokenizer behind
+            self._tokenizer.save(str(temporary))
 
     @classmethod
     def load(cls, path: Path) -> SavedTokenizer:

@@ -8,13 +8,13 @@ and are then dropped, so memory does not grow with the evaluation set.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from crate_jax.atomic_files import atomic_path
 from crate_jax.interp.miner import RecordMiner
 from crate_jax.interp.records import NeuronRecord, from_json, to_json
 from crate_jax.interp.sparsity import SparsityCounter
@@ -96,20 +96,17 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
     for (site, layer), miner in miners.items():
         path = layout.records(site, layer)
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(".tmp")
-        with open(temporary, "w") as file:
-            indices = chosen[site, layer]
+        indices = chosen[site, layer]
+        with atomic_path(path) as temporary, open(temporary, "w") as file:
             # The miner saw only the chosen neurons, as columns 0..n-1: name them properly.
             for record in miner.neuron_records(layer, range(len(indices)), decode):
                 record.neuron_id.neuron_index = int(indices[record.neuron_id.neuron_index])
                 file.write(to_json(record) + "\n")
-        os.replace(temporary, path)
         # Per-neuron max and firing frequency (not fields of OpenAI's NeuronRecord) with the
         # moments, for the chosen neurons in file order.
         statistics = layout.record_statistics(site, layer)
-        with open(statistics.with_suffix(".tmp"), "wb") as file:
+        with atomic_path(statistics) as temporary, open(temporary, "wb") as file:
             np.savez(file, neuron_index=indices, **miner.neuron_statistics())
-        os.replace(statistics.with_suffix(".tmp"), statistics)
     return {site: {str(layer): counters[site, layer].summary() for layer in layers}
             for site in sites}
 

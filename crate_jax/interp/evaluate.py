@@ -17,11 +17,8 @@ from pathlib import Path
 
 import jax
 
-from crate_jax.data.token_arrays import (
-    prepare_token_arrays,
-    read_planted_truth,
-    write_json_atomically,
-)
+from crate_jax.atomic_files import write_json_atomically, write_text_atomically
+from crate_jax.data.token_arrays import prepare_token_arrays, read_planted_truth
 from crate_jax.data.tokenizer import load_saved_tokenizer
 from crate_jax.interp.backends import make_backend
 from crate_jax.interp.capture import (
@@ -137,7 +134,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
                "config": config.interp.to_dict(), "versions": package_versions(),
                "seconds_this_run": elapsed, "neurons_scored": len(entries)}
     write_json_atomically(layout.summary, summary)
-    layout.interp_report.write_text(markdown_report(summary))
+    write_text_atomically(layout.interp_report, markdown_report(summary))
     _say(markdown_report(summary))
     return summary
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from crate_jax.data.token_arrays import write_json_atomically
+from crate_jax.atomic_files import write_json_atomically
 from crate_jax.layout import RunLayout
 
 # Settings that change only how fast the stage runs or how its summary is presented.

@@ -18,6 +18,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from crate_jax.atomic_files import atomic_path, write_text_atomically
 from crate_jax.layout import ReportLayout, RunLayout, StudyLayout
 from crate_jax.model import NEURON_SITES, ModelConfig, paper_parameter_count
 from crate_jax.report import run_files
@@ -182,15 +183,15 @@ def write_table(rows: list[dict], out_dir: Path) -> None:
     one row per variant) and `ablation.md` (the answer, then the wide table)."""
     report = ReportLayout(Path(out_dir))
     report.directory.mkdir(parents=True, exist_ok=True)
-    report.ablation_json.write_text(json.dumps({"answer": answer_json(rows), "variants": rows},
-                                               indent=2))
+    write_text_atomically(report.ablation_json,
+                          json.dumps({"answer": answer_json(rows), "variants": rows}, indent=2))
     flat = [_flat(row) for row in rows]
     columns = list(dict.fromkeys(key for row in flat for key in row))
-    with open(report.ablation_csv, "w", newline="") as file:
+    with atomic_path(report.ablation_csv) as temporary, open(temporary, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(flat)
-    report.ablation_markdown.write_text(markdown_table(rows))
+    write_text_atomically(report.ablation_markdown, markdown_table(rows))
 
 
 def _left_out_text(row: dict, site: str) -> str:

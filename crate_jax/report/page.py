@@ -21,6 +21,7 @@ import json
 import statistics
 from pathlib import Path
 
+from crate_jax.atomic_files import write_text_atomically
 from crate_jax.interp.explanation import MAX_NORMALIZED_ACTIVATION
 from crate_jax.interp.records import NeuronRecord, from_json, max_activation
 from crate_jax.interp.splits import explanation_records
@@ -183,5 +184,5 @@ def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
             f"<h2>Figures</h2>{images}"
             f'<h2>Neurons</h2><div id="neuron-viewer">{viewer}</div></body></html>')
     path = ReportLayout(Path(out_dir)).page
-    path.write_text(page)
+    write_text_atomically(path, page)
     return path

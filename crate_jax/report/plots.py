@@ -26,6 +26,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from crate_jax.atomic_files import atomic_path  # noqa: E402
 from crate_jax.layout import ReportLayout, RunLayout  # noqa: E402
 from crate_jax.report import run_files  # noqa: E402
 from crate_jax.report.ablation_table import REPORTED_SPLITS, SITES, study_runs  # noqa: E402
@@ -178,7 +179,8 @@ def score_vs_loss_figure(runs: dict[str, list[Path]]) -> Figure:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    figure.savefig(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format=path.suffix.lstrip("."))
     plt.close(figure)
     return path
 

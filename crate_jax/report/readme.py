@@ -29,6 +29,7 @@ from pathlib import Path
 
 from absl import app, flags
 
+from crate_jax.atomic_files import write_text_atomically
 from crate_jax.layout import RunLayout, StudyLayout
 from crate_jax.report.ablation_table import SITES, build_table, study_runs
 from crate_jax.report.answer import answer_markdown
@@ -189,7 +190,7 @@ def regenerate_readme(workdir: str | Path, readme: str | Path, as_block: str = "
     with the study's summary (`summary_block`)."""
     readme = Path(readme)
     blocks = {as_block: summary_block(workdir)} if as_block else study_blocks(workdir)
-    readme.write_text(replace_blocks(readme.read_text(), blocks))
+    write_text_atomically(readme, replace_blocks(readme.read_text(), blocks))
 
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir (holding study.json).")

@@ -9,7 +9,6 @@ Ctrl-C saves one before exiting; a non-finite loss stops the run without saving 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import time
@@ -20,9 +19,10 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from crate_jax.atomic_files import write_json_atomically, write_text_atomically
 from crate_jax.data.references import reference_losses
 from crate_jax.data.sampler import WindowSampler, evaluation_windows
-from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays, write_json_atomically
+from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays
 from crate_jax.input_checks import check_run_config
 from crate_jax.layout import RunLayout
 from crate_jax.model import model_from_config
@@ -266,10 +266,10 @@ def _write_run_files(config, workdir: Path, tokens: TokenArrays) -> None:
     if jax.process_index() != 0:
         return
     layout = RunLayout(workdir)
-    layout.config.write_text(config.to_json(indent=2, sort_keys=True))
+    write_text_atomically(layout.config, config.to_json(indent=2, sort_keys=True))
     run_info = {"versions": package_versions(), "devices": [str(d) for d in jax.devices()],
                 "process_count": jax.process_count(), "data": tokens.manifest}
-    layout.run_info.write_text(json.dumps(run_info, indent=2, sort_keys=True))
+    write_json_atomically(layout.run_info, run_info)
 
 
 def _divergence_message(loss: float, step: int, checkpointer: Checkpointer) -> str:

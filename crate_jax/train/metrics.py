@@ -26,7 +26,6 @@ import math
 import numbers
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 
 from tensorboardX import SummaryWriter
 
+from crate_jax.atomic_files import write_text_atomically
 from crate_jax.layout import METRICS_FILENAME, TENSORBOARD_DIRNAME, RunLayout
 
 # Keys every record carries; a metric with one of these names would overwrite it.
@@ -110,24 +110,6 @@ def _read_complete_lines(path: Path) -> tuple[str, list[tuple[str, dict[str, Any
     return text, records
 
 
-def _replace_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temp file in the same directory and `os.replace`, so a crash
-    leaves either the old file or the new one, never a half-written mix."""
-    descriptor, temp_path = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as temp:
-            temp.write(text)
-            temp.flush()
-            os.fsync(temp.fileno())
-        # mkstemp makes the file private (0600); keep the permissions the original had.
-        os.chmod(temp_path, path.stat().st_mode & 0o777)
-        os.replace(temp_path, path)
-    except BaseException:
-        Path(temp_path).unlink(missing_ok=True)
-        raise
-
-
 def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every record in `workdir/metrics.jsonl`, in write order, as dicts like
     `{"step": 10, "split": "train", "time": 1.7e9, "loss": 3.2}`.
@@ -195,7 +177,7 @@ class MetricsWriter:
                 if resume_step is None or record["step"] <= resume_step]
         kept_text = "".join(line + "\n" for line in kept)
         if kept_text != text:
-            _replace_atomically(self.metrics_path, kept_text)
+            write_text_atomically(self.metrics_path, kept_text)
 
     def write(self, step: int, metrics: Mapping[str, float], split: str = "train") -> None:
         """Record `metrics` (name -> number) at `step` for `split` ("train", "eval", ...)."""
