@@ -1,6 +1,7 @@
 """Checkpointer against real orbax and real files: exact round trips, retention, clear errors."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -368,28 +369,24 @@ def test_a_save_into_a_read_only_directory_fails_at_that_save_naming_it(tmp_path
         assert ckpt.all_steps() == []
 
 
-def test_a_read_only_checkpoint_directory_stops_a_run_before_training_with_one_line(
-        prepared, tmp_path):
-    """What a user sees: one FATAL line before any training, not (as before) orbax's 300 s
-    signal timeout at the first save and pages of background-thread tracebacks. A folder that
-    turns read-only mid-run fails at that save (the test above)."""
+def test_a_read_only_checkpoint_directory_stops_a_run_before_training_with_one_line(tmp_path):
+    """What a user sees: one FATAL line before any training (the workdir check that `main` runs
+    first raises an error it prints as that line), not (as before) orbax's 300 s signal timeout
+    at the first save and pages of background-thread tracebacks. A folder that turns read-only
+    mid-run fails at that save (the test above)."""
     # Imported here: the eight-device test imports this module where `tests/` is not on the path.
-    from run_helpers import workdir_with_data
+    from run_helpers import raises_user_error
 
-    workdir = workdir_with_data(prepared, tmp_path)
-    (workdir / "checkpoints").mkdir()
-    args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py:tiny",
-            f"--workdir={workdir}", "--config.stages=train", "--config.train.num_steps=4",
-            "--config.train.checkpoint_every=2", "--config.train.batch_size=4",
-            "--config.train.seq_len=32", "--config.train.eval_batches=1",
-            "--config.train.progress_bar=False"]
+    from configs import crate
+    from crate_jax.input_checks import WorkdirError
+    from crate_jax.main import check_before_any_work
+
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
     with read_only(workdir / "checkpoints"):
-        result = subprocess.run(args, cwd=REPO_ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"},
-                                capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("FATAL: "), result.stderr[-3000:]
-    assert f"{workdir / 'checkpoints'} cannot take new checkpoints" in lines[0]
+        with raises_user_error(WorkdirError, re.escape(f"{workdir / 'checkpoints'} cannot "
+                                                       "take new checkpoints")):
+            check_before_any_work(crate.get_config("tiny"), str(workdir), ["train"])
     assert not (workdir / "metrics.jsonl").exists()
 
 
