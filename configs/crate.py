@@ -90,8 +90,9 @@ def get_config(arg=None):
         window=64,               # tokens per record, centred on the token of interest
         top_k=20,                # top records per neuron: even ranks explain, odd are held out
         random_k=20,             # uniformly random records (same halves)
-        protocol="default",      # which records explain and score (interp/splits.py): default
-                                 # (all the above) | paper (Bai & Ma's: top[0:10], random[0:10])
+        protocol="default",      # which records explain and score (interp/explanations/
+                                 # splits.py): default (all the above) | paper (Bai & Ma's:
+                                 # top[0:10], random[0:10])
         quantile_bins=5,         # Anthropic-style bins of the per-sequence max activation
         per_bin=4,
         eps=1e-3,                # |a| <= eps counts as zero in the near-zero sparsity columns

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import jax
 
-from crate_jax.interp.backends import make_backend
 from crate_jax.interp.evaluate import requested_sites
-from crate_jax.interp.llm_backend import SimulationMode
-from crate_jax.interp.splits import check_record_protocol
+from crate_jax.interp.explanations.backends import make_backend
+from crate_jax.interp.explanations.llm_backend import SimulationMode
+from crate_jax.interp.explanations.splits import check_record_protocol
 from crate_jax.layout import RunLayout
 from crate_jax.model import ConfigError, model_from_config
 from crate_jax.train.metrics import read_metrics

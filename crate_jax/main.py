@@ -28,9 +28,9 @@ from crate_jax.data.sources import SourceError
 from crate_jax.data.token_arrays import DataPreparationError
 from crate_jax.data.tokenizer import TokenizerError
 from crate_jax.input_checks import WorkdirError, check_run_config, check_workdir
-from crate_jax.interp.capture import InterpretabilityError
+from crate_jax.interp.activations.capture import InterpretabilityError
 from crate_jax.interp.evaluate import evaluate_interpretability
-from crate_jax.interp.explanation import BackendError
+from crate_jax.interp.explanations.explanation import BackendError
 from crate_jax.model import ConfigError
 from crate_jax.study import run_configs, run_study
 from crate_jax.train.checkpoints import CheckpointError

@@ -19,7 +19,7 @@ from run_helpers import REPO, raises_user_error, read_only
 
 from configs import ablation, crate
 from crate_jax.input_checks import WorkdirError, check_run_config
-from crate_jax.interp.capture import InterpretabilityError
+from crate_jax.interp.activations.capture import InterpretabilityError
 from crate_jax.main import check_before_any_work, stage_names
 from crate_jax.model import ConfigError
 from crate_jax.study import run_configs

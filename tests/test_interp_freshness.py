@@ -13,11 +13,11 @@ from openai_stub import OpenAIStub
 from run_helpers import REPO, copy_run, tiny_config, with_data, workdir_with_data
 
 from crate_jax.data.tokenizer import TokenizerError
-from crate_jax.interp.capture import InterpretabilityError
+from crate_jax.interp.activations.capture import InterpretabilityError
+from crate_jax.interp.activations.records import ActivationRecord, NeuronId, NeuronRecord
 from crate_jax.interp.evaluate import evaluate_interpretability
-from crate_jax.interp.neuron_scoring import explain_layer
-from crate_jax.interp.records import ActivationRecord, NeuronId, NeuronRecord
-from crate_jax.interp.token_lookup import TokenLookupExplainer
+from crate_jax.interp.explanations.neuron_scoring import explain_layer
+from crate_jax.interp.explanations.token_lookup import TokenLookupExplainer
 from crate_jax.train.loop import train_and_evaluate
 
 SMALL_INTERP = dict(sites="ista", num_sequences=16, seq_len=64, window=16, top_k=8, random_k=8,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from run_helpers import REPO, copy_run, tiny_config, with_data, workdir_with_data
 
-from crate_jax.interp.capture import InterpretabilityError
+from crate_jax.interp.activations.capture import InterpretabilityError
+from crate_jax.interp.activations.records import from_json
 from crate_jax.interp.evaluate import evaluate_interpretability
-from crate_jax.interp.records import from_json
 from crate_jax.train.loop import train_and_evaluate
 
 SMALL_INTERP = dict(num_sequences=24, seq_len=64, window=16, top_k=8, random_k=8,

@@ -6,13 +6,24 @@ import math
 import numpy as np
 import pytest
 
-from crate_jax.interp.explanation import Explanation
-from crate_jax.interp.miner import RecordMiner
-from crate_jax.interp.neuron_scoring import baseline_partners, explain_layer, score_layer
-from crate_jax.interp.records import ActivationRecord, NeuronId, NeuronRecord, from_json, to_json
-from crate_jax.interp.scoring import correlation_score, mean_with_confidence_interval
-from crate_jax.interp.splits import held_out_records, peak_snippet, split_groups
-from crate_jax.interp.token_lookup import TokenLookupExplainer, TokenLookupSimulator
+from crate_jax.interp.activations.miner import RecordMiner
+from crate_jax.interp.activations.records import (
+    ActivationRecord,
+    NeuronId,
+    NeuronRecord,
+    from_json,
+    to_json,
+)
+from crate_jax.interp.explanations.explanation import Explanation
+from crate_jax.interp.explanations.neuron_scoring import (
+    baseline_partners,
+    explain_layer,
+    score_layer,
+)
+from crate_jax.interp.explanations.scoring import correlation_score
+from crate_jax.interp.explanations.splits import held_out_records, peak_snippet, split_groups
+from crate_jax.interp.explanations.token_lookup import TokenLookupExplainer, TokenLookupSimulator
+from crate_jax.interp.run_summary import mean_with_confidence_interval
 from crate_jax.model import ConfigError
 
 
@@ -28,12 +39,14 @@ def test_correlation_is_pearson_pooled_over_all_tokens_of_all_records():
 
 
 def test_mean_skips_nan_counts_it_and_brackets_the_mean():
-    stats = mean_with_confidence_interval([0.2, 0.4, math.nan, 0.6, None, 0.8], seed=1)
+    stats = mean_with_confidence_interval([0.2, 0.4, math.nan, 0.6, None, 0.8], samples=1000,
+                                          seed=1)
     assert stats["n"] == 4 and stats["n_nan"] == 1
     assert stats["mean"] == pytest.approx(0.5)
     assert 0.2 <= stats["ci_low"] < 0.5 < stats["ci_high"] <= 0.8
-    assert stats == mean_with_confidence_interval([0.2, 0.4, math.nan, 0.6, None, 0.8], seed=1)
-    single = mean_with_confidence_interval([0.3])
+    assert stats == mean_with_confidence_interval([0.2, 0.4, math.nan, 0.6, None, 0.8],
+                                                  samples=1000, seed=1)
+    single = mean_with_confidence_interval([0.3], samples=1000, seed=0)
     assert single["mean"] == 0.3 and math.isnan(single["ci_low"])
 
 
@@ -126,7 +139,7 @@ class _PromptExplainer:
     """Explains with the LLM explainer's prompt itself, so a test can see what it was shown."""
 
     def explain(self, records, max_activation):
-        from crate_jax.interp.llm_backend import explanation_prompt
+        from crate_jax.interp.explanations.llm_backend import explanation_prompt
         return Explanation(text=explanation_prompt(records, max_activation))
 
 
@@ -240,7 +253,9 @@ def test_paper_protocol_explains_from_even_top_ranks_and_scores_odd_top_and_even
 
 
 def test_unknown_record_protocol_or_too_few_records_for_the_paper_is_a_config_error():
-    from crate_jax.interp.splits import check_record_protocol  # new with `interp.protocol`
+    from crate_jax.interp.explanations.splits import (
+        check_record_protocol,  # new with `interp.protocol`
+    )
 
     with pytest.raises(ConfigError, match="interp.protocol='papr' is not one of default, paper"):
         check_record_protocol("papr", top_k=20, random_k=20)
@@ -254,7 +269,7 @@ def test_map_in_threads_keeps_item_order_or_yields_as_finished_and_raises_the_fi
     import threading
     import time
 
-    from crate_jax.interp.thread_pool import map_in_threads
+    from crate_jax.interp.explanations.thread_pool import map_in_threads
 
     def slow_first(item):
         time.sleep(0.2 if item == 0 else 0.0)

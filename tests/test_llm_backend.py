@@ -26,8 +26,9 @@ from pathlib import Path
 import pytest
 from openai_stub import OpenAIStub, Reply
 
-from crate_jax.interp.explanation import BackendError, Explanation, SimulationFailure
-from crate_jax.interp.llm_backend import (
+from crate_jax.interp.activations.records import ActivationRecord
+from crate_jax.interp.explanations.explanation import BackendError, Explanation, SimulationFailure
+from crate_jax.interp.explanations.llm_backend import (
     PLACEHOLDER,
     ExplanationFailure,
     LLMExplainer,
@@ -39,8 +40,7 @@ from crate_jax.interp.llm_backend import (
     parse_activation_list,
     placeholder_prompt,
 )
-from crate_jax.interp.llm_client import OpenAICompatibleClient, RequestRejected
-from crate_jax.interp.records import ActivationRecord
+from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient, RequestRejected
 
 SERVER_START_TIMEOUT_S = 60
 RECORDS = [
@@ -424,7 +424,7 @@ def test_evaluation_with_the_llm_backend_records_failures_and_resumes_after_a_de
     stopping with an error if no neuron got a score at all)."""
     from run_helpers import tiny_config, with_data, workdir_with_data
 
-    from crate_jax.interp.capture import InterpretabilityError
+    from crate_jax.interp.activations.capture import InterpretabilityError
     from crate_jax.interp.evaluate import evaluate_interpretability
     from crate_jax.train.loop import train_and_evaluate
 

@@ -11,8 +11,8 @@ import time
 import pytest
 from openai_stub import OpenAIStub, Reply, chat_reply
 
-from crate_jax.interp.explanation import BackendError
-from crate_jax.interp.llm_client import OpenAICompatibleClient
+from crate_jax.interp.explanations.explanation import BackendError
+from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 SLACK_S = 0.3  # for a thread's wake-up on a loaded 2-core machine

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from crate_jax.interp.miner import RecordMiner
-from crate_jax.interp.records import from_json, to_json
+from crate_jax.interp.activations.miner import RecordMiner
+from crate_jax.interp.activations.records import from_json, to_json
 
 S, T, N = 13, 20, 7
 WINDOW = 8

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from crate_jax.interp.sparsity import SparsityCounter
+from crate_jax.interp.activations.sparsity import SparsityCounter
 
 
 def test_summary_matches_brute_force():

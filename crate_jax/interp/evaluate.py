@@ -20,13 +20,15 @@ import jax
 from crate_jax.atomic_files import write_json_atomically, write_text_atomically
 from crate_jax.data.token_arrays import prepare_token_arrays, read_planted_truth
 from crate_jax.data.tokenizer import load_saved_tokenizer
-from crate_jax.interp.backends import make_backend
-from crate_jax.interp.capture import (
+from crate_jax.interp.activations.capture import (
     InterpretabilityError,
     evaluation_sequences,
     mine_records,
     read_records,
 )
+from crate_jax.interp.explanations.backends import make_backend
+from crate_jax.interp.explanations.neuron_scoring import explain_layer, score_layer
+from crate_jax.interp.explanations.splits import check_record_protocol
 from crate_jax.interp.freshness import claim_outputs, interp_inputs
 from crate_jax.interp.ground_truth import (
     RECOVERY_AUROC,
@@ -35,9 +37,7 @@ from crate_jax.interp.ground_truth import (
     loss_above_floor,
     score_vs_truth,
 )
-from crate_jax.interp.neuron_scoring import explain_layer, score_layer
-from crate_jax.interp.report import layer_summary, markdown_report
-from crate_jax.interp.splits import check_record_protocol
+from crate_jax.interp.run_summary import layer_summary, markdown_report
 from crate_jax.layout import RunLayout
 from crate_jax.model import abstract_params, model_from_config, neuron_sites
 from crate_jax.train.checkpoints import Checkpointer

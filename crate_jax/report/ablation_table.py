@@ -25,7 +25,6 @@ from crate_jax.report import run_files
 from crate_jax.report.answer import REFERENCE_VARIANT, answer_json, answer_markdown
 from crate_jax.report.floor_gap import floor_gap, floor_gap_markdown
 from crate_jax.report.run_files import REFERENCE_KEYS, score_entries
-from crate_jax.report.statistics import difference_interval, pooled_mean_interval
 from crate_jax.report.text import (
     Cell,
     interval_text,
@@ -33,6 +32,7 @@ from crate_jax.report.text import (
     reference_text,
     training_text,
 )
+from crate_jax.statistics import difference_interval, pooled_mean_interval
 
 SITES = NEURON_SITES
 REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic")

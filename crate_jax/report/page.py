@@ -22,9 +22,9 @@ import statistics
 from pathlib import Path
 
 from crate_jax.atomic_files import write_text_atomically
-from crate_jax.interp.explanation import MAX_NORMALIZED_ACTIVATION
-from crate_jax.interp.records import NeuronRecord, from_json, max_activation
-from crate_jax.interp.splits import explanation_records
+from crate_jax.interp.activations.records import NeuronRecord, from_json, max_activation
+from crate_jax.interp.explanations.explanation import MAX_NORMALIZED_ACTIVATION
+from crate_jax.interp.explanations.splits import explanation_records
 from crate_jax.layout import ReportLayout, RunLayout, StudyLayout
 from crate_jax.report.ablation_table import study_runs, wide_table_cells
 from crate_jax.report.answer import answer_cells, answer_sentences

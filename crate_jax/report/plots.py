@@ -31,7 +31,7 @@ from crate_jax.layout import ReportLayout, RunLayout  # noqa: E402
 from crate_jax.report import run_files  # noqa: E402
 from crate_jax.report.ablation_table import REPORTED_SPLITS, SITES, study_runs  # noqa: E402
 from crate_jax.report.run_files import REFERENCE_KEYS, references, score_entries  # noqa: E402
-from crate_jax.report.statistics import pooled_mean_interval  # noqa: E402
+from crate_jax.statistics import pooled_mean_interval  # noqa: E402
 
 _FIGURE = dict(figsize=(7.0, 2.6), dpi=150, layout="constrained")
 _REFERENCE_STYLE = {"unigram": ":", "bigram": "--", "floor": "-."}

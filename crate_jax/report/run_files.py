@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crate_jax.interp.neuron_scoring import read_neuron_lines
+from crate_jax.interp.explanations.neuron_scoring import read_neuron_lines
 from crate_jax.layout import RunLayout
 from crate_jax.train.metrics import read_metrics
 

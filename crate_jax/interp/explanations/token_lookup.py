@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from crate_jax.interp.explanation import MAX_NORMALIZED_ACTIVATION, Explanation
-from crate_jax.interp.records import ActivationRecord
+from crate_jax.interp.activations.records import ActivationRecord
+from crate_jax.interp.explanations.explanation import MAX_NORMALIZED_ACTIVATION, Explanation
 
 
 class TokenLookupExplainer:

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC
 from typing import Any
 
-from crate_jax.interp.explanation import BackendError
+from crate_jax.interp.explanations.explanation import BackendError
 
 logger = logging.getLogger(__name__)
 

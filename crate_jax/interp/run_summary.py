@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import math
 
-from crate_jax.interp.neuron_scoring import PROTOCOL_OF_SPLIT
-from crate_jax.interp.scoring import mean_with_confidence_interval
+import numpy as np
+
+from crate_jax.interp.explanations.neuron_scoring import PROTOCOL_OF_SPLIT
+from crate_jax.statistics import pooled_mean_interval
 
 SPLITS = tuple(PROTOCOL_OF_SPLIT)
+
+
+def mean_with_confidence_interval(scores: list[float], *, samples: int, seed: int) -> dict:
+    """`{"mean", "ci_low", "ci_high", "n", "n_nan"}` of one layer's scores by the study report's
+    bootstrap; NaN (a constant simulation) is counted in `n_nan` and left out, None dropped.
+    With fewer than two scores the interval is NaN: one neuron has no spread to resample."""
+    values = np.asarray([s for s in scores if s is not None], np.float64)
+    stats = {**pooled_mean_interval([values], samples=samples, seed=seed),
+             "n_nan": int(np.isnan(values).sum())}
+    if stats["n"] < 2:
+        stats["ci_low"] = stats["ci_high"] = math.nan
+    return stats
 
 
 def layer_summary(scores: dict[int, dict], sparsity: dict, *, samples: int, seed: int) -> dict:

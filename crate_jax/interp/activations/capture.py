@@ -15,9 +15,9 @@ import jax
 import numpy as np
 
 from crate_jax.atomic_files import atomic_path
-from crate_jax.interp.miner import RecordMiner
-from crate_jax.interp.records import NeuronRecord, from_json, to_json
-from crate_jax.interp.sparsity import SparsityCounter
+from crate_jax.interp.activations.miner import RecordMiner
+from crate_jax.interp.activations.records import NeuronRecord, from_json, to_json
+from crate_jax.interp.activations.sparsity import SparsityCounter
 from crate_jax.layout import RunLayout
 from crate_jax.model import LanguageModel, apply_with_neurons, neuron_width
 

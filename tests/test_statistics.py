@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from crate_jax.report.statistics import difference_interval, pooled_mean_interval
+from crate_jax.statistics import difference_interval, pooled_mean_interval
 
 
 def test_one_seed_interval_matches_the_normal_theory_width():

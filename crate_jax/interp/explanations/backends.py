@@ -6,8 +6,8 @@ another neuron's explanation (`interp.random_baseline`), with the same simulator
 
 from __future__ import annotations
 
-from crate_jax.interp.explanation import Explainer, Simulator
-from crate_jax.interp.token_lookup import TokenLookupExplainer, TokenLookupSimulator
+from crate_jax.interp.explanations.explanation import Explainer, Simulator
+from crate_jax.interp.explanations.token_lookup import TokenLookupExplainer, TokenLookupSimulator
 from crate_jax.model import ConfigError
 
 BACKENDS = ("token_lookup", "llm")
@@ -24,8 +24,8 @@ def make_backend(interp_config) -> tuple[Explainer, Simulator]:
 
 def _llm_backend(llm_config) -> tuple[Explainer, Simulator]:
     """One client (shared concurrency limit and retries) for the explainer and the simulator."""
-    from crate_jax.interp.llm_backend import LLMExplainer, LLMSimulator
-    from crate_jax.interp.llm_client import OpenAICompatibleClient
+    from crate_jax.interp.explanations.llm_backend import LLMExplainer, LLMSimulator
+    from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient
 
     if not llm_config.model:
         raise ConfigError("interp.explainer='llm' needs interp.llm.model (the model name the "

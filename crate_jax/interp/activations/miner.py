@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 
-from crate_jax.interp.moments import RunningMoments
-from crate_jax.interp.record_pool import RecordPool, gather_windows
-from crate_jax.interp.records import ActivationRecord, NeuronId, NeuronRecord
+from crate_jax.interp.activations.moments import RunningMoments
+from crate_jax.interp.activations.record_pool import RecordPool, gather_windows
+from crate_jax.interp.activations.records import ActivationRecord, NeuronId, NeuronRecord
 
 
 class RecordMiner:

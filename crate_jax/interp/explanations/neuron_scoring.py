@@ -19,17 +19,22 @@ from pathlib import Path
 
 import numpy as np
 
-from crate_jax.interp.capture import InterpretabilityError
-from crate_jax.interp.explanation import Explainer, Explanation, SimulationFailure, Simulator
-from crate_jax.interp.records import ActivationRecord, NeuronRecord, max_activation
-from crate_jax.interp.scoring import correlation_score
-from crate_jax.interp.splits import (
+from crate_jax.interp.activations.capture import InterpretabilityError
+from crate_jax.interp.activations.records import ActivationRecord, NeuronRecord, max_activation
+from crate_jax.interp.explanations.explanation import (
+    Explainer,
+    Explanation,
+    SimulationFailure,
+    Simulator,
+)
+from crate_jax.interp.explanations.scoring import correlation_score
+from crate_jax.interp.explanations.splits import (
     ANTHROPIC_SPLIT,
     explanation_records,
     held_out_records,
     split_groups,
 )
-from crate_jax.interp.thread_pool import map_in_threads
+from crate_jax.interp.explanations.thread_pool import map_in_threads
 from crate_jax.layout import LayerScoresLayout
 
 PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_only": "openai",

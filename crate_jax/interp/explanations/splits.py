@@ -27,7 +27,7 @@ give the snippets, so no record is scored both in and out of context.
 
 from __future__ import annotations
 
-from crate_jax.interp.records import ActivationRecord, NeuronRecord
+from crate_jax.interp.activations.records import ActivationRecord, NeuronRecord
 from crate_jax.model import ConfigError
 
 OPENAI_SPLITS = ("top_and_random", "random_only", "top_only")

@@ -1,4 +1,5 @@
-"""Confidence intervals over neurons and seeds, and for differences between variants.
+"""Confidence intervals over neurons and seeds, and for differences between variants: the one
+bootstrap behind every interval shown (a run's `interp/summary.json` and the study report).
 
 A study's score for one variant and site pools every scored neuron of every seed. Neurons of the
 same seed share a trained model, so they are not independent draws; the interval comes from a

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from crate_jax.interp.records import ActivationRecord
+from crate_jax.interp.activations.records import ActivationRecord
 
 MAX_NORMALIZED_ACTIVATION = 10
 

@@ -24,15 +24,15 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from crate_jax.interp.explanation import (
+from crate_jax.interp.activations.records import ActivationRecord
+from crate_jax.interp.explanations.explanation import (
     MAX_NORMALIZED_ACTIVATION,
     Explanation,
     SimulationFailure,
     normalized_activations,
 )
-from crate_jax.interp.llm_client import OpenAICompatibleClient, RequestRejected
-from crate_jax.interp.records import ActivationRecord
-from crate_jax.interp.thread_pool import map_in_threads
+from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient, RequestRejected
+from crate_jax.interp.explanations.thread_pool import map_in_threads
 
 EXPLANATION_PREFIX = "the main thing this neuron does is find"
 PLACEHOLDER = "unknown"

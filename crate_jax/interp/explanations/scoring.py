@@ -33,24 +33,3 @@ def correlation_score(true_activations: Sequence[Sequence[float]],
     if true.size < 2 or np.ptp(true) == 0 or np.ptp(predicted) == 0:
         return math.nan
     return float(np.corrcoef(true, predicted)[0, 1])
-
-
-def mean_with_confidence_interval(scores: Sequence[float], *, samples: int = 1000,
-                                  seed: int = 0, level: float = 0.95) -> dict:
-    """Mean of the finite scores with a percentile-bootstrap confidence interval.
-
-    Returns `{"mean", "ci_low", "ci_high", "n", "n_nan"}`; with fewer than two finite scores the
-    interval is NaN (a single neuron has no spread to resample).
-    """
-    values = np.asarray([s for s in scores if s is not None], np.float64)
-    finite = values[np.isfinite(values)]
-    result = {"n": int(finite.size), "n_nan": int(values.size - finite.size),
-              "mean": float(finite.mean()) if finite.size else math.nan,
-              "ci_low": math.nan, "ci_high": math.nan}
-    if finite.size >= 2:
-        rng = np.random.default_rng(seed)
-        means = finite[rng.integers(0, finite.size, (samples, finite.size))].mean(axis=1)
-        tail = (1 - level) / 2 * 100
-        result["ci_low"], result["ci_high"] = (float(v) for v in
-                                               np.percentile(means, [tail, 100 - tail]))
-    return result
