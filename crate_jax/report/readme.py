@@ -193,24 +193,25 @@ def regenerate_readme(workdir: str | Path, readme: str | Path, as_block: str = "
     write_text_atomically(readme, replace_blocks(readme.read_text(), blocks))
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The study's workdir (holding study.json).")
-_README = flags.DEFINE_string("readme", "README.md", "The README whose study blocks to rewrite.")
-_AS_BLOCK = flags.DEFINE_string("as_block", "", "Write only this block (e.g. stdlib) with the "
-                                "study's facts and compact table, for a second study.")
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    problem = not_a_study(_WORKDIR.value)
+    workdir, readme = flags.FLAGS.workdir, flags.FLAGS.readme
+    problem = not_a_study(workdir)
     if problem:
         raise app.UsageError(problem)
     try:
-        regenerate_readme(_WORKDIR.value, _README.value, _AS_BLOCK.value)
+        regenerate_readme(workdir, readme, flags.FLAGS.as_block)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-    print(f"rewrote the study blocks of {_README.value} from {_WORKDIR.value}")
+    print(f"rewrote the study blocks of {readme} from {workdir}")
 
 
 if __name__ == "__main__":
+    # Defined only when run as a command: the module's functions are imported beside
+    # crate_jax.main, whose --workdir would otherwise be defined twice.
+    flags.DEFINE_string("workdir", None, "The study's workdir (holding study.json).")
+    flags.DEFINE_string("readme", "README.md", "The README whose study blocks to rewrite.")
+    flags.DEFINE_string("as_block", "", "Write only this block (e.g. stdlib) with the study's "
+                        "facts and compact table, for a second study.")
     app.run(main)
