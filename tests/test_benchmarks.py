@@ -1,0 +1,45 @@
+"""The throughput benchmark as users run it: a subprocess that writes its table and JSON record."""
+
+import json
+import os
+import subprocess
+import sys
+
+from run_helpers import REPO
+
+from configs import gpt2
+from crate_jax.model import ModelConfig
+from crate_jax.model.flops import model_flops_per_token
+
+
+def test_benchmark_reports_every_column_and_its_provenance(tmp_path):
+    """One variant, 2 timed steps of a small batch: seconds on a CPU."""
+    out = tmp_path / "throughput.json"
+    command = [sys.executable, "benchmarks/train_throughput.py", "--variants=gpt2",
+               "--size=tiny", "--steps=2", "--warmup=1", "--batch_size=2", "--seq_len=32",
+               f"--json_out={out}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+
+    record = json.loads(out.read_text())
+    assert record["machine"]["platform"] == "cpu"
+    assert record["machine"]["device_count"] >= 1 and record["machine"]["cpu_count"] >= 1
+    assert {"jax", "jaxlib", "flax", "optax", "python"} <= set(record["versions"])
+    assert "benchmarks/train_throughput.py" in record["command"]
+    assert "--json_out" in record["command"]
+    assert record["date"].endswith("Z")
+    assert [row["variant"] for row in record["results"]] == ["gpt2"]
+    for row in record["results"]:
+        assert row["batch_size"] == 2 and row["seq_len"] == 32 and row["timed_steps"] == 2
+        assert row["compile_seconds"] > 0 and row["median_seconds_per_step"] > 0
+        assert row["tokens_per_second"] == 2 * 32 / row["median_seconds_per_step"]
+        assert row["mfu"] is None  # no peak for a CPU
+        assert row["peak_memory_bytes"] is None  # the CPU backend reports no memory stats
+    gpt2_model = ModelConfig.from_mapping(gpt2.get_config("tiny").model)
+    assert record["results"][0]["model_flops_per_token"] == model_flops_per_token(gpt2_model, 32)
+
+    table = finished.stdout
+    assert "| variant |" in table and "| gpt2 |" in table
+    assert "n/a on cpu" in table
