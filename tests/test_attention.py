@@ -1,9 +1,20 @@
-"""MSSA and standard attention: against NumPy, and MSSA == MHSA when Wq = Wk = Wv = U."""
+"""MSSA and standard attention: against NumPy, and MSSA == MHSA when Wq = Wk = Wv = U; which
+attention kernel (`model.attention_impl`) each platform gets."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from crate_jax.model import MultiHeadSelfAttention, SubspaceSelfAttention
+from configs import crate
+from crate_jax.model import (
+    ConfigError,
+    ModelConfig,
+    MultiHeadSelfAttention,
+    SubspaceSelfAttention,
+    model_from_config,
+)
+from crate_jax.model.attention import attention_impl_on_this_machine, resolve_attention_impl
 
 HEADS, WIDTH = 4, 32
 
@@ -67,3 +78,81 @@ def test_standard_attention_matches_numpy_and_respects_use_bias():
                                       w["value"], w["out"], 0.0)
     np.testing.assert_allclose(module.apply({"params": params}, x), expected,
                                rtol=1e-4, atol=1e-5)
+
+
+# (platform, CUDA compute capability, dtype, head_dim) where cuDNN's flash attention cannot run.
+NOT_CUDNN = {
+    "cpu": ("cpu", None, jnp.bfloat16, 64),
+    "tpu": ("tpu", None, jnp.bfloat16, 64),
+    "v100 (pre-Ampere)": ("gpu", "7.0", jnp.bfloat16, 64),
+    "h100 float32": ("gpu", "9.0", jnp.float32, 64),
+    "a100 head_dim 192": ("gpu", "8.0", jnp.bfloat16, 192),
+    "h100 head_dim 12": ("gpu", "9.0", jnp.bfloat16, 12),
+    "rocm (no compute capability)": ("gpu", None, jnp.bfloat16, 64),
+}
+
+
+@pytest.mark.parametrize("where", list(NOT_CUDNN))
+def test_auto_resolves_to_xla_where_cudnn_cannot_run(where):
+    assert resolve_attention_impl("auto", *NOT_CUDNN[where]) == "xla"
+    assert resolve_attention_impl("xla", *NOT_CUDNN[where]) == "xla"
+
+
+@pytest.mark.parametrize("platform, capability, dtype, head_dim", [
+    ("gpu", "9.0", jnp.bfloat16, 64),    # H100, CRATE-B's heads
+    ("gpu", "9.0", jnp.float16, 256),    # Hopper allows head_dim up to 256
+    ("gpu", "8.0", jnp.bfloat16, 128),   # A100
+])
+def test_auto_resolves_to_cudnn_on_ampere_and_later_in_half_precision(platform, capability, dtype,
+                                                                      head_dim):
+    assert resolve_attention_impl("auto", platform, capability, dtype, head_dim) == "cudnn"
+    assert resolve_attention_impl("cudnn", platform, capability, dtype, head_dim) == "cudnn"
+
+
+@pytest.mark.parametrize("where", list(NOT_CUDNN))
+def test_forcing_cudnn_where_it_cannot_run_names_the_reason_and_the_fix(where):
+    with pytest.raises(ConfigError, match=r"^model.attention_impl='cudnn' needs .*; "
+                                          r"use model.attention_impl=auto"):
+        resolve_attention_impl("cudnn", *NOT_CUDNN[where])
+
+
+def test_auto_is_xla_on_this_cpu_and_gives_the_same_outputs_as_xla():
+    assert attention_impl_on_this_machine("auto", jnp.bfloat16, 64) == "xla"
+    x = _inputs()
+    for module_type in (SubspaceSelfAttention, MultiHeadSelfAttention):
+        auto = module_type(num_heads=HEADS)
+        params = auto.init(jax.random.key(0), x)["params"]
+        xla = module_type(num_heads=HEADS, attention_impl="xla")
+        np.testing.assert_array_equal(auto.apply({"params": params}, x),
+                                      xla.apply({"params": params}, x))
+
+
+def test_cudnn_on_this_cpu_is_a_config_error_at_model_build_and_at_trace():
+    config = crate.get_config()
+    assert config.model.attention_impl == "auto"
+    config.model.attention_impl = "cudnn"
+    with pytest.raises(ConfigError, match=r"model.attention_impl='cudnn' needs an NVIDIA GPU.*"
+                                          r"the device is cpu"):
+        model_from_config(config)
+    module = SubspaceSelfAttention(num_heads=HEADS, attention_impl="cudnn")
+    with pytest.raises(ConfigError, match="model.attention_impl='cudnn' needs an NVIDIA GPU"):
+        module.init(jax.random.key(0), _inputs())
+
+
+def test_unknown_attention_impl_suggests_the_closest():
+    with pytest.raises(ConfigError, match=r"model.attention_impl='cudn' is not one of auto, xla, "
+                                          r"cudnn \(did you mean 'cudnn'\?\)"):
+        ModelConfig(attention_impl="cudn")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (tests run on the CPU)")
+def test_cudnn_and_xla_agree_within_bfloat16_tolerance_on_a_gpu():
+    if attention_impl_on_this_machine("auto", jnp.bfloat16, 8) != "cudnn":
+        pytest.skip("this GPU cannot run cuDNN flash attention")
+    x = jax.random.normal(jax.random.key(3), (2, 128, 64)).astype(jnp.bfloat16)
+    outputs = {}
+    for impl in ("xla", "cudnn"):
+        module = SubspaceSelfAttention(num_heads=8, dtype=jnp.bfloat16, attention_impl=impl)
+        params = module.init(jax.random.key(0), x)["params"]
+        outputs[impl] = np.asarray(module.apply({"params": params}, x), np.float32)
+    np.testing.assert_allclose(outputs["cudnn"], outputs["xla"], rtol=2e-2, atol=2e-2)

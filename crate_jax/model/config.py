@@ -15,6 +15,9 @@ from typing import Any
 import jax.numpy as jnp
 
 ATTENTION_KINDS = ("mssa", "mhsa")
+# Which kernel computes softmax attention (crate_jax/model/attention.py): `auto` picks cuDNN's
+# fused flash attention where it can run and XLA's unfused ops elsewhere.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 SPARSE_BLOCK_KINDS = ("ista", "mlp", "none")
 MLP_ACTIVATIONS = ("relu", "gelu")
 COMPUTE_DTYPES = ("float32", "bfloat16")
@@ -38,6 +41,9 @@ class ModelConfig:
     embed_dim: int = 128
     num_heads: int = 4
     attention: str = "mssa"
+    # How attention is computed, not what: every choice is the same function (within bfloat16
+    # rounding), so it is a speed setting.
+    attention_impl: str = "auto"
     sparse_block: str = "ista"
     # Biases of LayerNorm and of every Dense except MSSA's shared projection U (which never has
     # one). CRATE keeps them; the paper's GPT-2 baseline is bias-free.
@@ -56,6 +62,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require_choice("attention", self.attention, ATTENTION_KINDS)
+        _require_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
         _require_choice("sparse_block", self.sparse_block, SPARSE_BLOCK_KINDS)
         _require_choice("mlp_activation", self.mlp_activation, MLP_ACTIVATIONS)
         _require_choice("dtype", self.dtype, COMPUTE_DTYPES)
@@ -104,4 +111,6 @@ class ModelConfig:
 
 def _require_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
-        raise ConfigError(f"model.{name}={value!r} is not one of {', '.join(choices)}")
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"model.{name}={value!r} is not one of {', '.join(choices)}{hint}")

@@ -13,7 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from crate_jax.model.attention import MultiHeadSelfAttention, SubspaceSelfAttention
+from crate_jax.model.attention import (
+    MultiHeadSelfAttention,
+    SubspaceSelfAttention,
+    attention_impl_on_this_machine,
+)
 from crate_jax.model.config import ModelConfig
 from crate_jax.model.initializers import DEFAULT_INIT, residual_output_init
 from crate_jax.model.ista import SparseCodingBlock
@@ -43,7 +47,7 @@ class Layer(nn.Module):
 
         attention = _ATTENTION_MODULES[config.attention](
             num_heads=config.num_heads, use_bias=config.use_bias, dtype=config.compute_dtype,
-            out_init=out_init, name="attention")
+            out_init=out_init, attention_impl=config.attention_impl, name="attention")
         x = x + dropout(attention(self.layer_norm("attention_norm")(x)))
 
         if config.sparse_block == "ista":
@@ -88,5 +92,9 @@ class LanguageModel(nn.Module):
 
 
 def model_from_config(config) -> LanguageModel:
-    """The model an experiment config (`configs/*.py`) describes; its `model` keys are checked."""
-    return LanguageModel(ModelConfig.from_mapping(config.model))
+    """The model an experiment config (`configs/*.py`) describes; its `model` keys are checked,
+    and a forced `attention_impl='cudnn'` against this machine's device (before any work)."""
+    settings = ModelConfig.from_mapping(config.model)
+    attention_impl_on_this_machine(settings.attention_impl, settings.compute_dtype,
+                                   settings.head_dim)
+    return LanguageModel(settings)
