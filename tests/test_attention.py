@@ -1,6 +1,11 @@
 """MSSA and standard attention: against NumPy, and MSSA == MHSA when Wq = Wk = Wv = U; which
 attention kernel (`model.attention_impl`) each platform gets."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,6 +142,21 @@ def test_cudnn_on_this_cpu_is_a_config_error_at_model_build_and_at_trace():
     module = SubspaceSelfAttention(num_heads=HEADS, attention_impl="cudnn")
     with pytest.raises(ConfigError, match="model.attention_impl='cudnn' needs an NVIDIA GPU"):
         module.init(jax.random.key(0), _inputs())
+
+
+def test_cudnn_on_this_cpu_stops_the_run_with_one_fatal_line_before_any_work(tmp_path):
+    workdir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
+         "--config.model.attention_impl=cudnn", f"--workdir={workdir}"],
+        cwd=Path(__file__).resolve().parents[1], env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "FATAL: model.attention_impl='cudnn' needs an NVIDIA GPU of compute capability >= 8.0 "
+        "(Ampere or later) and model.dtype bfloat16, but the device is cpu; use "
+        "model.attention_impl=auto (cuDNN where it can run, XLA elsewhere) or xla"]
+    assert not workdir.exists()
 
 
 def test_unknown_attention_impl_suggests_the_closest():
