@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_helpers import tiny_config, with_data, workdir_with_data
 
 from configs import crate
 from crate_jax.model import (
@@ -20,6 +21,7 @@ from crate_jax.model import (
     model_from_config,
 )
 from crate_jax.model.attention import attention_impl_on_this_machine, resolve_attention_impl
+from crate_jax.train.loop import train_and_evaluate
 
 HEADS, WIDTH = 4, 32
 
@@ -157,6 +159,18 @@ def test_cudnn_on_this_cpu_stops_the_run_with_one_fatal_line_before_any_work(tmp
         "(Ampere or later) and model.dtype bfloat16, but the device is cpu; use "
         "model.attention_impl=auto (cuDNN where it can run, XLA elsewhere) or xla"]
     assert not workdir.exists()
+
+
+def test_a_run_resumes_under_another_attention_impl(prepared, tmp_path):
+    """The kernel is how the model is computed, not which model: a run trained with cuDNN on a GPU
+    (or saved before the key existed) continues on a machine that resolves to XLA."""
+    workdir = workdir_with_data(prepared, tmp_path)
+    config = with_data(tiny_config(num_steps=2, checkpoint_every=2, log_every=1), prepared)
+    config.model.attention_impl = "xla"
+    train_and_evaluate(config, workdir)
+    config.model.attention_impl = "auto"
+    config.train.num_steps = 4
+    assert train_and_evaluate(config, workdir)["step"] == 4
 
 
 def test_unknown_attention_impl_suggests_the_closest():

@@ -213,6 +213,8 @@ def _restore_or_initialize(checkpointer: Checkpointer, config, model, optimizer,
 IDENTITY_TRAIN_KEYS = ("batch_size", "seq_len")
 SILENT_TRAIN_KEYS = ("num_steps", "log_every", "eval_every", "eval_batches", "checkpoint_every",
                      "keep_checkpoints", "progress_bar", "grad_accum_steps")
+# How the model is computed, not which model: the same arrays resume under another kernel.
+SILENT_MODEL_KEYS = ("attention_impl",)
 
 
 def changed_settings(saved: dict, current: dict) -> tuple[list[str], list[str]]:
@@ -225,7 +227,7 @@ def changed_settings(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     old_train, new_train = saved.get("train") or {}, current.get("train") or {}
     identity = [("seed", saved.get("seed"), current.get("seed"))]
     identity += [(f"model.{k}", old_model.get(k), new_model.get(k))
-                 for k in sorted(set(old_model) | set(new_model))]
+                 for k in sorted(set(old_model) | set(new_model)) if k not in SILENT_MODEL_KEYS]
     identity += [(f"train.{k}", old_train.get(k), new_train.get(k)) for k in IDENTITY_TRAIN_KEYS]
     optimizer = [(f"train.{k}", old_train.get(k), new_train.get(k))
                  for k in sorted(set(old_train) | set(new_train))
