@@ -56,6 +56,8 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Override train.batch_size.")
 _SEQ = flags.DEFINE_integer("seq_len", None, "Override train.seq_len.")
 _DTYPE = flags.DEFINE_string("dtype", None, "Override model.dtype (float32 | bfloat16).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results and provenance here.")
+flags.register_validator("steps", lambda steps: steps >= 1, "--steps must be at least 1")
+flags.register_validator("warmup", lambda steps: steps >= 0, "--warmup must be at least 0")
 
 # Environment variables that change what a run measures, so they belong to its command.
 _COMMAND_ENVIRONMENT = ("JAX_PLATFORMS", "XLA_FLAGS", "CUDA_VISIBLE_DEVICES")
