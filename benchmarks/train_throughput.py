@@ -126,6 +126,7 @@ def measure(variant: str) -> dict:
     device = jax.devices()[0]
     return {"variant": variant, "size": _SIZE.value, "batch_size": train.batch_size,
             "seq_len": train.seq_len, "dtype": config.model.dtype,
+            "model_config": config.model.to_dict(),  # every key, attention_impl included
             "parameters": count_parameters(state.params),
             "compile_seconds": compile_seconds, "warmup_steps": _WARMUP.value,
             "timed_steps": _STEPS.value, "step_seconds": durations,

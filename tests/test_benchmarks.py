@@ -35,6 +35,7 @@ def test_benchmark_reports_every_column_and_its_provenance(tmp_path):
         assert row["batch_size"] == 2 and row["seq_len"] == 32 and row["timed_steps"] == 2
         assert row["compile_seconds"] > 0 and row["median_seconds_per_step"] > 0
         assert row["tokens_per_second"] == 2 * 32 / row["median_seconds_per_step"]
+        assert row["model_config"]["attention"] in ("mssa", "mhsa")
         assert row["mfu"] is None  # no peak for a CPU
         assert row["peak_memory_bytes"] is None  # the CPU backend reports no memory stats
     gpt2_model = ModelConfig.from_mapping(gpt2.get_config("tiny").model)
