@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +49,13 @@ def write_text_atomically(path: str | os.PathLike, text: str) -> None:
 def write_json_atomically(path: str | os.PathLike, value: Any) -> None:
     """`value` as JSON with `indent=2, sort_keys=True`, the form of every JSON file of a run."""
     write_text_atomically(path, json.dumps(value, indent=2, sort_keys=True))
+
+
+def move_aside(path: str | os.PathLike, numbered: Callable[[int], Path]) -> Path:
+    """Renames `path` to the first of `numbered(1)`, `numbered(2)`, ... that does not exist, and
+    returns it: outputs that can no longer be trusted are kept for the user, never deleted."""
+    number = 1
+    while numbered(number).exists():
+        number += 1
+    os.replace(path, numbered(number))
+    return numbered(number)

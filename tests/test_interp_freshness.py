@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from openai_stub import OpenAIStub
-from run_helpers import REPO, copy_run, tiny_config, with_data, workdir_with_data
+from run_helpers import REPO, TRAINED_STEPS, copy_run, interp_config
 
 from crate_jax.data.tokenizer import TokenizerError
 from crate_jax.interp.activations.capture import InterpretabilityError
@@ -22,21 +22,10 @@ from crate_jax.train.loop import train_and_evaluate
 
 SMALL_INTERP = dict(sites="ista", num_sequences=16, seq_len=64, window=16, top_k=8, random_k=8,
                     quantile_bins=2, per_bin=2, neurons_per_layer=8, bootstrap_samples=100)
-TRAINED_STEPS = 30
 
 
 def _config(prepared, num_steps=TRAINED_STEPS, **interp):
-    config = with_data(tiny_config(num_steps=num_steps, checkpoint_every=TRAINED_STEPS),
-                       prepared)
-    config.interp.update({**SMALL_INTERP, **interp})
-    return config
-
-
-@pytest.fixture(scope="module")
-def trained(prepared, tmp_path_factory):
-    workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("fresh"), "trained")
-    train_and_evaluate(_config(prepared), workdir)
-    return workdir
+    return interp_config(prepared, {**SMALL_INTERP, **interp}, num_steps)
 
 
 def _moved_lines(output: str) -> list[str]:
@@ -88,8 +77,10 @@ def test_other_interp_settings_recompute_and_the_same_settings_resume(prepared, 
 
     # Settings that change only speed or presentation: everything on disk is reused as it is.
     before = _files(interp)
-    evaluate_interpretability(_config(prepared, neurons_per_layer=12, workers=2, batch_size=4,
-                                      bootstrap_samples=50, retry_failed=False), workdir)
+    faster = _config(prepared, neurons_per_layer=12, workers=2, batch_size=4,
+                     bootstrap_samples=50, retry_failed=False)
+    faster.model.attention_impl = "xla"  # another kernel, the same model
+    evaluate_interpretability(faster, workdir)
     assert not _moved_lines(capsys.readouterr().out)
     assert not (workdir / "interp.stale-2").exists()
     after = _files(interp)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crate_jax.atomic_files import atomic_path, write_json_atomically
+from crate_jax.atomic_files import atomic_path, move_aside, write_json_atomically
 from crate_jax.data import planted
 from crate_jax.data.sources import (
     Document,
@@ -126,10 +126,7 @@ def _set_aside_unfinished_tokenizer(directory: Path) -> None:
     path = DataLayout(directory).tokenizer
     if not path.exists():
         return
-    number = 1
-    while (aside := DataLayout(directory).unfinished_tokenizer(number)).exists():
-        number += 1
-    os.replace(path, aside)
+    aside = move_aside(path, DataLayout(directory).unfinished_tokenizer)
     print(f"data: {path} was left by an unfinished preparation; moved it to {aside.name} and "
           "training the tokenizer again", flush=True)
 

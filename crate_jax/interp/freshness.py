@@ -19,8 +19,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from crate_jax.atomic_files import write_json_atomically
+from crate_jax.atomic_files import move_aside, write_json_atomically
 from crate_jax.layout import RunLayout
+from crate_jax.model import model_identity
 
 # Settings that change only how fast the stage runs or how its summary is presented.
 _SPEED_SETTINGS = ("workers", "bootstrap_samples", "retry_failed", "batch_size")
@@ -49,7 +50,7 @@ def interp_inputs(config, checkpoint_step: int, params, data_manifest: dict) -> 
     inputs = {"checkpoint_step": int(checkpoint_step), "params_sha256": params_sha256(params),
               "tokenizer_fingerprint": data_manifest.get("tokenizer_fingerprint"),
               "data_fingerprint": data_manifest.get("fingerprint"),
-              "model": config.model.to_dict(), "interp": settings}
+              "model": model_identity(config.model.to_dict()), "interp": settings}
     return json.loads(json.dumps(inputs))  # as it reads back from the file: lists, not tuples
 
 
@@ -75,11 +76,7 @@ def claim_outputs(layout: RunLayout, inputs: dict, say: Callable[[str], None]) -
     else:
         reason = None
     if reason is not None:
-        number = 1
-        while layout.stale_interp(number).exists():
-            number += 1
-        stale = layout.stale_interp(number)
-        out.rename(stale)
+        stale = move_aside(out, layout.stale_interp)
         say(f"{out.name}: {reason}; moved {out.name}/ to {stale.name}/ and recomputing")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomically(path, inputs)

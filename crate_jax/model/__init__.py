@@ -1,7 +1,7 @@
 """The CRATE model family: MSSA or standard attention, with ISTA, MLP or no sparse block."""
 
 from crate_jax.model.attention import MultiHeadSelfAttention, SubspaceSelfAttention
-from crate_jax.model.config import ConfigError, ModelConfig
+from crate_jax.model.config import ConfigError, ModelConfig, model_identity
 from crate_jax.model.ista import SparseCodingBlock, ista_code
 from crate_jax.model.language_model import LanguageModel, Layer, model_from_config
 from crate_jax.model.mlp import FeedForwardBlock
@@ -11,6 +11,6 @@ from crate_jax.model.parameters import abstract_params, count_parameters, paper_
 __all__ = [
     "NEURON_SITES", "ConfigError", "FeedForwardBlock", "LanguageModel", "Layer", "ModelConfig",
     "MultiHeadSelfAttention", "SparseCodingBlock", "SubspaceSelfAttention", "abstract_params",
-    "apply_with_neurons", "count_parameters", "ista_code", "model_from_config", "neuron_sites",
-    "neuron_width", "paper_parameter_count",
+    "apply_with_neurons", "count_parameters", "ista_code", "model_from_config", "model_identity",
+    "neuron_sites", "neuron_width", "paper_parameter_count",
 ]

@@ -18,9 +18,18 @@ ATTENTION_KINDS = ("mssa", "mhsa")
 # Which kernel computes softmax attention (crate_jax/model/attention.py): `auto` picks cuDNN's
 # fused flash attention where it can run and XLA's unfused ops elsewhere.
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+# Keys that choose how the model is computed (a kernel), not which function it computes: a
+# checkpoint, or an interpretability result, made under one value holds under another.
+KERNEL_KEYS = ("attention_impl",)
 SPARSE_BLOCK_KINDS = ("ista", "mlp", "none")
 MLP_ACTIVATIONS = ("relu", "gelu")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def model_identity(model_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The `config.model` settings that say which model this is (all but `KERNEL_KEYS`): what a
+    resume and the interp stage's input fingerprint compare."""
+    return {key: value for key, value in model_settings.items() if key not in KERNEL_KEYS}
 
 
 class ConfigError(ValueError):

@@ -25,7 +25,7 @@ from crate_jax.data.sampler import WindowSampler, evaluation_windows
 from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays
 from crate_jax.input_checks import check_run_config
 from crate_jax.layout import RunLayout
-from crate_jax.model import model_from_config
+from crate_jax.model import model_from_config, model_identity
 from crate_jax.train.checkpoints import Checkpointer, CheckpointError
 from crate_jax.train.metrics import MetricsWriter
 from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer
@@ -213,8 +213,6 @@ def _restore_or_initialize(checkpointer: Checkpointer, config, model, optimizer,
 IDENTITY_TRAIN_KEYS = ("batch_size", "seq_len")
 SILENT_TRAIN_KEYS = ("num_steps", "log_every", "eval_every", "eval_batches", "checkpoint_every",
                      "keep_checkpoints", "progress_bar", "grad_accum_steps")
-# How the model is computed, not which model: the same arrays resume under another kernel.
-SILENT_MODEL_KEYS = ("attention_impl",)
 
 
 def changed_settings(saved: dict, current: dict) -> tuple[list[str], list[str]]:
@@ -223,11 +221,13 @@ def changed_settings(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     def differences(keys: list[tuple[str, object, object]]) -> list[str]:
         return [f"{key}: {old!r} there, {new!r} now" for key, old, new in keys if old != new]
 
-    old_model, new_model = saved.get("model") or {}, current.get("model") or {}
+    # Which model, not how it is computed: the same arrays resume under another kernel.
+    old_model = model_identity(saved.get("model") or {})
+    new_model = model_identity(current.get("model") or {})
     old_train, new_train = saved.get("train") or {}, current.get("train") or {}
     identity = [("seed", saved.get("seed"), current.get("seed"))]
     identity += [(f"model.{k}", old_model.get(k), new_model.get(k))
-                 for k in sorted(set(old_model) | set(new_model)) if k not in SILENT_MODEL_KEYS]
+                 for k in sorted(set(old_model) | set(new_model))]
     identity += [(f"train.{k}", old_train.get(k), new_train.get(k)) for k in IDENTITY_TRAIN_KEYS]
     optimizer = [(f"train.{k}", old_train.get(k), new_train.get(k))
                  for k in sorted(set(old_train) | set(new_train))
