@@ -24,3 +24,16 @@ def prepared(tmp_path_factory):
     config.data.data_dir = str(root / "tfds")
     prepare_token_arrays(config.data, config.model.vocab_size, root / "run")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained(prepared, tmp_path_factory):
+    """A tiny CRATE trained `TRAINED_STEPS` steps on the prepared tokens, once per session; the
+    interp tests copy it (`run_helpers.copy_run`) rather than train their own."""
+    from run_helpers import interp_config, workdir_with_data
+
+    from crate_jax.train.loop import train_and_evaluate
+
+    workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("trained"), "trained")
+    train_and_evaluate(interp_config(prepared, {}), workdir)
+    return workdir

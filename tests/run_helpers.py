@@ -24,6 +24,18 @@ def tiny_config(module=crate, **train):
     return config
 
 
+# The briefly trained run the interp tests share (`trained` in conftest.py), and its checkpoint.
+TRAINED_STEPS = 30
+
+
+def interp_config(prepared: Path, interp: dict, num_steps: int = TRAINED_STEPS):
+    """The `tiny` config of the shared trained run (checkpointed at `TRAINED_STEPS`) with the
+    interp settings `interp`; a larger `num_steps` trains that run further."""
+    config = with_data(tiny_config(num_steps=num_steps, checkpoint_every=TRAINED_STEPS), prepared)
+    config.interp.update(interp)
+    return config
+
+
 def workdir_with_data(prepared: Path, tmp_path: Path, name: str = "run") -> Path:
     """A fresh workdir holding a copy of the prepared tokenizer and token arrays."""
     workdir = tmp_path / name

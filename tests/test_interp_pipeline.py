@@ -9,28 +9,18 @@ import time
 
 import numpy as np
 import pytest
-from run_helpers import REPO, copy_run, tiny_config, with_data, workdir_with_data
+from run_helpers import REPO, TRAINED_STEPS, copy_run, interp_config, workdir_with_data
 
 from crate_jax.interp.activations.capture import InterpretabilityError
 from crate_jax.interp.activations.records import from_json
 from crate_jax.interp.evaluate import evaluate_interpretability
-from crate_jax.train.loop import train_and_evaluate
 
 SMALL_INTERP = dict(num_sequences=24, seq_len=64, window=16, top_k=8, random_k=8,
                     quantile_bins=2, per_bin=2, neurons_per_layer=24, bootstrap_samples=200)
 
 
 def _interp_config(prepared, **interp):
-    config = with_data(tiny_config(num_steps=30, checkpoint_every=30), prepared)
-    config.interp.update({**SMALL_INTERP, **interp})
-    return config
-
-
-@pytest.fixture(scope="module")
-def trained(prepared, tmp_path_factory):
-    workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("interp"), "trained")
-    train_and_evaluate(_interp_config(prepared), workdir)
-    return workdir
+    return interp_config(prepared, {**SMALL_INTERP, **interp})
 
 
 def _scores(workdir):
@@ -80,7 +70,7 @@ def test_killed_evaluation_resumes_to_the_same_scores(prepared, trained, tmp_pat
     args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
             f"--workdir={killed}", "--config.stages=interp",
             f"--config.data.data_dir={prepared / 'tfds'}", "--config.train.batch_size=8",
-            "--config.train.seq_len=64", "--config.train.num_steps=30",
+            "--config.train.seq_len=64", f"--config.train.num_steps={TRAINED_STEPS}",
             "--config.train.checkpoint_every=30",
             *[f"--config.interp.{k}={v}" for k, v in {**SMALL_INTERP,
                                                       "neurons_per_layer": 48}.items()]]
