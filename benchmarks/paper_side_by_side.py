@@ -35,19 +35,20 @@ PAPER_MODELS = {"crate": ("crate_overcomplete", "CRATEConfig", "CRATE"),
                 "gpt2": ("gpt", "GPTConfig", "GPT")}
 
 
-def paper_seconds_per_step(variant: str, model_config, batch_size: int, seq_len: int) -> float:
-    """Median seconds of the paper's eager train step for our `model_config`'s shape."""
+def paper_seconds_per_step(variant: str, settings: dict, batch_size: int, seq_len: int) -> float:
+    """Median seconds of the paper's eager train step for the shape of our model `settings` (the
+    `config.model` that `train_throughput.measure` timed)."""
     import torch
 
     module_name, config_class, model_class = PAPER_MODELS[variant]
     module = importlib.import_module(module_name)
     torch.manual_seed(0)
     config = getattr(module, config_class)(
-        block_size=seq_len, vocab_size=model_config.vocab_size, n_layer=model_config.num_layers,
-        n_head=model_config.num_heads, n_embd=model_config.embed_dim, dropout=0.0, bias=True)
+        block_size=seq_len, vocab_size=settings["vocab_size"], n_layer=settings["num_layers"],
+        n_head=settings["num_heads"], n_embd=settings["embed_dim"], dropout=0.0, bias=True)
     model = getattr(module, model_class)(config)
     optimizer = model.configure_optimizers(0.1, 3e-3, (0.9, 0.95), "cpu")
-    tokens = torch.randint(0, model_config.vocab_size, (batch_size, seq_len + 1))
+    tokens = torch.randint(0, settings["vocab_size"], (batch_size, seq_len + 1))
     inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
     def step() -> None:
@@ -81,14 +82,11 @@ def main(argv: list[str]) -> None:
     for round_number in range(1, _ROUNDS.value + 1):
         for variant in variants:
             result = train_throughput.measure(variant)
-            config = importlib.import_module(f"configs.{variant}").get_config(
-                train_throughput._SIZE.value).model
-            config.vocab_size = result["model_config"]["vocab_size"]
             shape[variant] = (result["batch_size"], result["seq_len"], result["dtype"])
             ours[variant].append(result["tokens_per_second"])
             batch, seq, _ = shape[variant]
-            theirs[variant].append(batch * seq / paper_seconds_per_step(variant, config, batch,
-                                                                        seq))
+            theirs[variant].append(batch * seq / paper_seconds_per_step(
+                variant, result["model_config"], batch, seq))
             print(f"round {round_number} {variant}: ours {ours[variant][-1]:,.0f} tok/s, "
                   f"paper eager {theirs[variant][-1]:,.0f} tok/s", flush=True)
     print(f"\ntorch {torch.__version__}, {_THREADS.value} threads; "
