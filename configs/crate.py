@@ -85,6 +85,11 @@ def get_config(arg=None):
         **TRAINING["tiny" if size == "tiny" else "paper"],
     ))
 
+    # How the devices of every process are laid out (crate_jax/train/sharding.py): batches are
+    # split over both axes; parameters and optimizer state over `fsdp` (FSDP/ZeRO-3), replicated
+    # over `data`. -1 takes the devices the other axis leaves; data * fsdp = all devices.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+
     config.interp = ml_collections.ConfigDict(dict(
         sites="",                # comma-separated subset of ista,mlp,attn,resid; "" = all it has
         seq_len=128,             # held-out validation sequences the model reads
