@@ -11,6 +11,12 @@ the stages to run, in order (comma-separated):
   interp  explain and score the neurons of the trained model (needs 'train' first)
   study   train and score every variant and seed of a study (configs/ablation.py), then report
 Rerunning the same command resumes where it stopped.
+
+A multi-process job (TPU pod slice, SLURM, N local processes: see launch/) runs the same command
+on every process; it joins the job from --coordinator_address/--num_processes/--process_id, the
+JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables, or the cluster JAX detects
+(crate_jax/distributed.py). Such a job trains (--config.stages=train); interp then runs on one
+machine with the same --workdir.
 """
 
 # All logic lives in the stages (`train_and_evaluate(config, workdir)` and the others), so tests
@@ -21,12 +27,15 @@ from __future__ import annotations
 import signal
 import sys
 
+import jax
+
 from absl import app, flags, logging
 
 from crate_jax.cli import CONFIG_FLAG, define_config_flag, parse_flags
 from crate_jax.data.sources import SourceError
 from crate_jax.data.token_arrays import DataPreparationError
 from crate_jax.data.tokenizer import TokenizerError
+from crate_jax.distributed import DistributedError, join, job_spec
 from crate_jax.input_checks import WorkdirError, check_run_config, check_workdir
 from crate_jax.interp.activations.capture import InterpretabilityError
 from crate_jax.interp.evaluate import evaluate_interpretability
@@ -41,6 +50,13 @@ _CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every artifact of the run "
                                "(data, checkpoints, metrics, interp results); rerunning with the "
                                "same one resumes.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process jobs: HOST:PORT of process 0's coordinator (with "
+    "--num_processes and --process_id); unset, the JAX_* variables or the cluster decide.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Multi-process jobs: how many processes the job has.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "Multi-process jobs: this process's index, 0..num_processes-1.")
 flags.mark_flags_as_required([CONFIG_FLAG, "workdir"])
 # Defined in crate_jax.cli; declared a key flag here so that --help, not only --helpfull, shows it.
 flags.declare_key_flag(CONFIG_FLAG)
@@ -49,7 +65,8 @@ STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability, "stu
 
 # Failures with a message written for the user: printed as one line, no traceback.
 _USER_ERRORS = (ConfigError, SourceError, DataPreparationError, TokenizerError, CheckpointError,
-                TrainingError, InterpretabilityError, BackendError, MetricsError, WorkdirError)
+                TrainingError, InterpretabilityError, BackendError, MetricsError, WorkdirError,
+                DistributedError)
 
 
 def stage_names(stages: str) -> list[str]:
@@ -65,6 +82,11 @@ def check_before_any_work(config, workdir: str, stages: list[str]) -> None:
     """Every input up front, so that a bad one costs one line, not a half-done run: the config as
     a run, each run of a study, then the workdir (created only once the config passed)."""
     check_run_config(config, stages)
+    if jax.process_count() > 1 and set(stages) != {"train"}:
+        raise ConfigError(
+            f"config.stages={','.join(stages)}: a {jax.process_count()}-process job runs only "
+            "the train stage; run it with --config.stages=train, then the rest on one machine "
+            "with the same --workdir (e.g. --config.stages=interp)")
     if "study" in stages:
         run_configs(config)
     check_workdir(workdir, stages)
@@ -77,6 +99,9 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # library INFO chatter; progress is printed
     try:
+        joined = join(job_spec(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value))
+        if joined:
+            print(joined, flush=True)
         names = stage_names(config.stages)
         check_before_any_work(config, _WORKDIR.value, names)
         for position, stage in enumerate(names):
