@@ -36,14 +36,14 @@ from crate_jax.model import ModelConfig, model_from_config  # noqa: E402
 from crate_jax.model.flops import model_flops_per_token, model_flops_utilization  # noqa: E402
 from crate_jax.model.parameters import count_parameters  # noqa: E402
 from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer  # noqa: E402
-from crate_jax.train.state import abstract_train_state, initial_state  # noqa: E402
-from crate_jax.train.step import (  # noqa: E402
+from crate_jax.train.sharding import (  # noqa: E402
     global_batch,
     make_mesh,
-    make_train_step,
-    replicated,
+    state_shardings,
     train_batch_sharding,
 )
+from crate_jax.train.state import abstract_train_state, initial_state  # noqa: E402
+from crate_jax.train.step import make_train_step  # noqa: E402
 from crate_jax.versions import package_versions  # noqa: E402
 
 ALL_VARIANTS = ["crate", "no_ista", "standard_attention", "ista_to_mlp", "gpt2"]
@@ -55,6 +55,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _BATCH = flags.DEFINE_integer("batch_size", None, "Override train.batch_size.")
 _SEQ = flags.DEFINE_integer("seq_len", None, "Override train.seq_len.")
 _DTYPE = flags.DEFINE_string("dtype", None, "Override model.dtype (float32 | bfloat16).")
+_FSDP = flags.DEFINE_integer("fsdp", None, "Override mesh.fsdp (mesh.data takes the rest).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results and provenance here.")
 flags.register_validator("steps", lambda steps: steps >= 1, "--steps must be at least 1")
 flags.register_validator("warmup", lambda steps: steps >= 0, "--warmup must be at least 0")
@@ -91,12 +92,14 @@ def measure(variant: str) -> dict:
         config.train.seq_len = _SEQ.value
     if _DTYPE.value:
         config.model.dtype = _DTYPE.value
+    if _FSDP.value:
+        config.mesh.update(data=-1, fsdp=_FSDP.value)
     train = config.train
     model = model_from_config(config)
-    mesh = make_mesh()
+    mesh = make_mesh(config.mesh)
     optimizer = make_optimizer(train)
     abstract = abstract_train_state(model, optimizer)
-    sharding = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract)
+    sharding = state_shardings(abstract, mesh)
     state = jax.jit(lambda: initial_state(model, optimizer, config.seed),
                     out_shardings=sharding)()
     step = make_train_step(model, optimizer, learning_rate_schedule(train), mesh, sharding)
@@ -125,7 +128,7 @@ def measure(variant: str) -> dict:
     flops = model_flops_per_token(ModelConfig.from_mapping(config.model), train.seq_len)
     device = jax.devices()[0]
     return {"variant": variant, "size": _SIZE.value, "batch_size": train.batch_size,
-            "seq_len": train.seq_len, "dtype": config.model.dtype,
+            "seq_len": train.seq_len, "dtype": config.model.dtype, "mesh": dict(mesh.shape),
             "model_config": config.model.to_dict(),  # every key, attention_impl included
             "parameters": count_parameters(state.params),
             "compile_seconds": compile_seconds, "warmup_steps": _WARMUP.value,

@@ -23,6 +23,7 @@ from crate_jax.interp.explanations.splits import check_record_protocol
 from crate_jax.layout import RunLayout
 from crate_jax.model import ConfigError, model_from_config
 from crate_jax.train.metrics import read_metrics
+from crate_jax.train.sharding import mesh_shape
 
 
 class WorkdirError(RuntimeError):
@@ -107,17 +108,20 @@ def check_run_config(config, stages: Collection[str]) -> None:
     (`InterpretabilityError` for `interp.sites` the model lacks, as the interp stage does).
 
     The model, data and training settings are checked for every stage (`interp` restores with
-    the training settings); the `interp` section only when that stage runs.
+    the training settings); the `interp` section only when that stage runs, and the device
+    mesh only when `train` runs (`interp` reads a checkpoint onto whatever devices it has).
     """
     model = model_from_config(config)  # the model section, with "did you mean" for typos
     _check_rules(config, _RUN_RULES)
-    _check_layout(config, jax.device_count())
+    _check_layout(config)
+    if "train" in stages:
+        _check_mesh(config, jax.device_count())
     if "interp" in stages:
         _check_interp(config, model)
 
 
-def _check_layout(config, device_count: int) -> None:
-    """The batch must split into micro-batches, and those over the devices, without remainder."""
+def _check_layout(config) -> None:
+    """The batch must split into micro-batches without remainder."""
     train = config.train
     if train.seq_len > config.model.max_len:
         raise ConfigError(f"train.seq_len={train.seq_len} exceeds model.max_len="
@@ -125,11 +129,20 @@ def _check_layout(config, device_count: int) -> None:
     if train.batch_size % train.grad_accum_steps:
         raise ConfigError(f"train.batch_size={train.batch_size} is not divisible by "
                           f"train.grad_accum_steps={train.grad_accum_steps}")
+
+
+def _check_mesh(config, device_count: int) -> None:
+    """`config.mesh` must lay out exactly the devices of the run, and each micro-batch (of
+    training and of evaluation alike) split evenly over all of them, as both mesh axes split it."""
+    data, fsdp = mesh_shape(config.mesh, device_count)
+    train = config.train
     micro_batch = train.batch_size // train.grad_accum_steps
-    if micro_batch % device_count:
-        raise ConfigError(f"the micro-batch (train.batch_size / train.grad_accum_steps = "
-                          f"{micro_batch}) must be divisible by the {device_count} devices; "
-                          "change train.batch_size")
+    if micro_batch % (data * fsdp):
+        raise ConfigError(
+            f"the micro-batch (train.batch_size / train.grad_accum_steps = {train.batch_size} / "
+            f"{train.grad_accum_steps} = {micro_batch}) must be divisible by the {device_count} "
+            f"devices of the mesh (mesh.data={data} x mesh.fsdp={fsdp}), which all take an equal "
+            "share of it; change train.batch_size or train.grad_accum_steps")
 
 
 def check_workdir(workdir: str | os.PathLike[str], stages: Collection[str]) -> None:

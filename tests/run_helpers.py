@@ -4,6 +4,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,44 @@ def copy_run(trained: Path, tmp_path: Path, name: str) -> Path:
     target = tmp_path / name
     subprocess.run(["cp", "-r", str(trained), str(target)], check=True)
     return target
+
+
+def run_main(workdir: Path, prepared: Path, *overrides: str, devices: int = 1,
+             wait: bool = True, config_file: str = "configs/crate.py"):
+    """`python -m crate_jax.main` training `config_file`'s tiny model in `workdir` on `devices`
+    forced host devices, with small batches (8 windows of 64 tokens, 4 evaluation batches).
+
+    Waits for it (a `CompletedProcess`), or with `wait=False` returns the running `Popen`, its
+    output (stdout and stderr together) readable line by line.
+    """
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    args = [sys.executable, "-m", "crate_jax.main",
+            *run_main_arguments(workdir, prepared, *overrides, config_file=config_file)]
+    if not wait:
+        return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def run_main_arguments(workdir: Path, prepared: Path, *overrides: str,
+                       config_file: str = "configs/crate.py") -> list[str]:
+    """The arguments of `crate_jax.main` that `run_main` passes (also to launch/ scripts)."""
+    return [f"--config={config_file}", f"--workdir={workdir}",
+            f"--config.data.data_dir={prepared / 'tfds'}", "--config.train.batch_size=8",
+            "--config.train.seq_len=64", "--config.train.warmup_steps=5",
+            "--config.train.eval_batches=4", "--config.train.progress_bar=False",
+            "--config.stages=train", *overrides]
+
+
+def checkpoint_params(workdir: Path, step: int, module=crate):
+    """The parameters of `workdir`'s checkpoint `step`, of `module`'s tiny model, on one device."""
+    from crate_jax.model import abstract_params, model_from_config
+    from crate_jax.train.checkpoints import Checkpointer
+
+    abstract = abstract_params(model_from_config(tiny_config(module)).config)
+    with Checkpointer(workdir / "checkpoints", save_every=1, keep=None) as checkpointer:
+        return checkpointer.restore_params(step, abstract)
 
 
 def data_config(source: str, **overrides) -> types.SimpleNamespace:

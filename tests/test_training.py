@@ -4,19 +4,23 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
-from run_helpers import REPO, raises_user_error, tiny_config, with_data, workdir_with_data
+from run_helpers import (
+    checkpoint_params,
+    raises_user_error,
+    run_main,
+    tiny_config,
+    with_data,
+    workdir_with_data,
+)
 
 from configs import crate, gpt2, ista_to_mlp, no_ista, standard_attention
 from crate_jax.data.sources import SourceError
-from crate_jax.model import abstract_params, model_from_config
 from crate_jax.train.checkpoints import Checkpointer, CheckpointError
 from crate_jax.train.loop import TrainingError, train_and_evaluate
 from crate_jax.train.metrics import read_metrics
@@ -57,27 +61,6 @@ def test_run_writes_config_versions_metrics_and_checkpoints(prepared, tmp_path):
     assert read_metrics(workdir) == records
 
 
-def _run_main(workdir: Path, prepared: Path, *overrides: str, devices: int = 1,
-              wait: bool = True):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    args = [sys.executable, "-m", "crate_jax.main", "--config=configs/crate.py",
-            f"--workdir={workdir}", f"--config.data.data_dir={prepared / 'tfds'}",
-            "--config.train.batch_size=8", "--config.train.seq_len=64",
-            "--config.train.warmup_steps=5", "--config.train.eval_batches=4",
-            "--config.train.progress_bar=False", "--config.stages=train", *overrides]
-    if not wait:
-        return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-def _params(workdir: Path, step: int):
-    abstract = abstract_params(model_from_config(tiny_config()).config)
-    with Checkpointer(workdir / "checkpoints", save_every=1, keep=None) as checkpointer:
-        return checkpointer.restore_params(step, abstract)
-
-
 # Checkpoints every 20 steps, a log line and a slow evaluation (64 batches) every 5: a signal sent
 # on reading a log line lands inside that evaluation, between the loop's decision not to save
 # this step and its next look at the stop flag.
@@ -90,7 +73,7 @@ _INTERRUPTIBLE = ["--config.train.num_steps=30", "--config.train.checkpoint_ever
 def uninterrupted(prepared, tmp_path_factory):
     """The run every interrupted one must reproduce exactly once resumed."""
     workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("uninterrupted"))
-    result = _run_main(workdir, prepared, *_INTERRUPTIBLE)
+    result = run_main(workdir, prepared, *_INTERRUPTIBLE)
     assert result.returncode == 0, result.stderr
     return workdir
 
@@ -99,7 +82,7 @@ def _interrupt_after_log_line(workdir: Path, prepared: Path, step: int, signum: 
                               *overrides: str) -> tuple[int, str]:
     """Starts a run, sends `signum` as soon as it prints step `step`'s log line; returns its
     exit code and output."""
-    process = _run_main(workdir, prepared, *_INTERRUPTIBLE, *overrides, wait=False)
+    process = run_main(workdir, prepared, *_INTERRUPTIBLE, *overrides, wait=False)
     seen = []
     for line in process.stdout:
         seen.append(line)
@@ -114,11 +97,11 @@ def _assert_resumes_to(uninterrupted: Path, workdir: Path, prepared: Path, *,
                        from_checkpoint: bool = True, stopped_at: int | None = None) -> None:
     """The rerun ends where the uninterrupted run did, with its parameters and its metrics
     (plus the train line the stop itself logged at `stopped_at`)."""
-    resumed = _run_main(workdir, prepared, *_INTERRUPTIBLE)
+    resumed = run_main(workdir, prepared, *_INTERRUPTIBLE)
     assert resumed.returncode == 0, resumed.stderr
     assert ("step 0 |" not in resumed.stdout) == from_checkpoint  # resumed, or restarted
-    for left, right in zip(jax.tree_util.tree_leaves(_params(uninterrupted, 30)),
-                           jax.tree_util.tree_leaves(_params(workdir, 30)), strict=True):
+    for left, right in zip(jax.tree_util.tree_leaves(checkpoint_params(uninterrupted, 30)),
+                           jax.tree_util.tree_leaves(checkpoint_params(workdir, 30)), strict=True):
         np.testing.assert_allclose(left, right, rtol=1e-6, atol=1e-7)
     curve = {(r["split"], r["step"]): r["loss"] for r in read_metrics(uninterrupted)}
     resumed_records = read_metrics(workdir)
@@ -162,11 +145,11 @@ def test_one_step_on_eight_devices_matches_one_device(prepared, tmp_path):
     results = {}
     for devices in (1, 8):
         workdir = workdir_with_data(prepared, tmp_path, f"devices_{devices}")
-        result = _run_main(workdir, prepared, *one_step, devices=devices)
+        result = run_main(workdir, prepared, *one_step, devices=devices)
         assert result.returncode == 0, result.stderr
         info = json.loads((workdir / "run_info.json").read_text())
         assert len(info["devices"]) == devices
-        results[devices] = (read_metrics(workdir), _params(workdir, 1))
+        results[devices] = (read_metrics(workdir), checkpoint_params(workdir, 1))
     (metrics_1, params_1), (metrics_8, params_8) = results[1], results[8]
     loss = {n: [r["loss"] for r in m if r["split"] == "train"] for n, m in ((1, metrics_1),
                                                                             (8, metrics_8))}

@@ -4,12 +4,17 @@ Every artifact lands in `workdir`: token arrays and tokenizer (`data/`), the con
 (`config.json`, `run_info.json`), checkpoints (`checkpoints/`), metrics (`metrics.jsonl`,
 `tensorboard/`). Rerunning the same command continues from the last checkpoint; SIGTERM or
 Ctrl-C saves one before exiting; a non-finite loss stops the run without saving the bad state.
+
+In a multi-process job (crate_jax/distributed.py) every process runs this same function: all of
+them train, evaluate and take part in every checkpoint save; only process 0 writes the other
+files; the data are prepared by process 0 first; and a stop happens at a step they all agree on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -23,22 +28,27 @@ from crate_jax.atomic_files import write_json_atomically, write_text_atomically
 from crate_jax.data.references import reference_losses
 from crate_jax.data.sampler import WindowSampler, evaluation_windows
 from crate_jax.data.token_arrays import TokenArrays, prepare_token_arrays
+from crate_jax.distributed import (
+    is_main_process,
+    local_digest,
+    main_process_first,
+    stop_agreed_at,
+)
 from crate_jax.input_checks import check_run_config
 from crate_jax.layout import RunLayout
 from crate_jax.model import model_from_config, model_identity
 from crate_jax.train.checkpoints import Checkpointer, CheckpointError
 from crate_jax.train.metrics import MetricsWriter
 from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer
-from crate_jax.train.state import TrainState, abstract_train_state, initial_state
-from crate_jax.train.step import (
-    eval_batch_sharding,
+from crate_jax.train.sharding import (
+    batch_sharding,
     global_batch,
-    make_eval_step,
     make_mesh,
-    make_train_step,
-    replicated,
+    state_shardings,
     train_batch_sharding,
 )
+from crate_jax.train.state import TrainState, abstract_train_state, initial_state
+from crate_jax.train.step import make_eval_step, make_train_step
 from crate_jax.versions import package_versions
 
 
@@ -58,7 +68,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     train = config.train
     model = model_from_config(config)
     check_run_config(config, ("train",))
-    tokens = prepare_token_arrays(config.data, model.config.vocab_size, workdir)
+    tokens = main_process_first(
+        "token arrays", lambda: prepare_token_arrays(config.data, model.config.vocab_size, workdir))
     # Closing the checkpointer waits for in-flight saves, also when the loop raises.
     with Checkpointer(directory=RunLayout(workdir).checkpoints, save_every=train.checkpoint_every,
                       keep=train.keep_checkpoints) as checkpointer:
@@ -69,11 +80,11 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
            checkpointer: Checkpointer) -> dict:
     """The loop proper: restore or initialise, then step, log, evaluate and save."""
     train = config.train
-    mesh = make_mesh()
+    mesh = make_mesh(config.mesh)
     optimizer = make_optimizer(train)
     schedule = learning_rate_schedule(train)
     abstract_state = abstract_train_state(model, optimizer)
-    state_sharding = jax.tree_util.tree_map(lambda _: replicated(mesh), abstract_state)
+    state_sharding = state_shardings(abstract_state, mesh)
     state = _restore_or_initialize(checkpointer, config, model, optimizer, abstract_state,
                                    state_sharding)
     # Only now: a config that does not match the workdir's checkpoint has been refused above,
@@ -88,7 +99,8 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
     eval_windows = _local_eval_windows(tokens, train.seq_len,
                                        train.eval_batches * train.batch_size, micro_batch)
     references = None
-    if jax.process_index() == 0:
+    is_main = is_main_process()
+    if is_main:
         num_windows = jax.process_count() * sum(chunk.shape[0] for chunk in eval_windows)
         layout = RunLayout(workdir)
         references = reference_losses(tokens, layout.data_dir, num_windows, train.seq_len)
@@ -98,7 +110,7 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
     batch_layout = (train.grad_accum_steps, micro_batch // jax.process_count(), train.seq_len + 1)
 
     def evaluate(params) -> dict:
-        total = sum(float(eval_step(params, global_batch(chunk, eval_batch_sharding(mesh))))
+        total = sum(float(eval_step(params, global_batch(chunk, batch_sharding(mesh))))
                     for chunk in eval_windows)
         loss = total / (jax.process_count() * sum(c.shape[0] for c in eval_windows)
                         * train.seq_len)
@@ -106,15 +118,17 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
                 "bits_per_byte": loss / math.log(2) / tokens.bytes_per_token("validation")}
 
     summary = {"step": start_step, "status": "completed"}
-    is_main = jax.process_index() == 0
     if start_step >= train.num_steps:
         _say(f"{workdir} already holds a finished run (step {start_step} of "
              f"train.num_steps={train.num_steps}); raise --config.train.num_steps to continue "
              "it, or use a new --workdir", is_main)
         return summary
-    # A fresh start (-1) drops metrics of any earlier run here; a resume keeps those <= its step.
-    with (MetricsWriter(workdir, resume_step=start_step or -1) as writer,
-          _stop_on_signals() as stop, contextlib.ExitStack() as cleanup):
+    with _stop_on_signals(agreed=jax.process_count() > 1) as stop, \
+            contextlib.ExitStack() as cleanup:
+        # A fresh start (-1) drops metrics of any earlier run here; a resume keeps those <= its
+        # step. Other processes write none: the one record of the run is process 0's.
+        writer = (cleanup.enter_context(MetricsWriter(workdir, resume_step=start_step or -1))
+                  if is_main else _NoMetrics())
         if start_step == 0:
             initial = evaluate(state.params)
             writer.write(0, initial, split="validation")
@@ -140,7 +154,7 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
             is_last = step == train.num_steps
             # Read once: a signal that arrives during the metrics read or the evaluation below
             # is acted on at the next step, never between deciding to save and deciding to stop.
-            stopping = stop.requested and not is_last
+            stopping = stop.requested_at(step) and not is_last
             saving = is_last or stopping or step % train.checkpoint_every == 0
             if step % train.log_every == 0 or saving:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -176,6 +190,9 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
                 break
         progress.close()
         summary["step"] = step
+    if jax.process_count() > 1:  # every process: replicas that drifted apart show here
+        print(f"process {jax.process_index()}: step {step}, parameters sha256 "
+              f"{local_digest(state.params)} (this process's part)", flush=True)
     return summary
 
 
@@ -200,7 +217,7 @@ def _restore_or_initialize(checkpointer: Checkpointer, config, model, optimizer,
             "that checkpoints folder aside to start this one over)")
     if optimizer_changes:
         _say(f"resuming step {latest} with changed optimizer settings: "
-             f"{'; '.join(optimizer_changes)}", jax.process_index() == 0)
+             f"{'; '.join(optimizer_changes)}", is_main_process())
     restored, _ = checkpointer.restore(latest, target.as_dict())
     return TrainState.from_dict(restored)
 
@@ -265,7 +282,7 @@ def _checkpoint_meta(config, tokens: TokenArrays, step: int) -> dict:
 
 def _write_run_files(config, workdir: Path, tokens: TokenArrays) -> None:
     """The config and versions next to every result, so any number can be reproduced."""
-    if jax.process_index() != 0:
+    if not is_main_process():
         return
     layout = RunLayout(workdir)
     write_text_atomically(layout.config, config.to_json(indent=2, sort_keys=True))
@@ -295,24 +312,52 @@ def _say(message: str, is_main: bool, progress: tqdm | None = None) -> None:
         (progress.write if progress is not None else print)(message)
 
 
+class _NoMetrics:
+    """What a process other than 0 writes metrics into: nothing (process 0 writes the record)."""
+
+    def write(self, step: int, values: dict, split: str = "train") -> None:
+        pass
+
+
 class _StopRequest:
-    requested = False
-    signal: int | None = None  # the signal that asked for the stop
+    """Whether the loop stops after this step. Alone, a signal sets a flag read once per step;
+    in a multi-process job the step comes from JAX's preemption sync point, the same on every
+    process (see `crate_jax.distributed.stop_agreed_at`)."""
+
+    def __init__(self, agreed: bool) -> None:
+        self.agreed = agreed
+        self.requested = False
+        self.signal: int | None = None  # the signal that asked for the stop
+
+    def requested_at(self, step: int) -> bool:
+        if not self.agreed:
+            return self.requested
+        if stop_agreed_at(step):
+            self.signal = self.signal or signal.SIGTERM  # another process may have had it
+            return True
+        return False
 
 
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[_StopRequest]:
+def _stop_on_signals(agreed: bool) -> Iterator[_StopRequest]:
     """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the loop to save and stop at the next step;
-    a second SIGINT interrupts at once."""
-    stop = _StopRequest()
+    a second SIGINT interrupts at once.
+
+    `agreed` (a multi-process job): SIGTERM stays with JAX's preemption notifier, which tells
+    every process; a first SIGINT is passed on to it as a SIGTERM of this process.
+    """
+    stop = _StopRequest(agreed)
 
     def request(signum, frame):
         if stop.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         stop.requested, stop.signal = True, signum
+        if agreed:
+            os.kill(os.getpid(), signal.SIGTERM)
 
+    handled = (signal.SIGINT,) if agreed else (signal.SIGTERM, signal.SIGINT)
     try:
-        previous = {sig: signal.signal(sig, request) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, request) for sig in handled}
     except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
         previous = {}
     try:
