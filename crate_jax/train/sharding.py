@@ -71,14 +71,17 @@ def mesh_shape(mesh_config: Mapping[str, int], device_count: int) -> tuple[int, 
 def make_mesh(mesh_config: Mapping[str, int]) -> Mesh:
     """The `data` x `fsdp` mesh over every device of every process (`jax.devices()`).
 
-    `create_device_mesh` orders the devices so that neighbouring `fsdp` devices are close (on
-    TPUs, along the interconnect's rings; elsewhere in `jax.devices()` order, which keeps a
-    process's devices together). A plain `Mesh` is used rather than `jax.make_mesh`, whose axes
-    are `Explicit` by default in newer JAX: these are `Auto`, the partitioner's choice.
+    `create_device_mesh` orders the devices for the interconnect: on TPUs, each axis along
+    physical rings (splitting one only where the shape asks for it); elsewhere by device id or in
+    `jax.devices()` order, both of which keep a process's devices together, so an `fsdp` axis
+    no larger than a host stays inside it. A plain `Mesh` is used rather than `jax.make_mesh`,
+    whose axes are `Explicit` by default in newer JAX: these are `Auto`, left to the partitioner.
+    (Multi-slice TPU jobs would need `create_hybrid_device_mesh`, with `data` across slices.)
     """
     devices = jax.devices()
     shape = mesh_shape(mesh_config, len(devices))
-    return Mesh(mesh_utils.create_device_mesh(shape, devices), MESH_AXES)
+    return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True),
+                MESH_AXES)
 
 
 def partition_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
