@@ -80,7 +80,7 @@ def test_mesh_settings_resolve_minus_one_and_must_lay_out_every_device():
         (-1, -1): r"^mesh.data=-1, mesh.fsdp=-1: at most one mesh axis may be -1; give the "
                   r"other a number of devices \(this run has 8\)",
         (-1, 3): r"^mesh.data=-1, mesh.fsdp=3: the 8 devices do not split into groups of 3, so "
-                 r"mesh.data=-1 cannot take the rest; use a divisor of 8 \(1, 2, 4, 8\)",
+                 r"mesh.data=-1 cannot take the rest; give mesh.fsdp a divisor of 8 \(1, 2, 4, 8\)",
         (2, 2): r"^mesh.data=2, mesh.fsdp=2 lay out 4 devices, but this run has 8; make "
                 r"mesh.data \* mesh.fsdp = 8, or set one of them to -1",
     }

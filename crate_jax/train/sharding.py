@@ -56,10 +56,11 @@ def mesh_shape(mesh_config: Mapping[str, int], device_count: int) -> tuple[int, 
     known = math.prod(size for size in sizes.values() if size != -1)
     if filled:
         if device_count % known:
+            other = next(axis for axis in MESH_AXES if axis != filled[0])
             raise ConfigError(
                 f"{given}: the {device_count} devices do not split into groups of {known}, so "
-                f"mesh.{filled[0]}=-1 cannot take the rest; use a divisor of {device_count} "
-                f"({', '.join(map(str, _divisors(device_count)))})")
+                f"mesh.{filled[0]}=-1 cannot take the rest; give mesh.{other} a divisor of "
+                f"{device_count} ({', '.join(map(str, _divisors(device_count)))})")
         sizes[filled[0]] = device_count // known
     elif known != device_count:
         raise ConfigError(
