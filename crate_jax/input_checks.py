@@ -9,6 +9,7 @@ here first, each ends in one line that names the key, the value and what is allo
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import typing
 from collections.abc import Callable, Collection
@@ -24,6 +25,9 @@ from crate_jax.layout import RunLayout
 from crate_jax.model import ConfigError, model_from_config
 from crate_jax.train.metrics import read_metrics
 from crate_jax.train.sharding import mesh_shape
+
+
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 class WorkdirError(RuntimeError):
@@ -148,7 +152,17 @@ def _check_mesh(config, device_count: int) -> None:
 def check_workdir(workdir: str | os.PathLike[str], stages: Collection[str]) -> None:
     """Creates `workdir` if needed and writes a scratch file there, so that a workdir that cannot
     hold the run fails now rather than after data preparation; for `train`, also reads the
-    metrics it will append to, so damage is reported before the run (not mid-way)."""
+    metrics it will append to, so damage is reported before the run (not mid-way).
+
+    An object-store URL (`gs://bucket/run`) is refused: as a local path it would silently become
+    the folder `./gs:/bucket/run`, and the run needs a file system (memory-mapped token arrays,
+    appended metrics, atomic renames). A bucket mounted with gcsfuse is one.
+    """
+    scheme = _URL_SCHEME.match(os.fspath(workdir))
+    if scheme:
+        raise WorkdirError(
+            f"--workdir={workdir}: {scheme.group(1)}:// URLs are not supported as a workdir; "
+            "mount the bucket as a folder (e.g. gcsfuse BUCKET /mnt/BUCKET) and pass that path")
     path = Path(workdir)
     if path.exists() and not path.is_dir():
         raise WorkdirError(f"--workdir={workdir} is a file, not a directory; give a directory "

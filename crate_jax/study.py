@@ -28,7 +28,7 @@ from crate_jax.report.ablation_table import markdown_table
 from crate_jax.report.study_report import write_study_report
 from crate_jax.train.loop import train_and_evaluate
 
-SHARED_SECTIONS = ("data", "train", "interp")  # and model.vocab_size, set by the corpus
+SHARED_SECTIONS = ("data", "train", "mesh", "interp")  # and model.vocab_size, set by the corpus
 RUN_STAGES = ("train", "interp")  # what each run of the study goes through
 
 

@@ -177,6 +177,13 @@ def test_a_workdir_that_cannot_hold_the_run_is_one_fatal_line(kind, tmp_path):
             assert list(workdir.iterdir()) == []
 
 
+def test_an_object_store_url_is_refused_rather_than_made_a_local_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with raises_user_error(WorkdirError, "gs:// URLs are not supported as a workdir; mount"):
+        _check(crate.get_config("tiny"), "gs://bucket/run", "train")
+    assert list(tmp_path.iterdir()) == []  # no ./gs:/bucket/run
+
+
 # --- a damaged metrics.jsonl --------------------------------------------------------------------
 
 def test_a_damaged_middle_line_of_metrics_is_one_fatal_line_naming_it(tmp_path):

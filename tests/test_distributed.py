@@ -1,8 +1,27 @@
 """Multi-process jobs: how a process finds its job, and real N-process runs on 127.0.0.1."""
 
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
 import pytest
+from run_helpers import (
+    REPO,
+    checkpoint_params,
+    run_main,
+    run_main_arguments,
+    workdir_with_data,
+)
 
 from crate_jax.distributed import DistributedError, JobSpec, job_spec
+from crate_jax.train.checkpoints import Checkpointer
+from crate_jax.train.metrics import read_metrics
 
 SLURM_TWO_TASKS = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[01-02]",
                    "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
@@ -45,3 +64,99 @@ def test_a_malformed_variable_is_named():
     with pytest.raises(DistributedError, match="JAX_NUM_PROCESSES='two'"):
         job_spec(environ={"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "two",
                           "JAX_PROCESS_ID": "0"})
+
+
+# --- Real jobs: `launch/local_multiprocess.sh` starts N processes of crate_jax.main on 127.0.0.1.
+
+THREE_STEPS = ["--config.train.num_steps=3", "--config.train.log_every=1",
+               "--config.train.eval_every=3", "--config.train.checkpoint_every=3"]
+
+
+def _launch(processes: int, workdir: Path, prepared: Path, log_dir: Path, *overrides: str,
+            wait: bool = True):
+    """`launch/local_multiprocess.sh` running the tiny training of `run_main` in `workdir`."""
+    main_arguments = run_main_arguments(workdir, prepared, *overrides)
+    command = ["bash", str(REPO / "launch" / "local_multiprocess.sh"), str(processes),
+               "--log-dir", str(log_dir), "--", *main_arguments]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
+           "CRATE_JAX_PYTHON": sys.executable, "XLA_FLAGS": ""}
+    if not wait:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def _digest_line(output: str, process: int) -> str:
+    found = re.findall(rf"^process {process}: step \d+, parameters sha256 \w+", output, re.M)
+    assert len(found) == 1, output[-3000:]
+    return found[0].split(": ", 1)[1]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(prepared, tmp_path_factory) -> Path:
+    workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("one_process"))
+    result = run_main(workdir, prepared, *THREE_STEPS)
+    assert result.returncode == 0, result.stderr
+    return workdir
+
+
+def test_two_processes_train_as_one_and_a_single_process_resumes_their_checkpoint(
+        prepared, tmp_path, one_process_run):
+    workdir, logs = workdir_with_data(prepared, tmp_path), tmp_path / "logs"
+    result = _launch(2, workdir, prepared, logs, *THREE_STEPS)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "process 0 of 2 (joined via flags" in result.stdout
+    # Both processes end with the same parameters (replicated over the data axis) ...
+    other = (logs / "process_1.log").read_text()
+    assert _digest_line(result.stdout, 0) == _digest_line(other, 1)
+    # ... equal to one process training on the same global batches.
+    for ours, single in zip(jax.tree_util.tree_leaves(checkpoint_params(workdir, 3)),
+                            jax.tree_util.tree_leaves(checkpoint_params(one_process_run, 3)),
+                            strict=True):
+        np.testing.assert_allclose(ours, single, rtol=1e-5, atol=1e-6)
+    # Only process 0 writes: every metric once, one event file per split, no stray logs.
+    records = read_metrics(workdir)
+    assert [(r["split"], r["step"]) for r in records] == [
+        ("validation", 0), ("train", 1), ("train", 2), ("train", 3), ("validation", 3)]
+    single = {(r["split"], r["step"]): r["loss"] for r in read_metrics(one_process_run)}
+    for record in records:
+        assert record["loss"] == pytest.approx(single[record["split"], record["step"]], rel=1e-5)
+    for split in ("train", "validation"):
+        assert len(os.listdir(workdir / "tensorboard" / split)) == 1
+    assert sorted(p.name for p in workdir.iterdir()) == sorted(
+        p.name for p in one_process_run.iterdir())
+    assert json.loads((workdir / "run_info.json").read_text())["process_count"] == 2
+    # The 2-process checkpoint resumes in one process, and training goes on.
+    resumed = run_main(workdir, prepared, *THREE_STEPS, "--config.train.num_steps=5")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step 0 |" not in resumed.stdout and "step 5 | loss" in resumed.stdout
+    assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == [1, 2, 3, 4, 5]
+
+
+def test_a_sigterm_to_one_process_stops_every_process_at_the_same_saved_step(prepared, tmp_path):
+    workdir, logs = workdir_with_data(prepared, tmp_path), tmp_path / "logs"
+    job = _launch(2, workdir, prepared, logs, "--config.train.num_steps=500",
+                  "--config.train.log_every=2", "--config.train.checkpoint_every=400",
+                  "--config.train.eval_every=400", wait=False)
+    seen = []
+    try:
+        for line in job.stdout:
+            seen.append(line)
+            if line.startswith("step 4 | loss"):
+                # Only process 1 gets the signal, as when one host of a pod is preempted first.
+                subprocess.run(["pkill", "-TERM", "-f", f"workdir={workdir} .*process_id=1"],
+                               check=True)
+                break
+        output = "".join(seen) + job.communicate(timeout=180)[0]
+    finally:  # a failed test leaves no job behind
+        job.kill()
+        subprocess.run(["pkill", "-KILL", "-f", f"workdir={workdir} "], check=False)
+    assert job.returncode == 128 + signal.SIGTERM, output[-3000:]
+    stopped_at = int(re.search(r"stopped by signal at step (\d+)", output).group(1))
+    assert 4 <= stopped_at < 500
+    other = (logs / "process_1.log").read_text()
+    assert _digest_line(output, 0) == _digest_line(other, 1) == _digest_line(output, 0)
+    assert f"step {stopped_at}," in _digest_line(other, 1)
+    with Checkpointer(workdir / "checkpoints", save_every=400) as checkpointer:
+        assert checkpointer.all_steps() == [stopped_at]

@@ -31,7 +31,10 @@ def _miniature(config, **study):
 
 
 def test_every_run_shares_the_study_settings_and_keeps_its_ablation_keys(prepared):
-    runs = run_configs(_study(prepared))
+    config = _study(prepared)
+    config.mesh.data = 1  # the variants' own default is -1
+    runs = run_configs(config)
+    assert all(run.mesh.data == 1 for run in runs.values())  # the device layout is the study's
     assert len(runs) == 15
     assert runs["no_ista_seed1"].model.sparse_block == "none"
     assert runs["standard_attention_seed2"].model.attention == "mhsa"
