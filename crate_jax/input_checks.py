@@ -26,7 +26,6 @@ from crate_jax.model import ConfigError, model_from_config
 from crate_jax.train.metrics import read_metrics
 from crate_jax.train.sharding import mesh_shape
 
-
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 

@@ -28,14 +28,13 @@ import signal
 import sys
 
 import jax
-
 from absl import app, flags, logging
 
 from crate_jax.cli import CONFIG_FLAG, define_config_flag, parse_flags
 from crate_jax.data.sources import SourceError
 from crate_jax.data.token_arrays import DataPreparationError
 from crate_jax.data.tokenizer import TokenizerError
-from crate_jax.distributed import DistributedError, join, job_spec
+from crate_jax.distributed import DistributedError, job_spec, join
 from crate_jax.input_checks import WorkdirError, check_run_config, check_workdir
 from crate_jax.interp.activations.capture import InterpretabilityError
 from crate_jax.interp.evaluate import evaluate_interpretability
