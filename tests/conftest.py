@@ -37,3 +37,21 @@ def trained(prepared, tmp_path_factory):
     workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("trained"), "trained")
     train_and_evaluate(interp_config(prepared, {}), workdir)
     return workdir
+
+
+@pytest.fixture(scope="session")
+def three_step_runs(prepared, tmp_path_factory):
+    """`(variant, layout) -> workdir` of a finished 3-step run (`run_helpers.train_three_steps`),
+    each trained once per session: the sharding and multi-process tests share the baselines."""
+    from run_helpers import train_three_steps, workdir_with_data
+
+    done = {}
+
+    def run(variant: str, layout: str):
+        if (variant, layout) not in done:
+            workdir = workdir_with_data(prepared, tmp_path_factory.mktemp(variant), layout)
+            train_three_steps(workdir, prepared, variant, layout)
+            done[variant, layout] = workdir
+        return done[variant, layout]
+
+    return run

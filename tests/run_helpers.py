@@ -85,6 +85,25 @@ def run_main_arguments(workdir: Path, prepared: Path, *overrides: str,
             "--config.stages=train", *overrides]
 
 
+# A 3-step run, checkpointed and logged every step: what the sharding and multi-process tests
+# compare across device layouts (`three_step_runs` in conftest.py trains each layout once).
+THREE_STEPS = 3
+THREE_STEP_ARGS = [f"--config.train.num_steps={THREE_STEPS}", "--config.train.checkpoint_every=1",
+                   "--config.train.log_every=1", f"--config.train.eval_every={THREE_STEPS}"]
+# layout -> (forced host devices, mesh overrides)
+MESH_LAYOUTS = {"one_device": (1, []), "fsdp8": (8, ["--config.mesh.fsdp=8"]),
+                "data8": (8, ["--config.mesh.data=8"])}
+
+
+def train_three_steps(workdir: Path, prepared: Path, variant: str, layout: str) -> str:
+    """Trains (or resumes) `variant`'s 3-step run in `workdir` on `layout`; returns its output."""
+    devices, mesh = MESH_LAYOUTS[layout]
+    result = run_main(workdir, prepared, *THREE_STEP_ARGS, *mesh, devices=devices,
+                      config_file=f"configs/{variant}.py")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 def checkpoint_params(workdir: Path, step: int, module=crate):
     """The parameters of `workdir`'s checkpoint `step`, of `module`'s tiny model, on one device."""
     from crate_jax.model import abstract_params, model_from_config

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from run_helpers import (
     REPO,
+    THREE_STEP_ARGS,
     checkpoint_params,
     run_main,
     run_main_arguments,
@@ -68,10 +69,6 @@ def test_a_malformed_variable_is_named():
 
 # --- Real jobs: `launch/local_multiprocess.sh` starts N processes of crate_jax.main on 127.0.0.1.
 
-THREE_STEPS = ["--config.train.num_steps=3", "--config.train.log_every=1",
-               "--config.train.eval_every=3", "--config.train.checkpoint_every=3"]
-
-
 def _launch(processes: int, workdir: Path, prepared: Path, log_dir: Path, *overrides: str,
             wait: bool = True):
     """`launch/local_multiprocess.sh` running the tiny training of `run_main` in `workdir`."""
@@ -93,18 +90,11 @@ def _digest_line(output: str, process: int) -> str:
     return found[0].split(": ", 1)[1]
 
 
-@pytest.fixture(scope="module")
-def one_process_run(prepared, tmp_path_factory) -> Path:
-    workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("one_process"))
-    result = run_main(workdir, prepared, *THREE_STEPS)
-    assert result.returncode == 0, result.stderr
-    return workdir
-
-
 def test_two_processes_train_as_one_and_a_single_process_resumes_their_checkpoint(
-        prepared, tmp_path, one_process_run):
+        prepared, tmp_path, three_step_runs):
+    one_process_run = three_step_runs("crate", "one_device")
     workdir, logs = workdir_with_data(prepared, tmp_path), tmp_path / "logs"
-    result = _launch(2, workdir, prepared, logs, *THREE_STEPS)
+    result = _launch(2, workdir, prepared, logs, *THREE_STEP_ARGS)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "process 0 of 2 (joined via flags" in result.stdout
     # Both processes end with the same parameters (replicated over the data axis) ...
@@ -128,7 +118,7 @@ def test_two_processes_train_as_one_and_a_single_process_resumes_their_checkpoin
         p.name for p in one_process_run.iterdir())
     assert json.loads((workdir / "run_info.json").read_text())["process_count"] == 2
     # The 2-process checkpoint resumes in one process, and training goes on.
-    resumed = run_main(workdir, prepared, *THREE_STEPS, "--config.train.num_steps=5")
+    resumed = run_main(workdir, prepared, *THREE_STEP_ARGS, "--config.train.num_steps=5")
     assert resumed.returncode == 0, resumed.stderr
     assert "step 0 |" not in resumed.stdout and "step 5 | loss" in resumed.stdout
     assert [r["step"] for r in read_metrics(workdir) if r["split"] == "train"] == [1, 2, 3, 4, 5]

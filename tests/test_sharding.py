@@ -5,21 +5,17 @@ Equal means: per-step train losses and validation losses within a relative 1e-5,
 within rtol 1e-5 / atol 1e-6 (float32; sums are reduced in another order across devices).
 """
 
-import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from jax.sharding import PartitionSpec as P
-from run_helpers import REPO, checkpoint_params, run_main, tiny_config, workdir_with_data
+from run_helpers import THREE_STEPS, checkpoint_params, tiny_config, train_three_steps
 
 from configs import crate, gpt2
-from crate_jax.input_checks import check_run_config
+from crate_jax.input_checks import _check_mesh, check_run_config
 from crate_jax.model import ConfigError, model_from_config
 from crate_jax.train.metrics import read_metrics
 from crate_jax.train.optimizer import make_optimizer
@@ -30,7 +26,7 @@ VARIANTS = {"crate": crate, "gpt2": gpt2}
 # A (128, 512) matrix of each variant's tiny model: split 8 ways along its 512 columns.
 LARGE_MATRIX = {"crate": ("layer_0", "ista", "dictionary"),
                 "gpt2": ("layer_0", "mlp", "hidden", "kernel")}
-STEPS = 3
+STEPS = THREE_STEPS
 
 
 # --- the rules ----------------------------------------------------------------------------------
@@ -97,91 +93,19 @@ def test_the_mesh_is_checked_before_a_training_run():
     check_run_config(config, ("interp",))  # interp reads checkpoints onto the devices it has
 
 
-# --- on 8 forced host devices -------------------------------------------------------------------
-
-_LAYOUT_SCRIPT = textwrap.dedent("""
-    import jax, numpy as np, pytest
-    from run_helpers import tiny_config
-    from configs import gpt2
-    from crate_jax.input_checks import check_run_config
-    from crate_jax.model import ConfigError, model_from_config
-    from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer
-    from crate_jax.train.sharding import (global_batch, make_mesh, state_shardings,
-                                          train_batch_sharding)
-    from crate_jax.train.state import abstract_train_state, initial_state
-    from crate_jax.train.step import make_train_step
-
-    assert jax.device_count() == 8
-    config = tiny_config(gpt2)
-    for (data, fsdp), columns in {(-1, 8): 64, (2, -1): 128}.items():
-        config.mesh.update(data=data, fsdp=fsdp)
-        check_run_config(config, ("train",))
-        # What the training loop builds, and the state after one step of it.
-        model, optimizer = model_from_config(config), make_optimizer(config.train)
-        mesh = make_mesh(config.mesh)
-        shardings = state_shardings(abstract_train_state(model, optimizer), mesh)
-        state = jax.jit(lambda: initial_state(model, optimizer, 0), out_shardings=shardings)()
-        step = make_train_step(model, optimizer, learning_rate_schedule(config.train), mesh,
-                               shardings)
-        batch = np.zeros((1, 8, config.train.seq_len + 1), np.int32)
-        state, _ = step(state, global_batch(batch, train_batch_sharding(mesh)))
-        hidden = state.params["layer_0"]["mlp"]["hidden"]["kernel"]  # (128, 512)
-        for array in (hidden, state.opt_state[1][0].mu["layer_0"]["mlp"]["hidden"]["kernel"]):
-            assert array.sharding.shard_shape(array.shape) == (128, columns), array.sharding
-            assert {s.data.shape for s in array.addressable_shards} == {(128, columns)}
-        scale = state.params["layer_0"]["mlp_norm"]["scale"]
-        assert scale.sharding.shard_shape(scale.shape) == scale.shape  # small: replicated
-        print(f"mesh {dict(mesh.shape)}: hidden kernel {tuple(hidden.sharding.spec)}")
-    # Each of the 8 devices must take an equal share of every micro-batch.
+def test_every_device_of_the_mesh_takes_an_equal_share_of_each_micro_batch():
+    config = tiny_config()
     config.mesh.update(data=-1, fsdp=8)
     config.train.update(batch_size=12, grad_accum_steps=3)
-    with pytest.raises(ConfigError, match=r"the micro-batch \\(train.batch_size / "
-                       r"train.grad_accum_steps = 12 / 3 = 4\\) must be divisible by the 8 "
-                       r"devices of the mesh \\(mesh.data=1 x mesh.fsdp=8\\)"):
-        check_run_config(config, ("train",))
-    print("layout checked")
-""")
+    with pytest.raises(ConfigError, match=r"the micro-batch \(train.batch_size / "
+                       r"train.grad_accum_steps = 12 / 3 = 4\) must be divisible by the 8 "
+                       r"devices of the mesh \(mesh.data=1 x mesh.fsdp=8\)"):
+        _check_mesh(config, device_count=8)
+    config.train.update(batch_size=24)
+    _check_mesh(config, device_count=8)
 
 
-def test_large_matrices_and_their_moments_are_split_across_the_devices():
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(REPO / "tests"),
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    result = subprocess.run([sys.executable, "-c", _LAYOUT_SCRIPT], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "mesh {'data': 1, 'fsdp': 8}: hidden kernel (None, 'fsdp')" in result.stdout
-    assert "mesh {'data': 2, 'fsdp': 4}" in result.stdout and "layout checked" in result.stdout
-
-
-_EVERY_STEP = [f"--config.train.num_steps={STEPS}", "--config.train.checkpoint_every=1",
-               "--config.train.log_every=1", f"--config.train.eval_every={STEPS}"]
-_LAYOUTS = {"one_device": (1, []), "fsdp8": (8, ["--config.mesh.fsdp=8"]),
-            "data8": (8, ["--config.mesh.data=8"])}
-
-
-def _train(workdir, prepared, variant: str, layout: str) -> str:
-    """Trains (or resumes) `variant`'s 3-step run in `workdir` on `layout`; returns its output."""
-    devices, mesh = _LAYOUTS[layout]
-    result = run_main(workdir, prepared, *_EVERY_STEP, *mesh, devices=devices,
-                      config_file=f"configs/{variant}.py")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-@pytest.fixture(scope="module")
-def runs(prepared, tmp_path_factory):
-    """`(variant, layout) -> workdir` of a finished 3-step run, each trained once per module."""
-    done = {}
-
-    def run(variant: str, layout: str):
-        if (variant, layout) not in done:
-            workdir = workdir_with_data(prepared, tmp_path_factory.mktemp(variant), layout)
-            _train(workdir, prepared, variant, layout)
-            done[variant, layout] = workdir
-        return done[variant, layout]
-
-    return run
-
+# --- on 8 forced host devices -------------------------------------------------------------------
 
 def _assert_same_run(expected, actual, module) -> None:
     def losses(workdir):
@@ -198,7 +122,7 @@ def _assert_same_run(expected, actual, module) -> None:
         np.testing.assert_allclose(left, right, rtol=1e-5, atol=1e-6)
 
 
-def _saved_partition_spec(workdir, *path: str) -> tuple:
+def _saved_partition_spec(workdir, *path: str | int) -> tuple:
     """How the training process held state leaf `path` when it saved the last checkpoint (orbax
     records each array's sharding)."""
     with ocp.StandardCheckpointer() as reader:
@@ -209,20 +133,25 @@ def _saved_partition_spec(workdir, *path: str) -> tuple:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_three_fsdp_steps_on_eight_devices_equal_one_device(variant, runs):
-    one_device, fsdp = runs(variant, "one_device"), runs(variant, "fsdp8")
+def test_three_fsdp_steps_on_eight_devices_equal_one_device(variant, three_step_runs):
+    one_device, fsdp = three_step_runs(variant, "one_device"), three_step_runs(variant, "fsdp8")
     assert _saved_partition_spec(one_device, "params", *LARGE_MATRIX[variant]) == ()
+    # The large matrix and Adam's moments of it were split over the 8 devices, a vector was not.
     assert _saved_partition_spec(fsdp, "params", *LARGE_MATRIX[variant]) == (None, FSDP_AXIS)
+    for moment in ("mu", "nu"):
+        assert _saved_partition_spec(fsdp, "opt_state", 1, 0, moment,
+                                     *LARGE_MATRIX[variant]) == (None, FSDP_AXIS)
+    assert _saved_partition_spec(fsdp, "params", "final_norm", "scale") == ()
     _assert_same_run(one_device, fsdp, VARIANTS[variant])
 
 
 # (Restoring an fsdp=8 checkpoint's parameters onto one device is done by every comparison.)
 @pytest.mark.parametrize("saved, resumed", [("fsdp8", "data8"), ("one_device", "fsdp8")])
 def test_a_checkpoint_resumes_on_another_mesh_and_continues_the_same_run(
-        saved, resumed, runs, prepared, tmp_path):
+        saved, resumed, three_step_runs, prepared, tmp_path):
     workdir = tmp_path / "run"
-    shutil.copytree(runs("crate", saved), workdir)
+    shutil.copytree(three_step_runs("crate", saved), workdir)
     shutil.rmtree(workdir / "checkpoints" / str(STEPS))  # as if stopped after step 2's save
-    output = _train(workdir, prepared, "crate", resumed)
+    output = train_three_steps(workdir, prepared, "crate", resumed)
     assert "step 0 |" not in output and f"step {STEPS} | loss" in output  # resumed at step 2
-    _assert_same_run(runs("crate", "one_device"), workdir, crate)
+    _assert_same_run(three_step_runs("crate", "one_device"), workdir, crate)

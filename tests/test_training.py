@@ -139,26 +139,6 @@ def test_kill_at_a_random_step_then_rerun_equals_the_uninterrupted_run(
     _assert_resumes_to(uninterrupted, workdir, prepared, from_checkpoint=saved is not None)
 
 
-def test_one_step_on_eight_devices_matches_one_device(prepared, tmp_path):
-    one_step = ["--config.train.num_steps=1", "--config.train.checkpoint_every=1",
-                "--config.train.log_every=1", "--config.train.eval_every=1"]
-    results = {}
-    for devices in (1, 8):
-        workdir = workdir_with_data(prepared, tmp_path, f"devices_{devices}")
-        result = run_main(workdir, prepared, *one_step, devices=devices)
-        assert result.returncode == 0, result.stderr
-        info = json.loads((workdir / "run_info.json").read_text())
-        assert len(info["devices"]) == devices
-        results[devices] = (read_metrics(workdir), checkpoint_params(workdir, 1))
-    (metrics_1, params_1), (metrics_8, params_8) = results[1], results[8]
-    loss = {n: [r["loss"] for r in m if r["split"] == "train"] for n, m in ((1, metrics_1),
-                                                                            (8, metrics_8))}
-    assert loss[1] == pytest.approx(loss[8], rel=1e-5)
-    for left, right in zip(jax.tree_util.tree_leaves(params_1),
-                           jax.tree_util.tree_leaves(params_8), strict=True):
-        np.testing.assert_allclose(left, right, rtol=1e-5, atol=1e-6)
-
-
 def test_gradient_accumulation_matches_the_whole_batch(prepared, tmp_path):
     whole = train_and_evaluate(with_data(tiny_config(num_steps=3, log_every=1), prepared),
                                workdir_with_data(prepared, tmp_path, "whole"))
