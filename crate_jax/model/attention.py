@@ -21,8 +21,12 @@ import jax.numpy as jnp
 
 from crate_jax.model.config import ConfigError
 from crate_jax.model.initializers import DEFAULT_INIT
+from crate_jax.model.steering import steered
 
 ATTN_SITE = "attn"
+# The key-value cache of generation (`decode=True`): keys and values of every position so far,
+# `[batch, cache_length, heads, head_dim]`, in a collection of its own.
+CACHE = "cache"
 
 # What jax's cuDNN path (jax/_src/cudnn/fused_attention_stablehlo.py) and NVIDIA's support matrix
 # require of flash attention: SM 8.0 (Ampere) or later, fp16/bf16 inputs, and a head dim that is
@@ -91,10 +95,23 @@ def causal_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     return jax.nn.dot_product_attention(query, key, value, is_causal=True, implementation=kernel)
 
 
+def cached_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                     positions: jax.Array) -> jax.Array:
+    """Attention of queries at absolute `positions` (`[seq]`) over a whole key-value cache
+    (`[batch, cache_length, heads, head_dim]`), each query seeing the keys at or before its own
+    position. XLA's kernel: cuDNN's flash attention takes no such mask."""
+    visible = jnp.arange(key.shape[1])[None, :] <= positions[:, None]   # [seq, cache_length]
+    return jax.nn.dot_product_attention(query, key, value, mask=visible[None, None],
+                                        implementation="xla")
+
+
 class _CausalSelfAttention(nn.Module):
     """Shared core: heads -> captured `attn` neurons -> output projection with optional bias.
 
     Subclasses only say how query, key and value are projected from the input.
+    With `decode=True` the keys and values of `x` go into the `cache` collection (created, zero,
+    of `cache_length` positions on the first call) at `positions`, and the queries attend over
+    the whole cache: a prompt is one call, then each new token one more.
     """
 
     num_heads: int
@@ -102,6 +119,7 @@ class _CausalSelfAttention(nn.Module):
     dtype: jnp.dtype = jnp.float32
     out_init: nn.initializers.Initializer = DEFAULT_INIT
     attention_impl: str = "auto"
+    cache_length: int = 0
 
     def project_heads(self, x: jax.Array, name: str, use_bias: bool) -> jax.Array:
         """A Dense map `[batch, seq, d] -> [batch, seq, heads, head_dim]`."""
@@ -112,22 +130,46 @@ class _CausalSelfAttention(nn.Module):
     def query_key_value(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         raise NotImplementedError
 
+    def cached_key_value(self, key: jax.Array, value: jax.Array,
+                         start: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The cache with `key` and `value` written from position `start` on; one array when
+        key and value are one projection (MSSA's U x)."""
+        batch, _, heads, head_dim = key.shape
+        shape = (batch, self.cache_length, heads, head_dim)
+        at = (0, start, 0, 0)
+        cached = []
+        for name, array in (("key", key), ("value", value))[:1 if value is key else 2]:
+            variable = self.variable(CACHE, name, jnp.zeros, shape, array.dtype)
+            variable.value = jax.lax.dynamic_update_slice(variable.value, array, at)
+            cached.append(variable.value)
+        return cached[0], cached[-1]
+
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """`x`: `[batch, seq, d]` (already layer-normed) -> `[batch, seq, d]`."""
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None,
+                 decode: bool = False) -> jax.Array:
+        """`x`: `[batch, seq, d]` (already layer-normed) -> `[batch, seq, d]`. `positions`
+        (`[seq]`, absolute; None: 0..seq-1) place the cache writes and any steering."""
         batch, seq, width = x.shape
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads={self.num_heads}")
         query, key, value = self.query_key_value(x)
-        heads = causal_attention(query, key, value, self.attention_impl)
+        if decode:
+            positions = jnp.arange(seq) if positions is None else positions
+            key, value = self.cached_key_value(key, value, positions[0])
+            heads = cached_attention(query, key, value, positions)
+        else:
+            heads = causal_attention(query, key, value, self.attention_impl)
         # Per-head outputs before mixing, concatenated over heads: `[batch, seq, d]`.
-        self.sow(f"neurons_{ATTN_SITE}", ATTN_SITE, heads.reshape(batch, seq, width))
+        concatenated = steered(self, ATTN_SITE, heads.reshape(batch, seq, width), positions)
+        heads = concatenated.reshape(heads.shape)
+        self.sow(f"neurons_{ATTN_SITE}", ATTN_SITE, concatenated)
         return nn.DenseGeneral(width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
                                kernel_init=self.out_init, name="out")(heads)
 
 
 class SubspaceSelfAttention(_CausalSelfAttention):
-    """MSSA: the bias-free projection U (`subspace`) is used as query, key and value."""
+    """MSSA: the bias-free projection U (`subspace`) is used as query, key and value, so its
+    cache holds U x once."""
 
     def query_key_value(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         projected = self.project_heads(x, "subspace", use_bias=False)

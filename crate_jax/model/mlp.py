@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from crate_jax.model.initializers import DEFAULT_INIT
+from crate_jax.model.steering import steered
 
 MLP_SITE = "mlp"
 
@@ -27,12 +28,13 @@ class FeedForwardBlock(nn.Module):
     out_init: nn.initializers.Initializer = DEFAULT_INIT
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """`x`: `[batch, seq, d]` (already layer-normed) -> `[batch, seq, d]`."""
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+        """`x`: `[batch, seq, d]` (already layer-normed) -> `[batch, seq, d]`; `positions`
+        (`[seq]`, absolute) only place any steering."""
         width = x.shape[-1]
         hidden = nn.Dense(self.expansion * width, use_bias=self.use_bias, dtype=self.dtype,
                           kernel_init=DEFAULT_INIT, name="hidden")(x)
-        hidden = ACTIVATIONS[self.activation](hidden)
+        hidden = steered(self, MLP_SITE, ACTIVATIONS[self.activation](hidden), positions)
         self.sow(f"neurons_{MLP_SITE}", MLP_SITE, hidden)
         return nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype,
                         kernel_init=self.out_init, name="out")(hidden)
