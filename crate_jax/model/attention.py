@@ -138,7 +138,8 @@ class _CausalSelfAttention(nn.Module):
         shape = (batch, self.cache_length, heads, head_dim)
         at = (0, start, 0, 0)
         cached = []
-        for name, array in (("key", key), ("value", value))[:1 if value is key else 2]:
+        names = (("cached_key", key), ("cached_value", value))
+        for name, array in names[:1 if value is key else 2]:
             variable = self.variable(CACHE, name, jnp.zeros, shape, array.dtype)
             variable.value = jax.lax.dynamic_update_slice(variable.value, array, at)
             cached.append(variable.value)
