@@ -27,6 +27,7 @@ import numpy as np
 
 from crate_jax.data.tokenizer import TextTokenizer, load_saved_tokenizer
 from crate_jax.input_checks import WorkdirError
+from crate_jax.interp.explanations.neuron_scoring import read_neuron_lines
 from crate_jax.layout import RunLayout
 from crate_jax.model import (
     ConfigError,
@@ -40,7 +41,7 @@ from crate_jax.model.attention import CACHE
 from crate_jax.train.checkpoints import Checkpointer, CheckpointError
 
 __all__ = ["NeuronSteer", "Trained", "generate", "generate_tokens", "load_trained",
-           "sample_token", "steered_logits"]
+           "neuron_explanation", "sample_token", "steer_report", "steered_logits"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,3 +208,31 @@ def generate(trained: Trained, prompt: str, max_new_tokens: int = 40, temperatur
                              max_new_tokens, temperature, top_k, top_p, seed, steering,
                              use_cache, tokenizer.end_of_text)
     return tokenizer.decode(tokens)
+
+
+def neuron_explanation(workdir: str, steer: NeuronSteer) -> str | None:
+    """`explanation (score s)` of the neuron from the run's interp scores, if it has one."""
+    entry = read_neuron_lines(RunLayout(workdir).scores(steer.site, steer.layer),
+                              repair=False).get(steer.index)
+    if not entry or not entry.get("explanation"):
+        return None
+    score = entry.get("scores", {}).get("top_and_random")
+    shown = "no score" if score is None else f"score {score:.3f}"
+    return f"{entry['explanation']} ({shown})"
+
+
+def steer_report(workdir: str, prompt: str, steer: NeuronSteer, **sampling) -> str:
+    """The lines the command prints: the neuron, its explanation, both continuations."""
+    trained = load_trained(workdir)
+    steer.check(trained.model.config)
+    unsteered = generate(trained, prompt, **sampling)
+    steered = generate(trained, prompt, steering=(steer,), **sampling)
+    how = f"set to {steer.value:g}" if steer.value is not None else f"scaled by {steer.factor:g}"
+    lines = [f"prompt:    {prompt!r}",
+             f"neuron:    {steer.site} layer {steer.layer} #{steer.index}, {how} from position "
+             f"{steer.from_position} (seed {sampling.get('seed', 0)})"]
+    explanation = neuron_explanation(workdir, steer)
+    if explanation:
+        lines.append(f"explained: {explanation}")
+    lines += [f"unsteered: {unsteered!r}", f"steered:   {steered!r}"]
+    return "\n".join(lines)

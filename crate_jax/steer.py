@@ -15,11 +15,9 @@ import sys
 from absl import app, flags, logging
 
 from crate_jax.data.tokenizer import TokenizerError
-from crate_jax.generation import NeuronSteer, generate, load_trained
+from crate_jax.generation import NeuronSteer, steer_report
 from crate_jax.input_checks import WorkdirError
 from crate_jax.interp.activations.capture import InterpretabilityError
-from crate_jax.interp.explanations.neuron_scoring import read_neuron_lines
-from crate_jax.layout import RunLayout
 from crate_jax.model import ConfigError
 from crate_jax.train.checkpoints import CheckpointError
 
@@ -38,34 +36,6 @@ flags.mark_flags_as_required(["workdir", "prompt", "neuron"])
 
 _USER_ERRORS = (ConfigError, TokenizerError, CheckpointError, WorkdirError,
                 InterpretabilityError)
-
-
-def neuron_explanation(workdir: str, steer: NeuronSteer) -> str | None:
-    """`explanation (score s)` of the neuron from the run's interp scores, if it has one."""
-    entry = read_neuron_lines(RunLayout(workdir).scores(steer.site, steer.layer),
-                              repair=False).get(steer.index)
-    if not entry or not entry.get("explanation"):
-        return None
-    score = entry.get("scores", {}).get("top_and_random")
-    shown = "no score" if score is None else f"score {score:.3f}"
-    return f"{entry['explanation']} ({shown})"
-
-
-def steer_report(workdir: str, prompt: str, steer: NeuronSteer, **sampling) -> str:
-    """The lines the command prints: the neuron, its explanation, both continuations."""
-    trained = load_trained(workdir)
-    steer.check(trained.model.config)
-    unsteered = generate(trained, prompt, **sampling)
-    steered = generate(trained, prompt, steering=(steer,), **sampling)
-    how = f"set to {steer.value:g}" if steer.value is not None else f"scaled by {steer.factor:g}"
-    lines = [f"prompt:    {prompt!r}",
-             f"neuron:    {steer.site} layer {steer.layer} #{steer.index}, {how} from position "
-             f"{steer.from_position} (seed {sampling.get('seed', 0)})"]
-    explanation = neuron_explanation(workdir, steer)
-    if explanation:
-        lines.append(f"explained: {explanation}")
-    lines += [f"unsteered: {unsteered!r}", f"steered:   {steered!r}"]
-    return "\n".join(lines)
 
 
 def main(argv) -> None:
