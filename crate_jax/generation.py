@@ -116,10 +116,10 @@ def sample_token(logits: jax.Array, key: jax.Array, temperature: float, top_k: i
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
-def _sample(model: LanguageModel, logits: jax.Array, key: jax.Array, step: jax.Array,
-            temperature: float, top_k: int, top_p: float) -> jax.Array:
-    del model  # static only so that every jitted function here has the same signature head
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _sample(logits: jax.Array, key: jax.Array, step: jax.Array, temperature: float, top_k: int,
+            top_p: float) -> jax.Array:
+    """`sample_token` with step `step`'s key: the same draw with or without the cache."""
     return sample_token(logits, jax.random.fold_in(key, step), temperature, top_k, top_p)
 
 
@@ -187,7 +187,7 @@ def generate_tokens(model: LanguageModel, params: Any, prompt: Sequence[int],
     for step in range(max_new_tokens):
         if not use_cache:
             logits = _logits_at(model, variables, jnp.asarray(padded), len(prompt) + step)
-        token = _sample(model, logits, key, step, *settings)
+        token = _sample(logits, key, step, *settings)
         value = int(token[0])
         if value == end_of_text:
             break
