@@ -89,6 +89,10 @@ def test_the_notebook_runs_top_to_bottom_on_a_miniature_run(prepared, tmp_path, 
         print(f"\nnotebooks/demo.ipynb ran top to bottom in {seconds:.1f} s (miniature run)")
 
     pages, texts = _outputs(notebook)
+    # The loss curve (a figure) and the per-site score table, rendered as Markdown.
+    assert any("image/png" in output.get("data", {})
+               for cell in notebook.cells for output in cell.get("outputs", []))
+    assert "| ista | 1 |" in texts and "top-and-random" in texts
     # The neuron panel: best, median and worst explained ista neurons of the last layer.
     assert f'class="{PANEL_CLASS}"' in pages
     assert pages.count('<div class="neuron">') == 3
