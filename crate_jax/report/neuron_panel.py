@@ -1,7 +1,7 @@
 """A run's chosen neurons as one self-contained HTML block, for a notebook or any other page.
 
 The demo notebook (`notebooks/demo.ipynb`) shows a few neurons of the run it just trained. Each
-panel is the study page's own (`page._neuron_html`: the explanation with its activation scale,
+panel is the study page's own (`page.neuron_html`: the explanation with its activation scale,
 the scores, the neuron's activity, top and random records with each token shaded by activation),
 so the page and the notebook never disagree on what a neuron looks like. This module picks the
 neurons and wraps their panels in a block whose style is scoped to it: a notebook's outputs share
@@ -19,7 +19,7 @@ from crate_jax.interp.activations.capture import read_records
 from crate_jax.interp.activations.records import max_activation
 from crate_jax.interp.explanations.splits import explanation_records
 from crate_jax.layout import RunLayout
-from crate_jax.report.page import _neuron_html, firing_neurons
+from crate_jax.report.page import neuron_html, ranked_by_score
 from crate_jax.report.run_files import neuron_statistics, score_lines
 from crate_jax.report.text import interval_text
 
@@ -37,9 +37,8 @@ _STYLE = f"""
 
 
 def ranked_neurons(run_dir: str | Path, site: str, layer: int) -> list[dict]:
-    """The scored neurons of `site`'s layer `layer` that fire (`page.firing_neurons`; all of
-    them where the run has no statistics file), best explained first: descending top-and-random
-    score, ties by neuron index, as the study page ranks them.
+    """The scored neurons of `site`'s layer `layer` that fire, best explained first
+    (`page.ranked_by_score`, the study page's order).
 
     Each is its score line (`neuron`, `explanation`, `scores`, ...) plus `max_activation`, the
     neuron's largest activation on the evaluation text (None without statistics).
@@ -47,12 +46,8 @@ def ranked_neurons(run_dir: str | Path, site: str, layer: int) -> list[dict]:
     layout = RunLayout(run_dir)
     entries = score_lines(layout.scores(site, layer))
     stats = neuron_statistics(layout.workdir, site, layer)
-    firing = firing_neurons(stats) if stats else {entry["neuron"] for entry in entries}
-    scored = [entry for entry in entries if entry["scores"].get("top_and_random") is not None
-              and entry["neuron"] in firing]
-    scored.sort(key=lambda entry: (-entry["scores"]["top_and_random"], entry["neuron"]))
     return [{**entry, "max_activation": stats[entry["neuron"]]["max"] if stats else None}
-            for entry in scored]
+            for entry in ranked_by_score(entries, stats)]
 
 
 def neuron_panels_html(run_dir: str | Path, site: str, layer: int,
@@ -71,7 +66,7 @@ def neuron_panels_html(run_dir: str | Path, site: str, layer: int,
     for title, index in chosen:
         neuron = records[index]
         scale = max_activation(explanation_records(neuron, "openai", record_protocol))
-        panels.append(_neuron_html(title, config["variant"], site, layer, neuron, entries[index],
+        panels.append(neuron_html(title, config["variant"], site, layer, neuron, entries[index],
                                    stats.get(index), scale))
     return (f'<div class="{PANEL_CLASS}"><style>{_STYLE}</style>'
             f"<p>{html.escape(_layer_context(layout, site, layer))}</p>{''.join(panels)}</div>")

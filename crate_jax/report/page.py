@@ -74,7 +74,7 @@ def _record_html(tokens: list[str], activations: list[float], scale: float) -> s
     return f'<div class="record">{"".join(spans)}</div>'
 
 
-def _neuron_html(title: str, variant: str, site: str, layer: int, neuron: NeuronRecord,
+def neuron_html(title: str, variant: str, site: str, layer: int, neuron: NeuronRecord,
                  entry: dict, stats: dict | None, explanation_scale: float) -> str:
     scale = neuron.max_activation
     scores = ", ".join(f"{split.replace('_', '-')} {value:.3f}" if value is not None
@@ -108,6 +108,16 @@ def firing_neurons(stats: dict[int, dict]) -> set[int]:
             and s["firing_frequency"] * s["count"] >= MIN_FIRING_TOKENS}
 
 
+def ranked_by_score(entries: list[dict], stats: dict[int, dict]) -> list[dict]:
+    """The score lines of the neurons that fire (`firing_neurons`; all of them without
+    statistics) and have a top-and-random score, best explained first, ties by neuron index:
+    the order the page and the notebook's panels pick neurons in."""
+    firing = firing_neurons(stats) if stats else {entry["neuron"] for entry in entries}
+    scored = [entry for entry in entries if entry["scores"].get("top_and_random") is not None
+              and entry["neuron"] in firing]
+    return sorted(scored, key=lambda entry: (-entry["scores"]["top_and_random"], entry["neuron"]))
+
+
 def _chosen_neurons(run_dir: Path, variant: str) -> list[str]:
     """Panels for the best and worst explained firing neuron of each site's last layer."""
     layout = RunLayout(run_dir)
@@ -118,10 +128,7 @@ def _chosen_neurons(run_dir: Path, variant: str) -> list[str]:
         layer = max(layout.scored_layers(site))
         entries = score_lines(layout.scores(site, layer))
         stats = neuron_statistics(run_dir, site, layer)
-        firing = firing_neurons(stats) if stats else {e["neuron"] for e in entries}
-        scored = sorted((e for e in entries if e["scores"].get("top_and_random") is not None
-                         and e["neuron"] in firing),
-                        key=lambda e: (-e["scores"]["top_and_random"], e["neuron"]))
+        scored = ranked_by_score(entries, stats)
         chosen = list(zip(("best explained", "worst explained"),
                           scored[:1] + scored[-1:] if len(scored) > 1 else scored, strict=False))
         records = {r.neuron_id.neuron_index: r for r in
@@ -130,7 +137,7 @@ def _chosen_neurons(run_dir: Path, variant: str) -> list[str]:
         for title, entry in chosen:
             neuron = records[entry["neuron"]]
             scale = max_activation(explanation_records(neuron, "openai", record_protocol))
-            panels.append(_neuron_html(f"{title} (of {len(scored)} firing, scored)", variant,
+            panels.append(neuron_html(f"{title} (of {len(scored)} firing, scored)", variant,
                                        site, layer, neuron, entry, stats.get(entry["neuron"]),
                                        scale))
         if not chosen:
