@@ -23,6 +23,8 @@ A study's workdir (`StudyLayout`):
     data/                          the token arrays every run shares (copied into each run)
     config.json                    the study's config, saved before any run: the report's settings
     runs/<variant>_seed<seed>/     one run workdir each
+    controls/<variant>_seed<seed>/ its untrained control: step 0 of the same run, explained the
+                                   same way (`study.controls`)
     study.json                     the manifest: which runs, in which order
     report/                        ablation.json, ablation.csv, ablation.md, <figure>.png,
                                    index.html (`ReportLayout`)
@@ -268,6 +270,14 @@ class StudyLayout:
 
     def run(self, name: str) -> RunLayout:
         return RunLayout(self.runs_dir / name)
+
+    @property
+    def controls_dir(self) -> Path:
+        return self.workdir / "controls"
+
+    def control(self, name: str) -> RunLayout:
+        """The untrained control of run `name`: a run workdir holding only its step 0."""
+        return RunLayout(self.controls_dir / name)
 
     @property
     def report(self) -> ReportLayout:

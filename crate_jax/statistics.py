@@ -5,7 +5,9 @@ A study's score for one variant and site pools every scored neuron of every seed
 same seed share a trained model, so they are not independent draws; the interval comes from a
 two-level bootstrap: resample seeds, then neurons within each resampled seed. With one seed it
 is the ordinary bootstrap over neurons. A difference between two variants resamples each
-independently (they are separate training runs) and takes percentiles of the difference.
+independently (they are separate training runs) and takes percentiles of the difference; a
+contrast of several variants (a gain over a control, a difference of gains) does the same for
+each of its terms.
 """
 
 from __future__ import annotations
@@ -64,9 +66,19 @@ def difference_interval(groups: Sequence[Sequence[float]],
                         reference: Sequence[Sequence[float]], *, samples: int = 1000,
                         seed: int = 0) -> dict:
     """The pooled mean of `groups` minus that of `reference`, with its bootstrap interval."""
+    return contrast_interval([(1, groups), (-1, reference)], samples=samples, seed=seed)
+
+
+def contrast_interval(terms: Sequence[tuple[int, Sequence[Sequence[float]]]], *,
+                      samples: int = 1000, seed: int = 0) -> dict:
+    """`sum(sign * pooled mean)` over `terms` (each `(+1 or -1, groups)`), with its interval.
+
+    Each term is resampled on its own, as separate training runs are independent: a gain over
+    the untrained control is `[(1, trained), (-1, untrained)]`, and whether ablation A changes
+    that gain is `[(1, ablated), (-1, ablated_untrained), (-1, crate), (1, crate_untrained)]`.
+    `{"difference", "ci_low", "ci_high"}`."""
     rng = np.random.default_rng(seed)
-    ours, theirs = bootstrap_means(groups, samples, rng), bootstrap_means(reference, samples, rng)
-    own = pooled_mean_interval(groups, samples=1)["mean"]
-    other = pooled_mean_interval(reference, samples=1)["mean"]
-    low, high = _interval(ours - theirs)
-    return {"difference": own - other, "ci_low": low, "ci_high": high}
+    replicates = sum(sign * bootstrap_means(groups, samples, rng) for sign, groups in terms)
+    value = sum(sign * pooled_mean_interval(groups, samples=1)["mean"] for sign, groups in terms)
+    low, high = _interval(replicates)
+    return {"difference": value, "ci_low": low, "ci_high": high}

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from crate_jax.statistics import difference_interval, pooled_mean_interval
+from crate_jax.statistics import contrast_interval, difference_interval, pooled_mean_interval
 
 
 def test_one_seed_interval_matches_the_normal_theory_width():
@@ -39,3 +39,27 @@ def test_seed_variation_widens_the_interval_and_nan_is_dropped():
     constant = pooled_mean_interval([[0.7] * 5, [0.7] * 3], samples=200)
     assert constant["ci_low"] == pytest.approx(0.7) and constant["ci_high"] == pytest.approx(0.7)
     assert math.isnan(pooled_mean_interval([[math.nan]], samples=10)["ci_low"])
+
+
+def test_gain_over_the_untrained_control_and_a_difference_of_gains_have_known_answers():
+    """Ablation lowers the raw score by 0.1 but raises the gain over its untrained control by
+    0.1: the contrast of four independent groups recovers both, with the normal-theory width."""
+    rng = np.random.default_rng(5)
+    n = 500
+    crate, crate_untrained = rng.normal(0.6, 0.1, n), rng.normal(0.3, 0.1, n)
+    ablated, ablated_untrained = rng.normal(0.5, 0.1, n), rng.normal(0.1, 0.1, n)
+    gain = contrast_interval([(1, [crate]), (-1, [crate_untrained])], samples=2000, seed=6)
+    assert gain["difference"] == pytest.approx(crate.mean() - crate_untrained.mean())
+    assert gain["ci_low"] < 0.3 < gain["ci_high"]
+    raw = difference_interval([ablated], [crate], samples=2000, seed=6)
+    assert raw["ci_high"] < 0  # the raw comparison says "lowers"
+    gains = contrast_interval([(1, [ablated]), (-1, [ablated_untrained]), (-1, [crate]),
+                               (1, [crate_untrained])], samples=2000, seed=6)
+    assert gains["difference"] == pytest.approx(
+        ablated.mean() - ablated_untrained.mean() - crate.mean() + crate_untrained.mean())
+    assert 0 < gains["ci_low"] < 0.1 < gains["ci_high"]  # ... the gain says "raises"
+    expected = 1.96 * math.sqrt(sum(g.var() / n for g in (crate, crate_untrained, ablated,
+                                                           ablated_untrained)))
+    assert (gains["ci_high"] - gains["ci_low"]) / 2 == pytest.approx(expected, rel=0.12)
+    same = difference_interval([ablated], [crate], samples=300, seed=9)
+    assert same == contrast_interval([(1, [ablated]), (-1, [crate])], samples=300, seed=9)
