@@ -44,6 +44,9 @@ def get_config(arg=None):
         # ISTA -> MLP (separates "sparse coding" from "having an MLP").
         variants="crate,no_ista,standard_attention,gpt2,ista_to_mlp",
         seeds="0,1,2",
+        # Also explain each run's untrained initialisation (same seed, same evaluation): the
+        # score a random network already gets, beside every trained score.
+        controls=True,
     )
     if config.size == "tiny" and corpus == "planted":
         # 15 runs in under 30 minutes on a 2-core laptop CPU, each past the bigram reference.

@@ -6,6 +6,12 @@ continues where it stopped. The study's shared settings (size, data, training bu
 interpretability) override each variant's, and everything is checked before any training starts.
 The study's config is saved in its workdir before the first run: the report takes its settings
 from there, whoever rebuilds it (`report.study_report`).
+
+With `study.controls` (on by default) each run also gets its untrained control in
+`workdir/controls/<variant>_seed<seed>/`: the run's step 0, its initialisation from the same seed,
+explained and scored by the same `interp` stage with the very same config object. A random
+network already maps each token to a fixed activation, which a token-level explanation captures,
+so the report shows each score beside the score of the same model before training.
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ from crate_jax.atomic_files import write_text_atomically
 from crate_jax.data.token_arrays import prepare_token_arrays
 from crate_jax.input_checks import check_run_config
 from crate_jax.interp.evaluate import evaluate_interpretability
-from crate_jax.layout import StudyLayout
+from crate_jax.layout import RunLayout, StudyLayout
 from crate_jax.model import ConfigError, model_from_config, neuron_sites
 from crate_jax.report.ablation_table import markdown_table
 from crate_jax.report.study_report import write_study_report
-from crate_jax.train.loop import train_and_evaluate
+from crate_jax.train.loop import save_initial_state, train_and_evaluate
 
 SHARED_SECTIONS = ("data", "train", "mesh", "interp")  # and model.vocab_size, set by the corpus
 RUN_STAGES = ("train", "interp")  # what each run of the study goes through
@@ -51,6 +57,7 @@ def run_configs(config) -> dict[str, object]:
     """`{run name: config}` for every variant and seed, each checked as a run of its stages
     before anything runs."""
     variants, seeds = _names(config.study.variants, "variants"), _seeds(config.study.seeds)
+    with_controls(config)
     requested_sites = _names(config.interp.sites, "sites") if config.interp.sites else []
     runs = {}
     for variant in variants:
@@ -72,6 +79,15 @@ def run_configs(config) -> dict[str, object]:
             check_run_config(run, RUN_STAGES)
             runs[StudyLayout.run_name(variant, seed)] = run
     return runs
+
+
+def with_controls(config) -> bool:
+    """`study.controls`: whether every run gets its untrained control (default: yes)."""
+    controls = config.study.get("controls", True)
+    if not isinstance(controls, bool):
+        raise ConfigError(f"study.controls={controls!r} must be True or False (score each "
+                          "variant's untrained initialisation beside it, or not)")
+    return controls
 
 
 def model_variants(size: str) -> list[str]:
@@ -120,24 +136,29 @@ def run_study(config, workdir: str | Path) -> dict:
     started = time.perf_counter()
     study = StudyLayout(workdir)
     runs = run_configs(config)
+    controls = with_controls(config)
     study.workdir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(study.config, config.to_json(indent=2, sort_keys=True))
     resumed = study.runs_dir.exists()
     # Tokenize once: every run shares the data settings, so they share the token arrays.
     prepare_token_arrays(config.data, config.model.vocab_size, study.workdir)
-    manifest = {"runs": {}, "variants": config.study.variants, "seeds": config.study.seeds}
+    manifest = {"runs": {}, "controls": {}, "variants": config.study.variants,
+                "seeds": config.study.seeds}
     for index, (name, run) in enumerate(runs.items(), start=1):
-        run_layout = study.run(name)
-        if not run_layout.data_dir.exists():
-            shutil.copytree(study.data_dir, run_layout.data_dir)
+        run_layout = _with_study_data(study, study.run(name))
         print(f"study: run {index}/{len(runs)}: {name}", flush=True)
         trained = train_and_evaluate(run, run_layout.workdir)
         if trained["status"] == "interrupted":  # saved; the rerun resumes this run
             return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
                     "interrupted_run": name}
         evaluate_interpretability(run, run_layout.workdir)
-        manifest["runs"][name] = {"variant": run.variant, "seed": run.seed,
-                                  "workdir": str(run_layout.workdir.relative_to(study.workdir))}
+        manifest["runs"][name] = _manifest_entry(run, run_layout, study)
+        if controls:
+            control = _with_study_data(study, study.control(name))
+            print(f"study: untrained control {index}/{len(runs)}: {name}", flush=True)
+            save_initial_state(run, control.workdir)
+            evaluate_interpretability(run, control.workdir)  # the run's own config object
+            manifest["controls"][name] = _manifest_entry(run, control, study)
     write_text_atomically(study.manifest, json.dumps(manifest, indent=2))
     rows, page = write_study_report(study.workdir)
     # What this invocation cost: the whole study when it ran from an empty workdir.
@@ -147,3 +168,15 @@ def run_study(config, workdir: str | Path) -> dict:
     print(markdown_table(rows, answer_last=True), flush=True)
     print(f"study: open {page}", flush=True)
     return manifest
+
+
+def _with_study_data(study: StudyLayout, run_layout: RunLayout) -> RunLayout:
+    """`run_layout`, with the study's token arrays copied in (every run shares them)."""
+    if not run_layout.data_dir.exists():
+        shutil.copytree(study.data_dir, run_layout.data_dir)
+    return run_layout
+
+
+def _manifest_entry(run, run_layout: RunLayout, study: StudyLayout) -> dict:
+    return {"variant": run.variant, "seed": run.seed,
+            "workdir": str(run_layout.workdir.relative_to(study.workdir))}

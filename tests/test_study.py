@@ -69,6 +69,91 @@ def test_miniature_study_writes_every_report_file(miniature):
     _check_report_against_run_files(workdir)
 
 
+def test_each_untrained_control_is_its_runs_initialisation_evaluated_the_same_way(miniature):
+    """The control's checkpoint is step 0 and holds exactly the parameters the run started
+    from (the training code's own initialisation from the run's seed), and its interp stage ran
+    with the run's interp settings: its inputs differ from the run's only in the checkpoint."""
+    import json
+
+    import jax
+    import ml_collections
+    import numpy as np
+    from run_helpers import checkpoint_params
+
+    from crate_jax.model import model_from_config
+    from crate_jax.train.optimizer import make_optimizer
+    from crate_jax.train.state import initial_state
+
+    config, workdir = miniature
+    manifest = json.loads((workdir / "study.json").read_text())
+    assert set(manifest["controls"]) == {"crate_seed0", "no_ista_seed0"}
+    run_dir, control_dir = workdir / "runs" / "crate_seed0", workdir / "controls" / "crate_seed0"
+    assert sorted(p.name for p in (control_dir / "checkpoints").iterdir()) == ["0"]
+    run = json.loads((run_dir / "config.json").read_text())
+    assert json.loads((control_dir / "config.json").read_text()) == run
+    run_config = ml_collections.ConfigDict(run)
+    model = model_from_config(run_config)
+    start = jax.jit(lambda: initial_state(model, make_optimizer(run_config.train),
+                                          run["seed"]))().params
+    saved = checkpoint_params(control_dir, 0)
+    trained = checkpoint_params(run_dir, config.train.num_steps)
+    for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(start),
+                                 jax.tree_util.tree_leaves(saved), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
+                                      err_msg=jax.tree_util.keystr(path))
+    assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+               zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(trained),
+                   strict=True))  # the run itself did train
+    inputs = [json.loads((d / "interp" / "inputs.json").read_text())
+              for d in (run_dir, control_dir)]
+    assert inputs[1]["checkpoint_step"] == 0 and inputs[0]["checkpoint_step"] == 10
+    assert inputs[1]["params_sha256"] != inputs[0]["params_sha256"]
+    for key in ("interp", "model", "tokenizer_fingerprint", "data_fingerprint"):
+        assert inputs[1][key] == inputs[0][key], key
+
+
+def test_the_report_puts_every_score_beside_its_controls(miniature):
+    """Untrained score, gain over it (the trained score minus the untrained one) and the token
+    oracle per variant and site, in the JSON, the Markdown, the page and the figures' data;
+    the ablations are also compared on their gains."""
+    import json
+    import math
+
+    _, workdir = miniature
+    report = json.loads((workdir / "report" / "ablation.json").read_text())
+    rows = {row["variant"]: row for row in report["variants"]}
+    for variant, site in (("crate", "ista"), ("crate", "attn"), ("no_ista", "resid")):
+        row = rows[variant]
+        untrained = row[f"{site}/top_and_random/untrained"]
+        gain = row[f"{site}/top_and_random/gain"]
+        assert untrained["neurons"] == row[f"{site}/top_and_random"]["neurons"] > 0
+        assert math.isclose(gain["difference"],
+                            row[f"{site}/top_and_random"]["mean"] - untrained["mean"])
+        assert gain["ci_low"] <= gain["difference"] <= gain["ci_high"]
+        assert f"{site}/top_and_random/other_neuron" in row
+    gains = [c for c in report["answer"]["comparisons"] if c["site"] == "attn"][0]
+    assert gains["top_and_random_gain"]["ci_low"] <= gains["top_and_random_gain"]["difference"]
+    crate, no_ista = rows["crate"], rows["no_ista"]
+    assert math.isclose(gains["top_and_random_gain"]["difference"],
+                        no_ista["attn/top_and_random/gain"]["difference"]
+                        - crate["attn/top_and_random/gain"]["difference"])
+    markdown = (workdir / "report" / "ablation.md").read_text()
+    assert "## Controls" in markdown and "| crate | ista |" in markdown
+    assert "top-and-random gain vs CRATE" in markdown
+    assert 'id="controls-table"' in (workdir / "report" / "index.html").read_text()
+
+
+def test_study_controls_must_be_a_boolean(prepared, tmp_path):
+    """A study config file of one's own may spell it as text (the default's is typed)."""
+    import ml_collections
+
+    config = _study(prepared, variants="crate", seeds="0")
+    config.study = ml_collections.ConfigDict({**config.study.to_dict(), "controls": "yes"})
+    with pytest.raises(ConfigError, match="study.controls='yes' must be True or False"):
+        run_study(config, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+
+
 def _finished_work(run_dir):
     """What a rerun must leave alone once it is written: the run's training curve and the
     explanations and scores of every neuron, each with its bytes and modification time."""
@@ -217,7 +302,9 @@ def _rebuild_report(workdir, figures=False):
 
 
 def _markdown_row(markdown, variant):
-    return next(line for line in markdown.splitlines() if line.startswith(f"| {variant} |"))
+    """The variant's row of the wide table (`## All variants`)."""
+    wide = markdown[markdown.index("## All variants"):]
+    return next(line for line in wide.splitlines() if line.startswith(f"| {variant} |"))
 
 
 def test_runs_that_do_not_beat_the_bigram_reference_are_flagged(miniature, tmp_path):
@@ -393,7 +480,9 @@ def test_score_cache_keeps_no_simulations(miniature):
     path = next((workdir / "runs" / "crate_seed0" / "interp" / "scores").glob(
         "*/layer_*/scores.jsonl"))
     assert "simulations" in path.read_text()
-    assert all(set(entry) == {"neuron", "scores", "failures"} for entry in score_entries(path))
+    kept = {"neuron", "scores", "failures", "oracle_scores", "baseline_scores"}
+    assert all({"neuron", "scores", "failures"} <= set(entry) <= kept
+               for entry in score_entries(path))
 
 
 def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path):

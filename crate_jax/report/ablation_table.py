@@ -5,9 +5,10 @@ of its data (count-based unigram and bigram, and the entropy floor of a planted 
 flag on runs that do not beat the bigram reference, sparsity, the interpretability scores of
 every site the variant has (pooled over layers and seeds, with 95% intervals from `statistics`)
 with the neurons they leave out, ground-truth recovery where the corpus is planted, and each
-score's difference from CRATE with its own interval. Sites a variant lacks are absent from its
-row (empty in the CSV), never zero. `markdown_table` puts the answer to the ablations
-(`answer`) before the wide table.
+score's difference from CRATE with its own interval, and the scores' controls (`controls`: the
+other-neuron baseline, the untrained control and the gain over it, the token oracle). Sites a
+variant lacks are absent from its row (empty in the CSV), never zero. `markdown_table` puts the
+answer to the ablations (`answer`) and the controls before the wide table.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from crate_jax.layout import ReportLayout, RunLayout, StudyLayout
 from crate_jax.model import NEURON_SITES, ModelConfig, paper_parameter_count
 from crate_jax.report import run_files
 from crate_jax.report.answer import REFERENCE_VARIANT, answer_json, answer_markdown
+from crate_jax.report.controls import add_controls, controls_markdown, neuron_scores
 from crate_jax.report.floor_gap import floor_gap, floor_gap_markdown
 from crate_jax.report.run_files import REFERENCE_KEYS, score_entries
 from crate_jax.report.text import (
@@ -42,7 +44,7 @@ _TRUTH_HEADER = {"recovery": "recovery", "mean_monosemanticity": "monosemanticit
                  "spearman": "score vs truth ρ"}
 
 __all__ = ["SITES", "REPORTED_SPLITS", "build_table", "markdown_table", "score_entries",
-           "study_runs", "wide_table_cells", "write_table"]
+           "study_controls", "study_runs", "wide_table_cells", "write_table"]
 
 
 def study_runs(workdir: str | Path) -> dict[str, list[tuple[str, Path]]]:
@@ -54,10 +56,8 @@ def study_runs(workdir: str | Path) -> dict[str, list[tuple[str, Path]]]:
     return dict(runs)
 
 
-def _run_scores(run_dir: Path) -> tuple[dict, dict]:
-    """`({site: {split: [finite-or-NaN score per neuron, all layers]}},
-    {site: {split: neurons left out (NaN score or failed)}, site: {"neurons": scored}})`."""
-    scores: dict = defaultdict(lambda: defaultdict(list))
+def _left_out(run_dir: Path) -> dict:
+    """`{site: {split: neurons left out (NaN score or failed), "neurons": scored}}`."""
     counts: dict = defaultdict(lambda: defaultdict(int))
     for site, _, path in RunLayout(run_dir).score_files():
         for entry in score_entries(path):
@@ -66,9 +66,7 @@ def _run_scores(run_dir: Path) -> tuple[dict, dict]:
                 value = entry["scores"].get(split)
                 if split in entry["failures"] or value is None or not math.isfinite(value):
                     counts[site][split] += 1
-                if split not in entry["failures"]:
-                    scores[site][split].append(math.nan if value is None else value)
-    return scores, counts
+    return counts
 
 
 def _mean_references(references: list[dict | None]) -> dict | None:
@@ -83,17 +81,30 @@ def _mean_references(references: list[dict | None]) -> dict | None:
     return merged
 
 
+def study_controls(workdir: str | Path) -> dict[str, list[tuple[str, Path]]]:
+    """`{variant: [(run name, control dir), ...]}`: the untrained controls `study.json` lists
+    (none in a study run without `study.controls`, or from before controls existed)."""
+    study = StudyLayout(workdir)
+    controls: dict[str, list[tuple[str, Path]]] = defaultdict(list)
+    for name, run in json.loads(study.manifest.read_text()).get("controls", {}).items():
+        controls[run["variant"]].append((name, study.workdir / run["workdir"]))
+    return dict(controls)
+
+
 def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> list[dict]:
     """Rows of the comparison, in the study's variant order."""
     workdir = Path(workdir)
     per_variant = {}
+    controls = study_controls(workdir)
     for variant, runs in study_runs(workdir).items():
         truths = [run_files.ground_truth(d) for _, d in runs]  # read once: they are large
         per_variant[variant] = {
             "names": [name for name, _ in runs],
             "validation": [run_files.final_validation(d) for _, d in runs],
             "references": [run_files.references(d) for _, d in runs],
-            "scores": [_run_scores(d) for _, d in runs],
+            "scores": [neuron_scores(d, REPORTED_SPLITS) for _, d in runs],
+            "left_out": [_left_out(d) for _, d in runs],
+            "controls": [neuron_scores(d, REPORTED_SPLITS) for _, d in controls.get(variant, [])],
             "sparsity": [run_files.sparsity(d) for _, d in runs],
             "truth": [run_files.ground_truth_by_site(t) for t in truths],
             "floor_gap": floor_gap(truths)}
@@ -120,8 +131,9 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
                         "references": r}
                        for n, v, f, r in zip(runs["names"], validation, flags,
                                              runs["references"], strict=True)]
-        scores = [s for s, _ in runs["scores"]]
-        counts = [c for _, c in runs["scores"]]
+        scores, counts = runs["scores"], runs["left_out"]
+        crate = (None if reference is None or variant == REFERENCE_VARIANT
+                 else {"trained": reference["scores"], "untrained": reference["controls"]})
         for site in SITES:
             if not any(site in s for s in scores):
                 continue
@@ -133,15 +145,17 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
             neurons = sum(c[site]["neurons"] for c in counts if site in c)
             baseline = reference["scores"] if reference is not None else []
             for split in REPORTED_SPLITS:
-                groups = [s[site][split] for s in scores if site in s]
+                groups = [s[site][split]["score"] for s in scores if site in s]
                 row[f"{site}/{split}"] = {
                     **pooled_mean_interval(groups, samples=samples, seed=seed),
                     "neurons": neurons, "left_out": sum(c[site][split] for c in counts
                                                         if site in c)}
-                theirs = [s[site][split] for s, _ in baseline if site in s]
+                theirs = [s[site][split]["score"] for s in baseline if site in s]
                 if variant != REFERENCE_VARIANT and theirs:
                     row[f"{site}/{split}/vs_crate"] = difference_interval(
                         groups, theirs, samples=samples, seed=seed)
+            add_controls(row, site, REPORTED_SPLITS, scores, runs["controls"], crate,
+                         samples=samples, seed=seed)
             _add_ground_truth(row, site, runs["truth"], reference, variant, samples, seed)
         rows.append(row)
     return rows
@@ -236,8 +250,9 @@ def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[Cell]]]:
 
 
 def markdown_table(rows: list[dict], *, answer_last: bool = False) -> str:
-    """The answer to the ablations (short table and one sentence each), then the wide table:
-    every variant with its reference losses, scores, neurons left out and differences.
+    """The answer to the ablations (short table and one sentence each), the controls of the
+    scores, then the wide table: every variant with its reference losses, scores, neurons left
+    out and differences.
     `answer_last=True` puts the answer after the wide table (for a terminal, where the last
     lines are the ones read)."""
     wide = ("## All variants\n\n"
@@ -245,6 +260,9 @@ def markdown_table(rows: list[dict], *, answer_last: bool = False) -> str:
             "nats/token on the same validation targets; “undertrained”: the run's validation "
             "loss does not beat the bigram reference.\n\n" + markdown_rows(*wide_table_cells(rows)))
     answer = answer_markdown(rows)
+    controls = controls_markdown(rows)
+    answer = f"{controls}\n{answer}" if answer_last and controls else answer
+    wide = f"{controls}\n{wide}" if controls and not answer_last else wide
     gap = floor_gap_markdown(rows)
     wide = f"{gap}\n{wide}" if gap else wide
     return f"{wide}\n{answer}" if answer_last else f"{answer}\n{wide}"

@@ -28,6 +28,8 @@ from crate_jax.interp.explanations.splits import explanation_records
 from crate_jax.layout import ReportLayout, RunLayout, StudyLayout
 from crate_jax.report.ablation_table import study_runs, wide_table_cells
 from crate_jax.report.answer import answer_cells, answer_sentences
+from crate_jax.report.controls import EXPLANATION as CONTROLS_EXPLANATION
+from crate_jax.report.controls import controls_cells
 from crate_jax.report.floor_gap import EXPLANATION, floor_gap_cells
 from crate_jax.report.run_files import neuron_statistics, score_lines
 from crate_jax.report.text import Cell
@@ -80,6 +82,9 @@ def neuron_html(title: str, variant: str, site: str, layer: int, neuron: NeuronR
     scores = ", ".join(f"{split.replace('_', '-')} {value:.3f}" if value is not None
                        else f"{split.replace('_', '-')} NaN"
                        for split, value in entry["scores"].items())
+    oracle = (entry.get("oracle_scores") or {}).get("top_and_random")
+    if oracle is not None:
+        scores += f"; token oracle (best per-token explanation) top-and-random {oracle:.3f}"
     firing = ("" if stats is None else f"max activation {stats['max']:.3g}, fires (&gt; 0) on "
               f"{100 * stats['firing_frequency']:.1f}% of {stats['count']:,} evaluation tokens")
     top = "".join(_record_html(r.tokens, r.activations, scale)
@@ -165,6 +170,14 @@ def _floor_gap_html(rows: list[dict]) -> str:
             f"{_table_html(header, body, 'floor-gap-table')}")
 
 
+def _controls_html(rows: list[dict]) -> str:
+    header, body = controls_cells(rows)
+    if not body:
+        return ""
+    return (f"<h2>Controls</h2><p>{html.escape(CONTROLS_EXPLANATION)}</p>"
+            f"{_table_html(header, body, 'controls-table')}")
+
+
 def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
                figures: list[Path]) -> Path:
     """Writes `index.html` into `out_dir` (beside the figures) from the report's `rows`
@@ -185,6 +198,7 @@ def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
             "losses are nats/token of count-based models on the same validation targets.</p>"
             f"{_warning_html(rows)}"
             f'<h2>Answer</h2>{answer}<div id="answer">{sentences}</div>'
+            f"{_controls_html(rows)}"
             f"{_floor_gap_html(rows)}"
             f"<h2>All variants</h2>"
             f"{_table_html(*wide_table_cells(rows), 'ablation-table')}"

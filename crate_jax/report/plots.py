@@ -1,7 +1,8 @@
 """The study's figures (PNG, matplotlib, sized for a paper column), from run artifacts alone.
 
 - `scores_by_layer_<split>.png`: mean score per layer for each variant, one panel per site,
-  with 95% bootstrap intervals over neurons and seeds;
+  with 95% bootstrap intervals over neurons and seeds, and its controls as markers of the same
+  colour: the untrained controls' mean (open circles) and the token oracle's (crosses);
 - `sparsity_by_layer.png`: fraction of exact zeros per layer, one panel per site;
 - `validation_loss.png`: validation loss against training step, one line per run, with the
   reference losses of the data (unigram, bigram, entropy floor) as labelled horizontal lines;
@@ -29,7 +30,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from crate_jax.atomic_files import atomic_path  # noqa: E402
 from crate_jax.layout import ReportLayout, RunLayout  # noqa: E402
 from crate_jax.report import run_files  # noqa: E402
-from crate_jax.report.ablation_table import REPORTED_SPLITS, SITES, study_runs  # noqa: E402
+from crate_jax.report.ablation_table import (  # noqa: E402
+    REPORTED_SPLITS,
+    SITES,
+    study_controls,
+    study_runs,
+)
 from crate_jax.report.run_files import REFERENCE_KEYS, references, score_entries  # noqa: E402
 from crate_jax.statistics import pooled_mean_interval  # noqa: E402
 
@@ -53,13 +59,24 @@ def _variant_legend(figure, colours: dict[str, str], **style) -> None:
     figure.legend(handles, list(colours), loc="outside right upper", fontsize=7)
 
 
-def _layer_scores(run_dir: Path, site: str, split: str) -> dict[int, list[float]]:
+def _layer_scores(run_dir: Path, site: str, split: str,
+                  field: str = "scores") -> dict[int, list[float]]:
+    """`{layer: [score per neuron]}` of one run; `field="oracle_scores"`: the token oracle's."""
     scores = {}
     for _, layer, path in RunLayout(run_dir).score_files(site):
         entries = score_entries(path)
-        scores[layer] = [math.nan if e["scores"].get(split) is None else e["scores"][split]
+        scores[layer] = [math.nan if e.get(field, {}).get(split) is None else e[field][split]
                          for e in entries if split not in e["failures"]]
     return scores
+
+
+def _layer_means(run_dirs: list[Path], site: str, split: str, field: str = "scores",
+                 samples: int = 300) -> dict[int, dict]:
+    """`{layer: pooled mean interval over the runs' neurons}` of one variant and site."""
+    per_run = [_layer_scores(d, site, split, field) for d in run_dirs]
+    layers = sorted({layer for r in per_run for layer in r})
+    return {layer: pooled_mean_interval([r.get(layer, []) for r in per_run], samples=samples)
+            for layer in layers}
 
 
 def _sites_present(runs: dict[str, list[Path]]) -> list[str]:
@@ -67,32 +84,56 @@ def _sites_present(runs: dict[str, list[Path]]) -> list[str]:
             if any(site in RunLayout(d).scored_sites() for ds in runs.values() for d in ds)]
 
 
-def scores_by_layer_figure(runs: dict[str, list[Path]], split: str) -> Figure:
+def scores_by_layer_figure(runs: dict[str, list[Path]], split: str,
+                           controls: dict[str, list[Path]] | None = None) -> Figure:
+    """Filled markers with intervals: the trained runs; open markers on a dotted line: the
+    same variant's untrained controls; crosses: the token oracle of the trained runs."""
     sites = _sites_present(runs)
     colours = variant_colours(list(runs))
     figure, axes = plt.subplots(1, len(sites), sharey=True, squeeze=False, **_FIGURE)
+    shown = set()
     for axis, site in zip(axes[0], sites, strict=True):
         site_layers: set[int] = set()
         for variant, run_dirs in runs.items():
-            per_run = [_layer_scores(d, site, split) for d in run_dirs]
-            layers = sorted({layer for r in per_run for layer in r})
-            if not layers:
+            trained = _layer_means(run_dirs, site, split)
+            if not trained:
                 continue  # this variant has no such site: absent, not zero
-            site_layers.update(layers)
-            stats = [pooled_mean_interval([r.get(layer, []) for r in per_run], samples=300)
-                     for layer in layers]
-            means = [s["mean"] for s in stats]
-            errors = [[s["mean"] - s["ci_low"] for s in stats],
-                      [s["ci_high"] - s["mean"] for s in stats]]
+            site_layers.update(trained)
+            layers = sorted(trained)
             # A small sideways shift per variant keeps overlapping intervals readable.
             shift = (list(colours).index(variant) - (len(colours) - 1) / 2) * 0.08
-            axis.errorbar([layer + shift for layer in layers], means, yerr=errors, marker="o",
-                          capsize=3, label=variant, color=colours[variant])
+            x = [layer + shift for layer in layers]
+            means = [trained[layer]["mean"] for layer in layers]
+            errors = [[trained[layer]["mean"] - trained[layer]["ci_low"] for layer in layers],
+                      [trained[layer]["ci_high"] - trained[layer]["mean"] for layer in layers]]
+            axis.errorbar(x, means, yerr=errors, marker="o", capsize=3, label=variant,
+                          color=colours[variant])
+            untrained = _layer_means((controls or {}).get(variant, []), site, split,
+                                     samples=1)
+            if untrained:
+                axis.plot(x, [untrained.get(layer, {}).get("mean", math.nan) for layer in layers],
+                          marker="o", markerfacecolor="none", linestyle=":",
+                          color=colours[variant])
+                shown.add("untrained")
+            oracle = _layer_means(run_dirs, site, split, "oracle_scores", samples=1)
+            if any(math.isfinite(o["mean"]) for o in oracle.values()):
+                axis.plot(x, [oracle[layer]["mean"] for layer in layers], marker="x",
+                          linestyle="", color=colours[variant])
+                shown.add("oracle")
         axis.set_title(site)
         axis.set_xlabel("layer")
         _layer_axis(axis, site_layers)
     axes[0][0].set_ylabel(f"score ({split.replace('_', '-')})")
-    _variant_legend(figure, colours, marker="o")
+    handles = [Line2D([], [], color=colour, marker="o") for colour in colours.values()]
+    labels = list(colours)
+    if "untrained" in shown:
+        handles.append(Line2D([], [], color="0.35", marker="o", markerfacecolor="none",
+                              linestyle=":"))
+        labels.append("untrained control")
+    if "oracle" in shown:
+        handles.append(Line2D([], [], color="0.35", marker="x", linestyle=""))
+        labels.append("token oracle")
+    figure.legend(handles, labels, loc="outside right upper", fontsize=7)
     return figure
 
 
@@ -188,9 +229,11 @@ def _save(figure: Figure, path: Path) -> Path:
 def write_plots(workdir: str | Path, out_dir: Path) -> list[Path]:
     """Every figure of the study into `out_dir`; returns their paths."""
     runs = _runs(Path(workdir))
+    controls = {variant: [control_dir for _, control_dir in pairs]
+                for variant, pairs in study_controls(Path(workdir)).items()}
     report = ReportLayout(Path(out_dir))
     report.directory.mkdir(parents=True, exist_ok=True)
-    paths = [_save(scores_by_layer_figure(runs, split),
+    paths = [_save(scores_by_layer_figure(runs, split, controls),
                    report.figure(f"scores_by_layer_{split}")) for split in REPORTED_SPLITS]
     for name, build in (("sparsity_by_layer", sparsity_by_layer_figure),
                         ("validation_loss", validation_loss_figure),

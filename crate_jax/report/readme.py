@@ -10,6 +10,9 @@ each block, and nothing else:
   memory where `study.json` records them (`wall_seconds`, `peak_memory_bytes`);
 - `answer`: the like-for-like comparisons of ablations A and B and one sentence each
   (`answer.answer_markdown`, without its heading);
+- `controls`: each variant's and site's top-and-random score beside its controls (another
+  neuron's explanation, the untrained model and the gain over it, the token oracle;
+  `controls.controls_markdown`, without its heading);
 - `table`: one compact row per variant (parameters, validation loss and whether it beats the
   bigram reference, the sparse block's top-and-random score, `attn` and `resid` random-only
   scores, and ground-truth recovery where the corpus is planted);
@@ -33,11 +36,12 @@ from crate_jax.atomic_files import write_text_atomically
 from crate_jax.layout import RunLayout, StudyLayout
 from crate_jax.report.ablation_table import SITES, build_table, study_runs
 from crate_jax.report.answer import answer_markdown
+from crate_jax.report.controls import controls_markdown
 from crate_jax.report.floor_gap import floor_gap_cells
 from crate_jax.report.study_report import not_a_study, report_settings
 from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
 
-BLOCKS = ("facts", "answer", "table", "floor", "truth")
+BLOCKS = ("facts", "answer", "controls", "table", "floor", "truth")
 
 
 def _marker(block: str, end: str) -> str:
@@ -158,7 +162,10 @@ def study_blocks(workdir: str | Path) -> dict[str, str]:
     answer = answer_markdown(rows).removeprefix("## Answer\n\n")
     header, body = floor_gap_cells(rows)
     floor = markdown_rows(header, body).strip() if body else "(no planted corpus: no floor)"
+    controls = (controls_markdown(rows).removeprefix("## Controls\n\n").strip()
+                or "(this study has no controls)")
     return {"facts": _wrapped(facts_text(workdir, rows)), "answer": _wrapped(answer.strip()),
+            "controls": _wrapped(controls),
             "table": compact_table(rows).strip(), "floor": floor,
             "truth": _wrapped(truth_table(rows).strip())}
 

@@ -35,11 +35,14 @@ def score_lines(path: Path) -> list[dict]:
 def score_entries(path: Path) -> tuple[dict, ...]:
     """`score_lines`, parsed once, without their simulations.
 
-    Only `neuron`, `scores` and `failures` are kept: the simulations are most of each line and
-    no table or figure needs them (the cache held 1.7 GB of them for the default study).
+    Only the scores are kept (`neuron`, `scores`, `failures`, and where present the token
+    oracle's `oracle_scores` and the other-neuron baseline's `baseline_scores`): the simulations
+    are most of each line and no table or figure needs them (the cache held 1.7 GB of them for
+    the default study).
     """
-    return tuple({"neuron": entry["neuron"], "scores": entry["scores"],
-                  "failures": entry["failures"]} for entry in score_lines(path))
+    kept = ("neuron", "scores", "failures", "oracle_scores", "baseline_scores")
+    return tuple({key: entry[key] for key in kept if key in entry}
+                 for entry in score_lines(path))
 
 
 def final_validation(run_dir: Path) -> dict:

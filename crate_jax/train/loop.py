@@ -76,6 +76,35 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         return _train(config, workdir, model, tokens, checkpointer)
 
 
+def save_initial_state(config, workdir: str | Path) -> None:
+    """Saves step 0 of `config`'s run without training it: the untrained control a study
+    explains beside each trained run (`study.controls`).
+
+    The state comes from the very initialisation a training run starts from (same seed, same
+    code, same sharding), so the control's parameters are that run's before its first update.
+    A rerun finds the step-0 checkpoint and leaves it; a checkpoint of a later step means the
+    workdir holds a trained model, which is refused rather than passed off as untrained.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = model_from_config(config)
+    tokens = main_process_first(
+        "token arrays", lambda: prepare_token_arrays(config.data, model.config.vocab_size, workdir))
+    optimizer = make_optimizer(config.train)
+    abstract_state = abstract_train_state(model, optimizer)
+    with Checkpointer(directory=RunLayout(workdir).checkpoints,
+                      save_every=config.train.checkpoint_every, keep=None) as checkpointer:
+        latest = checkpointer.latest_step()
+        if latest not in (None, 0):
+            raise TrainingError(
+                f"{checkpointer.directory} holds a checkpoint at step {latest}: not an untrained "
+                "model; move that folder aside to make the untrained control there")
+        state = _restore_or_initialize(checkpointer, config, model, optimizer, abstract_state,
+                                       state_shardings(abstract_state, make_mesh(config.mesh)))
+        _write_run_files(config, workdir, tokens)
+        checkpointer.save(0, state.as_dict(), _checkpoint_meta(config, tokens, 0), force=True)
+
+
 def _train(config, workdir: Path, model, tokens: TokenArrays,
            checkpointer: Checkpointer) -> dict:
     """The loop proper: restore or initialise, then step, log, evaluate and save."""
