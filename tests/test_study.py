@@ -104,6 +104,10 @@ def test_each_untrained_control_is_its_runs_initialisation_evaluated_the_same_wa
     assert any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
                zip(jax.tree_util.tree_leaves(saved), jax.tree_util.tree_leaves(trained),
                    strict=True))  # the run itself did train
+    from crate_jax.train.loop import TrainingError, save_initial_state
+
+    with pytest.raises(TrainingError, match="checkpoint at step 10: not an untrained model"):
+        save_initial_state(run_config, run_dir)  # a trained run is never passed off as one
     inputs = [json.loads((d / "interp" / "inputs.json").read_text())
               for d in (run_dir, control_dir)]
     assert inputs[1]["checkpoint_step"] == 0 and inputs[0]["checkpoint_step"] == 10

@@ -61,8 +61,10 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
     text = (f"Study: {len(runs)} variants x {seeds} seed{'s' if seeds > 1 else ''}; "
             f"{train['num_steps']} steps of {train['batch_size']} x {train['seq_len']} tokens "
             f"per run; {interp['neurons_per_layer']} neurons per site and layer scored with "
-            f"`{summary['explainer']}` on {summary['evaluation_tokens']:,} held-out tokens; "
-            f"JAX {versions.get('jax', '?')}, Python {versions.get('python', '?')}.")
+            f"`{summary['explainer']}` on {summary['evaluation_tokens']:,} held-out tokens"
+            + ("; every run's untrained control (its step 0) scored the same way"
+               if study.get("controls") else "")
+            + f"; JAX {versions.get('jax', '?')}, Python {versions.get('python', '?')}.")
     if "wall_seconds" in study:
         minutes, seconds = divmod(round(study["wall_seconds"]), 60)
         text += (f" Wall time {minutes} min {seconds} s"
