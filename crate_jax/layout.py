@@ -12,7 +12,7 @@ or moved here once. A run's workdir (`RunLayout`):
     metrics.jsonl, tensorboard/    training and validation metrics
     interp/                        the `interp` stage:
         inputs.json                what everything below was computed from (`freshness`)
-        records/<site>/layer_<l>.jsonl, layer_<l>_statistics.npz
+        records/<site>/layer_<l>.jsonl, layer_<l>_statistics.npz, layer_<l>_token_means.npz
         sparsity.json
         scores/<site>/layer_<l>/   explanations.jsonl, scores.jsonl (`LayerScoresLayout`)
         summary.json, report.md, ground_truth.json (planted corpus only)
@@ -164,6 +164,11 @@ class RunLayout:
     def record_statistics(self, site: str, layer: int) -> Path:
         """Per-neuron max, firing frequency and moments, for the neurons of `records`."""
         return self.records_dir / site / f"{_layer(layer)}_statistics.npz"
+
+    def token_means(self, site: str, layer: int) -> Path:
+        """Per-token mean activations of the layer's sampled neurons outside their records:
+        the token oracle's predictions (`interp/activations/token_means.py`)."""
+        return self.records_dir / site / f"{_layer(layer)}_token_means.npz"
 
     @property
     def sparsity(self) -> Path:

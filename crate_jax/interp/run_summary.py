@@ -2,7 +2,8 @@
 
 Per site and layer: mean score per split with a 95% bootstrap confidence interval, how many
 neurons were scored, how many scores were NaN (constant simulations) or failed, the random
-baseline, and sparsity. The seeds, config and versions behind the numbers are written with them.
+baseline, the token oracle (the best per-token explanation) and how often an explanation beats
+it, and sparsity. The seeds, config and versions behind the numbers are written with them.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ def mean_with_confidence_interval(scores: list[float], *, samples: int, seed: in
 
 
 def layer_summary(scores: dict[int, dict], sparsity: dict, *, samples: int, seed: int) -> dict:
-    """Aggregates one (site, layer)'s per-neuron score lines."""
+    """Aggregates one (site, layer)'s per-neuron score lines: per split the explanations'
+    scores, the random baseline's, the token oracle's, and how many neurons' explanations score
+    above their oracle (`explanation_above_oracle`: `{"count", "of"}` neurons with both)."""
     entries = list(scores.values())
-    summary = {"neurons": len(entries), "sparsity": sparsity, "splits": {}, "baseline": {}}
+    summary = {"neurons": len(entries), "sparsity": sparsity, "splits": {}, "baseline": {},
+               "oracle": {}, "explanation_above_oracle": {}}
     for split in SPLITS:
         values = [math.nan if e["scores"].get(split) is None else e["scores"][split]
                   for e in entries if split not in e["failures"]]
@@ -45,7 +49,21 @@ def layer_summary(scores: dict[int, dict], sparsity: dict, *, samples: int, seed
         if baseline:
             summary["baseline"][split] = mean_with_confidence_interval(baseline,
                                                                        samples=samples, seed=seed)
+        with_oracle = [e for e in entries if "oracle_scores" in e and split not in e["failures"]]
+        if with_oracle:
+            oracle = [_number(e["oracle_scores"].get(split)) for e in with_oracle]
+            summary["oracle"][split] = mean_with_confidence_interval(oracle, samples=samples,
+                                                                     seed=seed)
+            pairs = [(_number(e["scores"].get(split)), o) for e, o in zip(with_oracle, oracle,
+                                                                         strict=True)]
+            pairs = [(s, o) for s, o in pairs if math.isfinite(s) and math.isfinite(o)]
+            summary["explanation_above_oracle"][split] = {"count": sum(s > o for s, o in pairs),
+                                                          "of": len(pairs)}
     return summary
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else value
 
 
 def _cell(stats: dict) -> str:
@@ -56,6 +74,10 @@ def _cell(stats: dict) -> str:
     return f"{stats['mean']:.3f}{interval}"
 
 
+def _count(above: dict | None) -> str:
+    return "n/a" if not above else f"{above['count']}/{above['of']}"
+
+
 def markdown_report(summary: dict) -> str:
     """A table people can paste: one row per site and layer."""
     lines = [f"# Interpretability of `{summary['variant']}` (size {summary['size']})", "",
@@ -63,8 +85,9 @@ def markdown_report(summary: dict) -> str:
              f"tokens; seed {summary['seed']}; scores are Pearson r between simulated and true "
              "activations, mean [95% bootstrap CI] over neurons; NaN = constant simulation.", "",
              "| site | layer | neurons | top-and-random | random-only | top-only | anthropic "
-             "| random baseline (t&r) | NaN scores | zeros | L0/token | dead |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| random baseline (t&r) | token oracle (t&r) | explanation > oracle (t&r) "
+             "| NaN scores | zeros | L0/token | dead |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for site, layers in summary["sites"].items():
         for layer, entry in layers.items():
             splits, sparsity = entry["splits"], entry["sparsity"]
@@ -72,10 +95,17 @@ def markdown_report(summary: dict) -> str:
             lines.append(
                 f"| {site} | {layer} | {entry['neurons']} | "
                 + " | ".join(_cell(splits[s]) for s in SPLITS)
-                + f" | {_cell(entry['baseline'].get('top_and_random', {}))} | {nans} | "
+                + f" | {_cell(entry['baseline'].get('top_and_random', {}))}"
+                f" | {_cell(entry.get('oracle', {}).get('top_and_random', {}))}"
+                f" | {_count(entry.get('explanation_above_oracle', {}).get('top_and_random'))}"
+                f" | {nans} | "
                 f"{sparsity['zero_fraction']:.3f} | {sparsity['mean_l0']:.1f} | "
                 f"{sparsity['dead_neurons']} |")
-    lines += ["", "Sparsity: `zeros` is the fraction of exactly-zero activations, `L0/token` the "
+    lines += ["", "Token oracle: each held-out token predicted by its mean activation on the "
+              "evaluation text outside the neuron's records, scored the same way: the best a "
+              "per-token explanation can do; the next column counts the neurons whose "
+              "explanation beats it.",
+              "", "Sparsity: `zeros` is the fraction of exactly-zero activations, `L0/token` the "
               "mean number of non-zero neurons per token, `dead` the neurons never active on the "
               "evaluation text (near-zero variants with |a| <= eps in summary.json).", ""]
     return "\n".join(lines)

@@ -2,8 +2,9 @@
 
 The evaluation text is the first `interp.num_sequences` windows of `interp.seq_len` tokens of the
 validation split (never trained on). Each batch is one jitted forward pass that captures every
-requested site; activations go straight into the per-(site, layer) miners and sparsity counters
-and are then dropped, so memory does not grow with the evaluation set.
+requested site; activations go straight into the per-(site, layer) miners, sparsity counters and
+per-token sums of the token oracle (`token_means`) and are then dropped, so memory does not grow
+with the evaluation set.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from crate_jax.atomic_files import atomic_path
 from crate_jax.interp.activations.miner import RecordMiner
 from crate_jax.interp.activations.records import NeuronRecord, from_json, to_json
 from crate_jax.interp.activations.sparsity import SparsityCounter
+from crate_jax.interp.activations.token_means import TokenMeans, texts_by_frequency
 from crate_jax.layout import RunLayout
 from crate_jax.model import LanguageModel, apply_with_neurons, neuron_width
 
@@ -76,6 +78,11 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
     counters = {(site, layer): SparsityCounter(neuron_width(model.config, site),
                                                eps=interp_config.eps)
                 for site, layer in keys}
+    ranked = texts_by_frequency(sequences, decode)
+    token_means = {key: TokenMeans(ranked[:max(1, interp_config.oracle_table_entries
+                                                // len(chosen[key]))],
+                                   sequences, decode, len(chosen[key]))
+                   for key in keys}
 
     def stream(first_pass: bool) -> None:
         for indices, tokens in _batches(sequences, interp_config.batch_size):
@@ -85,6 +92,8 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
                 if first_pass:
                     counters[site, layer].observe(activations)
                     miner.observe(indices, tokens, activations[..., chosen[site, layer]])
+                    token_means[site, layer].observe(tokens,
+                                                     activations[..., chosen[site, layer]])
                 else:
                     miner.observe_second_pass(indices, tokens,
                                               activations[..., chosen[site, layer]])
@@ -107,6 +116,9 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
         statistics = layout.record_statistics(site, layer)
         with atomic_path(statistics) as temporary, open(temporary, "wb") as file:
             np.savez(file, neuron_index=indices, **miner.neuron_statistics())
+        # The token oracle's means, from the evaluation text outside each neuron's records.
+        token_means[site, layer].write(layout.token_means(site, layer), indices,
+                                       miner.covered_positions())
     return {site: {str(layer): counters[site, layer].summary() for layer in layers}
             for site in sites}
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 
 from crate_jax.interp.activations.moments import RunningMoments
-from crate_jax.interp.activations.record_pool import RecordPool, gather_windows
+from crate_jax.interp.activations.record_pool import RecordPool, gather_windows, window_starts
 from crate_jax.interp.activations.records import ActivationRecord, NeuronId, NeuronRecord
 
 
@@ -206,6 +206,31 @@ class RecordMiner:
         return {"priority": self._binned.key, "sequence": self._binned.sequence,
                 "centre": self._binned.centre, "window_activations": window_activations,
                 "window_tokens": window_tokens}
+
+    def covered_positions(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per neuron, every evaluation position that one of its records shows (top, random and
+        quantile-bin records), each once: `(token ids [P], activations [P])`. What the token
+        oracle's means must leave out (`token_means`). Needs pass 1 (and pass 2 for bins)."""
+        top_activations, top_tokens = self._top.windows()  # [top_k, N, width]
+        bin_activations, bin_tokens = self._binned.windows()  # [per_bin, bins, N, width]
+        width = top_tokens.shape[-1]
+        covered = []
+        for n in range(self.num_neurons):
+            sequences = np.concatenate([self._top.sequence[:, n], self.random_sequence,
+                                        self._binned.sequence[..., n].ravel()])
+            centres = np.concatenate([self._top.centre[:, n], self.random_centre,
+                                      self._binned.centre[..., n].ravel()])
+            tokens = np.concatenate([top_tokens[:, n], self.random_tokens,
+                                     bin_tokens[..., n, :].reshape(-1, width)])
+            values = np.concatenate([top_activations[:, n], self.random_activations[..., n],
+                                     bin_activations[..., n, :].reshape(-1, width)])
+            real = sequences >= 0
+            starts = window_starts(centres[real], self.seq_len, self.window)
+            positions = (sequences[real, None] * self.seq_len + starts[:, None]
+                         + np.arange(width)[None, :]).ravel()
+            _, first = np.unique(positions, return_index=True)
+            covered.append((tokens[real].ravel()[first], values[real].ravel()[first]))
+        return covered
 
     def neuron_records(self, layer_index: int, neuron_indices: Iterable[int],
                        decode: Callable[[int], str]) -> Iterator[NeuronRecord]:

@@ -16,6 +16,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from crate_jax.interp.explanations.splits import (
 )
 from crate_jax.interp.explanations.thread_pool import map_in_threads
 from crate_jax.layout import LayerScoresLayout
+
+if TYPE_CHECKING:  # token_oracle imports this module
+    from crate_jax.interp.explanations.token_oracle import TokenOracle
 
 PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_only": "openai",
                      ANTHROPIC_SPLIT: "anthropic"}
@@ -162,20 +166,29 @@ def _simulate_and_score(explanation_entry: dict, groups: dict[str, list[Activati
                      for g in needed}
     except SimulationFailure as failure:
         return {}, {s: str(failure) for s in splits}, {}
+    scores = split_scores(groups, simulated, splits)
+    # Stored unrounded, so a score can be recomputed exactly from the file.
+    return scores, {}, {g: [[float(v) for v in seq] for seq in simulated[g]] for g in needed}
+
+
+def split_scores(groups: dict[str, list[ActivationRecord]], predicted: dict[str, list],
+                 splits: list[str]) -> dict[str, float]:
+    """`{split: r}`: each split pools the true and predicted activations of its held-out groups
+    (`split_groups`) into one Pearson r (NaN for a constant side)."""
     scores = {}
     for split in splits:
         true = [r.activations for g in split_groups()[split] for r in groups[g]]
-        predicted = [p for g in split_groups()[split] for p in simulated[g]]
-        scores[split] = correlation_score(true, predicted)
-    # Stored unrounded, so a score can be recomputed exactly from the file.
-    return scores, {}, {g: [[float(v) for v in seq] for seq in simulated[g]] for g in needed}
+        pooled = [p for g in split_groups()[split] for p in predicted[g]]
+        scores[split] = correlation_score(true, pooled)
+    return scores
 
 
 def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                 simulator: Simulator, out_dir: Path, *, random_baseline: bool, seed: int,
                 layer: int, workers: int = 1, record_protocol: str = "default",
-                retry_failed: bool = False) -> dict[int, dict]:
-    """Scores of every neuron (and of the random baseline), reusing those already on file.
+                retry_failed: bool = False, oracle: TokenOracle | None = None) -> dict[int, dict]:
+    """Scores of every neuron (and of the random baseline, and the token oracle's where an
+    `oracle` is given: `oracle_scores`), reusing those already on file.
 
     With `retry_failed`, a neuron is rescored when a split of its own failed or when its random
     baseline lacks a split (the partner's explanation or a baseline simulation failed): a
@@ -209,6 +222,8 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                 baseline.update(scores)
             entry["baseline_partner"] = partner
             entry["baseline_scores"] = baseline
+        if oracle is not None:
+            entry["oracle_scores"] = oracle.scores(neuron, record_protocol)
         entry["scores"] = {k: (None if math.isnan(v) else v) for k, v in entry["scores"].items()}
         if "baseline_scores" in entry:
             entry["baseline_scores"] = {k: (None if math.isnan(v) else v)
