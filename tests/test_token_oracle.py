@@ -9,9 +9,10 @@ from run_helpers import copy_run, interp_config
 
 from crate_jax.interp.activations.miner import RecordMiner
 from crate_jax.interp.activations.record_pool import window_starts
-from crate_jax.interp.activations.token_means import TokenMeans, texts_by_frequency
+from crate_jax.interp.activations.token_means import TokenMeans, frequent_token_ids
 from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.interp.explanations.token_oracle import TokenOracle
+from crate_jax.layout import RunLayout
 
 SEQUENCES, LENGTH, VOCAB, WINDOW = 96, 32, 12, 8
 RARE = VOCAB  # a token id that occurs once, inside neuron 0's best record
@@ -40,8 +41,7 @@ def _mine(tokens, activations, path, max_rows=None):
     """The capture pass's work on hand-built arrays: records and the oracle's means file."""
     miner = RecordMiner(3, LENGTH, SEQUENCES, window=WINDOW, top_k=8, random_k=8,
                         quantile_bins=2, per_bin=2, seed=0)
-    texts = texts_by_frequency(tokens, _decode)
-    means = TokenMeans(texts[:max_rows] if max_rows else texts, tokens, _decode, 3)
+    means = TokenMeans(frequent_token_ids(tokens, max_rows or VOCAB + 1), 3)
     for start in range(0, SEQUENCES, 32):  # batches, as the capture pass streams them
         rows = np.arange(start, start + 32)
         miner.observe(rows, tokens[rows], activations[rows])
@@ -56,7 +56,7 @@ def _mine(tokens, activations, path, max_rows=None):
 def test_a_token_function_scores_one_and_context_scores_less(tmp_path):
     tokens, activations = _hand_built()
     _, records = _mine(tokens, activations, tmp_path / "means.npz")
-    oracle = TokenOracle(tmp_path / "means.npz")
+    oracle = TokenOracle(tmp_path / "means.npz", _decode)
     token_only, context, positional = (oracle.scores(r, "default") for r in records)
     for split in ("top_and_random", "random_only", "top_only", "anthropic"):
         assert token_only[split] == pytest.approx(1.0, abs=1e-6), split
@@ -69,7 +69,7 @@ def test_the_means_leave_out_every_position_of_the_neurons_records(tmp_path):
     window rule): each row's mean over the positions no record of the neuron shows."""
     tokens, activations = _hand_built()
     miner, _ = _mine(tokens, activations, tmp_path / "means.npz")
-    oracle = TokenOracle(tmp_path / "means.npz")
+    oracle = TokenOracle(tmp_path / "means.npz", _decode)
     top, bins = miner.top_records(), miner.quantile_records()
     for neuron in range(3):
         covered = np.zeros((SEQUENCES, LENGTH), bool)
@@ -93,13 +93,39 @@ def test_the_means_leave_out_every_position_of_the_neurons_records(tmp_path):
 
 
 def test_a_bounded_table_shares_one_row_among_the_rarer_tokens(tmp_path):
+    """With room for four ids, the rest are summed in the last row: they count towards the
+    neuron's mean, which predicts them, and the scores stay finite."""
     tokens, activations = _hand_built()
-    _, records = _mine(tokens, activations, tmp_path / "means.npz", max_rows=4)
-    oracle = TokenOracle(tmp_path / "means.npz")
-    assert len(oracle.texts) == 4 and oracle.means.shape == (5, 3)
+    miner, records = _mine(tokens, activations, tmp_path / "means.npz", max_rows=4)
+    with np.load(tmp_path / "means.npz") as data:
+        kept, sums, counts = data["token_ids"], data["sums"], data["counts"]
+    frequency = np.bincount(tokens.ravel())
+    assert kept.tolist() == np.argsort(-frequency, kind="stable")[:4].tolist()
+    assert sums.shape == counts.shape == (5, 3)
+    covered = miner.covered_positions()
+    for neuron, (covered_tokens, _) in enumerate(covered):
+        others = ~np.isin(covered_tokens, kept)
+        assert counts[4, neuron] == (~np.isin(tokens, kept)).sum() - others.sum()
+    oracle = TokenOracle(tmp_path / "means.npz", _decode)
+    rare = next(t for t in range(VOCAB) if t not in kept)
+    assert oracle.predict(0, [_decode(rare)]) == [pytest.approx(sums[:, 0].sum()
+                                                                / counts[:, 0].sum())]
     scores = oracle.scores(records[0], "default")
     assert all(np.isfinite(scores[split]) for split in scores)
     assert 0.2 < scores["random_only"] < 0.99  # four tokens told apart, the rest pooled
+
+
+def test_ids_with_the_same_text_are_one_token(tmp_path):
+    """Records show texts: ids that decode alike are predicted by their pooled mean."""
+    tokens, activations = _hand_built()
+    means = TokenMeans(frequent_token_ids(tokens, VOCAB + 1), 3)
+    means.observe(tokens, activations)
+    nothing = (np.zeros(0, np.int64), np.zeros(0, np.float32))
+    means.write(tmp_path / "means.npz", np.arange(3), [nothing] * 3)
+    oracle = TokenOracle(tmp_path / "means.npz", lambda t: "t0" if t == 1 else _decode(t))
+    pooled = activations[..., 2][np.isin(tokens, [0, 1])].mean()
+    assert oracle.predict(2, ["t0"]) == [pytest.approx(pooled, rel=1e-5)]
+    assert oracle.predict(2, ["t1"]) == [pytest.approx(activations[..., 2].mean(), rel=1e-5)]
 
 
 def test_on_a_trained_run_the_oracle_bounds_token_lookup(prepared, trained, tmp_path):
@@ -122,8 +148,23 @@ def test_on_a_trained_run_the_oracle_bounds_token_lookup(prepared, trained, tmp_
             assert oracle["n"] >= explained["n"] == above["of"] > 0, (site, layer)
             assert oracle["mean"] >= explained["mean"], (site, layer)
             assert above["count"] < above["of"] / 2, (site, layer)
-    line = json.loads((workdir / "interp" / "scores" / "ista" / "layer_0" / "scores.jsonl")
-                      .read_text().splitlines()[0])
+    layout = RunLayout(workdir)
+    for site, layers in summary["sites"].items():  # pooled over the site's layers
+        lines = [json.loads(line) for layer in layers
+                 for line in layout.scores(site, int(layer)).read_text().splitlines()
+                 if line.strip()]
+        pairs = np.asarray([(line["scores"]["top_and_random"],
+                             line["oracle_scores"]["top_and_random"]) for line in lines
+                            if line["scores"].get("top_and_random") is not None
+                            and line["oracle_scores"].get("top_and_random") is not None])
+        explained, oracle = pairs.mean(axis=0)
+        print(f"{site}: token_lookup {explained:.3f}, oracle {oracle:.3f} over {len(pairs)} "
+              f"neurons; token_lookup above its oracle in {(pairs[:, 0] > pairs[:, 1]).sum()}")
+        assert oracle >= explained, site
+    written = json.loads(layout.summary.read_text())
+    assert all({"oracle", "explanation_above_oracle"} <= set(entry)
+               for layers in written["sites"].values() for entry in layers.values())
+    line = json.loads(layout.scores("ista", 0).read_text().splitlines()[0])
     assert set(line["oracle_scores"]) == {"top_and_random", "random_only", "top_only",
                                           "anthropic"}
-    assert "token oracle (t&r)" in (workdir / "interp" / "report.md").read_text()
+    assert "token oracle (t&r)" in layout.interp_report.read_text()

@@ -114,7 +114,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
                                  layer=layer, workers=interp.workers,
                                  record_protocol=interp.protocol,
                                  retry_failed=interp.retry_failed,
-                                 oracle=TokenOracle(layout.token_means(site, layer)))
+                                 oracle=TokenOracle(layout.token_means(site, layer), decode))
             entries.extend(scores.values())
             top_and_random[site, layer] = {index: entry["scores"].get("top_and_random")
                                            for index, entry in scores.items()}

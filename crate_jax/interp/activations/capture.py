@@ -19,7 +19,7 @@ from crate_jax.atomic_files import atomic_path
 from crate_jax.interp.activations.miner import RecordMiner
 from crate_jax.interp.activations.records import NeuronRecord, from_json, to_json
 from crate_jax.interp.activations.sparsity import SparsityCounter
-from crate_jax.interp.activations.token_means import TokenMeans, texts_by_frequency
+from crate_jax.interp.activations.token_means import TokenMeans, frequent_token_ids
 from crate_jax.layout import RunLayout
 from crate_jax.model import LanguageModel, apply_with_neurons, neuron_width
 
@@ -78,10 +78,10 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
     counters = {(site, layer): SparsityCounter(neuron_width(model.config, site),
                                                eps=interp_config.eps)
                 for site, layer in keys}
-    ranked = texts_by_frequency(sequences, decode)
-    token_means = {key: TokenMeans(ranked[:max(1, interp_config.oracle_table_entries
-                                                // len(chosen[key]))],
-                                   sequences, decode, len(chosen[key]))
+    # The token oracle's table: the most frequent ids, as many as the entries allow.
+    token_means = {key: TokenMeans(frequent_token_ids(
+                       sequences, max(1, interp_config.oracle_table_entries // len(chosen[key]))),
+                       len(chosen[key]))
                    for key in keys}
 
     def stream(first_pass: bool) -> None:

@@ -13,8 +13,8 @@ no use here: most tokens occur once in 20 records, so it is near 1 whatever the 
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,27 +25,42 @@ from crate_jax.interp.explanations.splits import held_out_records
 
 
 class TokenOracle:
-    """One site and layer's oracle, read from its `token_means` file."""
+    """One site and layer's oracle, read from its `token_means` file.
 
-    def __init__(self, path: Path):
+    Records show decoded texts, so ids that decode to the same text are merged (sums and counts
+    added). A text outside the table, or whose count is 0 once the neuron's own records are left
+    out, is predicted by the neuron's mean over every estimation token (the "other" row
+    included).
+    """
+
+    def __init__(self, path: Path, decode: Callable[[int], str]):
         with np.load(path) as data:
-            self.texts: list[str] = json.loads(str(data["texts"]))
-            self.means = data["means"]  # [rows, N]; the last row: every other text
-            self.fallback = data["fallback"]  # [N]
+            token_ids = data["token_ids"]  # [M]
+            sums, counts = data["sums"], data["counts"]  # [M + 1, N]; last row: other ids
             self.column = {int(n): k for k, n in enumerate(data["neuron_index"])}
+        texts = [decode(int(token)) for token in token_ids]
+        self.texts = sorted(set(texts))
         self.row = {text: row for row, text in enumerate(self.texts)}
+        rows = np.asarray([self.row[text] for text in texts], np.int64)
+        merged_sums = np.zeros((len(self.texts), sums.shape[1]), np.float64)
+        merged_counts = np.zeros((len(self.texts), sums.shape[1]), np.int64)
+        np.add.at(merged_sums, rows, sums[:-1])
+        np.add.at(merged_counts, rows, counts[:-1])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self.fallback = sums.sum(axis=0) / counts.sum(axis=0)  # [N]
+            self.means = np.where(merged_counts > 0, merged_sums / merged_counts,
+                                  self.fallback[None, :])  # [texts, N]
 
     def predict(self, neuron_index: int, tokens: list[str]) -> list[float]:
-        """Each token's mean activation for this neuron (the neuron's mean over all the text
-        left, where the text has no token of that row)."""
+        """Each token text's mean activation for this neuron (see the class)."""
         column = self.column[neuron_index]
-        other = len(self.texts)
-        values = self.means[[self.row.get(token, other) for token in tokens], column]
-        return np.where(np.isnan(values), self.fallback[column], values).tolist()
+        return [float(self.means[self.row[token], column]) if token in self.row
+                else float(self.fallback[column]) for token in tokens]
 
     def scores(self, neuron: NeuronRecord, record_protocol: str) -> dict[str, float | None]:
-        """`{split: r}` of every split, over the split's held-out records; None where r is
-        undefined (a constant prediction or activation)."""
+        """`{split: r}` of every split of `PROTOCOL_OF_SPLIT`, over the split's held-out records
+        (`interp.protocol` = `record_protocol`); None where r is undefined (a constant
+        prediction or activation)."""
         index = neuron.neuron_id.neuron_index
         result = {}
         for protocol in sorted(set(PROTOCOL_OF_SPLIT.values())):
