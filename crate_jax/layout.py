@@ -166,8 +166,8 @@ class RunLayout:
         return self.records_dir / site / f"{_layer(layer)}_statistics.npz"
 
     def token_means(self, site: str, layer: int) -> Path:
-        """Per-token mean activations of the layer's sampled neurons outside their records:
-        the token oracle's predictions (`interp/activations/token_means.py`)."""
+        """Per-token activation sums and counts of the layer's sampled neurons outside their
+        records, whence the token oracle's predictions (`interp/activations/token_means.py`)."""
         return self.records_dir / site / f"{_layer(layer)}_token_means.npz"
 
     @property
