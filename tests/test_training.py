@@ -69,12 +69,20 @@ _INTERRUPTIBLE = ["--config.train.num_steps=30", "--config.train.checkpoint_ever
                   "--config.train.eval_batches=64"]
 
 
+def _interruptible_config(prepared: Path):
+    """`_INTERRUPTIBLE`'s run as a config, for the runs that need no signal of their own: trained
+    in this process, they skip a process start (the interrupted runs themselves are real
+    `python -m crate_jax.main` processes, and a resumption under other settings is refused)."""
+    return with_data(tiny_config(num_steps=30, checkpoint_every=20, log_every=5, eval_every=5,
+                                 eval_batches=64), prepared)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(prepared, tmp_path_factory):
     """The run every interrupted one must reproduce exactly once resumed."""
     workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("uninterrupted"))
-    result = run_main(workdir, prepared, *_INTERRUPTIBLE)
-    assert result.returncode == 0, result.stderr
+    summary = train_and_evaluate(_interruptible_config(prepared), workdir)
+    assert summary["status"] == "completed" and summary["step"] == 30, summary
     return workdir
 
 
@@ -93,13 +101,18 @@ def _interrupt_after_log_line(workdir: Path, prepared: Path, step: int, signum: 
     return process.returncode, "".join(seen) + output
 
 
-def _assert_resumes_to(uninterrupted: Path, workdir: Path, prepared: Path, *,
+def _assert_resumes_to(uninterrupted: Path, workdir: Path, prepared: Path, capsys, *,
                        from_checkpoint: bool = True, stopped_at: int | None = None) -> None:
-    """The rerun ends where the uninterrupted run did, with its parameters and its metrics
-    (plus the train line the stop itself logged at `stopped_at`)."""
-    resumed = run_main(workdir, prepared, *_INTERRUPTIBLE)
-    assert resumed.returncode == 0, resumed.stderr
-    assert ("step 0 |" not in resumed.stdout) == from_checkpoint  # resumed, or restarted
+    """The rerun (in this process: see `_interruptible_config`) ends where the uninterrupted run
+    did, with its parameters and its metrics (plus the train line the stop itself logged at
+    `stopped_at`)."""
+    earlier = capsys.readouterr().out
+    summary = train_and_evaluate(_interruptible_config(prepared), workdir)
+    resumed_output = capsys.readouterr().out
+    print(earlier + resumed_output, end="")  # still shown with a failure
+    assert summary["status"] == "completed" and summary["step"] == 30, summary
+    assert ("step 0 |" not in resumed_output) == from_checkpoint, \
+        f"expected {'a resumption' if from_checkpoint else 'a fresh start'}:\n{resumed_output}"
     for left, right in zip(jax.tree_util.tree_leaves(checkpoint_params(uninterrupted, 30)),
                            jax.tree_util.tree_leaves(checkpoint_params(workdir, 30)), strict=True):
         np.testing.assert_allclose(left, right, rtol=1e-6, atol=1e-7)
@@ -113,7 +126,7 @@ def _assert_resumes_to(uninterrupted: Path, workdir: Path, prepared: Path, *,
 
 
 def test_sigterm_saves_the_reported_step_stops_the_stages_and_resumes_exactly(
-        prepared, tmp_path, uninterrupted):
+        prepared, tmp_path, uninterrupted, capsys):
     workdir = workdir_with_data(prepared, tmp_path)
     code, output = _interrupt_after_log_line(workdir, prepared, 5, signal.SIGTERM,
                                              "--config.stages=train,interp")
@@ -124,11 +137,11 @@ def test_sigterm_saves_the_reported_step_stops_the_stages_and_resumes_exactly(
     assert Checkpointer(workdir / "checkpoints", save_every=20).latest_step() == stopped_at
     assert "train: interrupted; not run: interp" in output
     assert not (workdir / "interp").exists()  # no evaluation of a half-trained model
-    _assert_resumes_to(uninterrupted, workdir, prepared, stopped_at=stopped_at)
+    _assert_resumes_to(uninterrupted, workdir, prepared, capsys, stopped_at=stopped_at)
 
 
 def test_kill_at_a_random_step_then_rerun_equals_the_uninterrupted_run(
-        prepared, tmp_path, uninterrupted):
+        prepared, tmp_path, uninterrupted, capsys):
     step = int(np.random.default_rng().choice([5, 10, 15, 20, 25]))
     print(f"killed after step {step}'s log line")
     workdir = workdir_with_data(prepared, tmp_path)
@@ -136,7 +149,8 @@ def test_kill_at_a_random_step_then_rerun_equals_the_uninterrupted_run(
     assert code == -signal.SIGKILL, output
     # Without a finished checkpoint (the first is step 20's) the rerun starts over.
     saved = Checkpointer(workdir / "checkpoints", save_every=20).latest_step()
-    _assert_resumes_to(uninterrupted, workdir, prepared, from_checkpoint=saved is not None)
+    _assert_resumes_to(uninterrupted, workdir, prepared, capsys,
+                       from_checkpoint=saved is not None)
 
 
 def test_gradient_accumulation_matches_the_whole_batch(prepared, tmp_path):
