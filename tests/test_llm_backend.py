@@ -417,23 +417,21 @@ def test_server_killed_mid_run_then_restarted_resumes_cleanly(gguf_model):
 
 
 def test_evaluation_with_the_llm_backend_records_failures_and_resumes_after_a_dead_server(
-        gguf_model, prepared, tmp_path):
+        gguf_model, prepared, trained, tmp_path):
     """The whole interp stage against the real server: a dead server stops the run with a
     clear error and no partial scores; once a server is back, the rerun reuses the mined
     records and finishes, recording unparsable simulations as failures, never as zeros (and
     stopping with an error if no neuron got a score at all)."""
-    from run_helpers import tiny_config, with_data, workdir_with_data
+    from run_helpers import copy_run, interp_config
 
     from crate_jax.interp.activations.capture import InterpretabilityError
     from crate_jax.interp.evaluate import evaluate_interpretability
-    from crate_jax.train.loop import train_and_evaluate
 
-    workdir = workdir_with_data(prepared, tmp_path)
-    config = with_data(tiny_config(num_steps=10, checkpoint_every=10), prepared)
-    train_and_evaluate(config, workdir)
-    config.interp.update(dict(sites="ista", num_sequences=8, seq_len=32, window=8, top_k=4,
-                              random_k=2, quantile_bins=0, per_bin=0, neurons_per_layer=1,
-                              random_baseline=False, explainer="llm"))
+    workdir = copy_run(trained, tmp_path, "run")  # the session's trained run: no training here
+    config = interp_config(prepared, dict(sites="ista", num_sequences=8, seq_len=32, window=8,
+                                          top_k=4, random_k=2, quantile_bins=0, per_bin=0,
+                                          neurons_per_layer=1, random_baseline=False,
+                                          explainer="llm"))
     port = _free_port()
     config.interp.llm.update(dict(base_url=f"http://127.0.0.1:{port}/v1", model="smollm2",
                                   api_key_env="", simulator_mode="json", timeout_s=60.0,
