@@ -1,6 +1,8 @@
 """Shared by the end-to-end tests: a fast `tiny` config and workdirs with prepared data."""
 
 import contextlib
+import importlib
+import io
 import os
 import shutil
 import subprocess
@@ -9,6 +11,7 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
+import jax
 import pytest
 
 from configs import crate
@@ -88,16 +91,31 @@ def run_main_arguments(workdir: Path, prepared: Path, *overrides: str,
 # A 3-step run, checkpointed and logged every step: what the sharding and multi-process tests
 # compare across device layouts (`three_step_runs` in conftest.py trains each layout once).
 THREE_STEPS = 3
-THREE_STEP_ARGS = [f"--config.train.num_steps={THREE_STEPS}", "--config.train.checkpoint_every=1",
-                   "--config.train.log_every=1", f"--config.train.eval_every={THREE_STEPS}"]
+THREE_STEP_TRAIN = dict(num_steps=THREE_STEPS, checkpoint_every=1, log_every=1,
+                        eval_every=THREE_STEPS)
+THREE_STEP_ARGS = [f"--config.train.{key}={value}" for key, value in THREE_STEP_TRAIN.items()]
 # layout -> (forced host devices, mesh overrides)
 MESH_LAYOUTS = {"one_device": (1, []), "fsdp8": (8, ["--config.mesh.fsdp=8"]),
                 "data8": (8, ["--config.mesh.data=8"])}
 
 
 def train_three_steps(workdir: Path, prepared: Path, variant: str, layout: str) -> str:
-    """Trains (or resumes) `variant`'s 3-step run in `workdir` on `layout`; returns its output."""
+    """Trains (or resumes) `variant`'s 3-step run in `workdir` on `layout`; returns its output.
+
+    One device is this process's own (the tests' process has one), which saves a process start;
+    the other layouts run `python -m crate_jax.main` on forced host devices.
+    """
     devices, mesh = MESH_LAYOUTS[layout]
+    if devices == 1 and jax.device_count() == 1:
+        from crate_jax.train.loop import train_and_evaluate
+
+        module = importlib.import_module(f"configs.{variant}")
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output):
+            summary = train_and_evaluate(
+                with_data(tiny_config(module, **THREE_STEP_TRAIN), prepared), workdir)
+        assert summary["status"] == "completed", output.getvalue()[-3000:]
+        return output.getvalue()
     result = run_main(workdir, prepared, *THREE_STEP_ARGS, *mesh, devices=devices,
                       config_file=f"configs/{variant}.py")
     assert result.returncode == 0, result.stderr[-3000:]
