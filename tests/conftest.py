@@ -11,12 +11,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # (`python -m crate_jax.main` runs, launch/ jobs, the notebook's kernel inherit the environment).
 # The suite compiles the same tiny programs again and again, in fresh `jax.jit` wrappers and fresh
 # processes; the cache hands back the executable XLA would compile again, so only time changes.
-# A cache the caller configured is used as is and kept.
+# A cache the caller configured is used as is and kept; JAX_COMPILATION_CACHE_DIR= (empty) runs
+# without one.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="crate_jax_tests_xla_")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# Most of the suite's programs compile in under a second, the cache's default threshold.
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 
@@ -24,8 +25,6 @@ jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
-jax.config.update("jax_persistent_cache_min_entry_size_bytes",
-                  int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
 
 
 import pytest  # noqa: E402
