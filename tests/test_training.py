@@ -64,17 +64,16 @@ def test_run_writes_config_versions_metrics_and_checkpoints(prepared, tmp_path):
 # Checkpoints every 20 steps, a log line and a slow evaluation (64 batches) every 5: a signal sent
 # on reading a log line lands inside that evaluation, between the loop's decision not to save
 # this step and its next look at the stop flag.
-_INTERRUPTIBLE = ["--config.train.num_steps=30", "--config.train.checkpoint_every=20",
-                  "--config.train.log_every=5", "--config.train.eval_every=5",
-                  "--config.train.eval_batches=64"]
+_INTERRUPTIBLE_TRAIN = dict(num_steps=30, checkpoint_every=20, log_every=5, eval_every=5,
+                            eval_batches=64)
+_INTERRUPTIBLE = [f"--config.train.{key}={value}" for key, value in _INTERRUPTIBLE_TRAIN.items()]
 
 
 def _interruptible_config(prepared: Path):
     """`_INTERRUPTIBLE`'s run as a config, for the runs that need no signal of their own: trained
     in this process, they skip a process start (the interrupted runs themselves are real
     `python -m crate_jax.main` processes, and a resumption under other settings is refused)."""
-    return with_data(tiny_config(num_steps=30, checkpoint_every=20, log_every=5, eval_every=5,
-                                 eval_batches=64), prepared)
+    return with_data(tiny_config(**_INTERRUPTIBLE_TRAIN), prepared)
 
 
 @pytest.fixture(scope="module")
