@@ -49,7 +49,8 @@ def get_config(arg=None):
         controls=True,
     )
     if config.size == "tiny" and corpus == "planted":
-        # 15 runs in under 30 minutes on a 2-core laptop CPU, each past the bigram reference.
+        # 15 runs and their untrained controls in about half an hour on a 2-core laptop CPU,
+        # each run past the bigram reference.
         config.train.update(dict(num_steps=600, warmup_steps=60, eval_every=100,
                                  checkpoint_every=200))
         config.interp.update(dict(num_sequences=128, neurons_per_layer=128))
