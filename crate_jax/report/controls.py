@@ -26,7 +26,7 @@ from pathlib import Path
 
 from crate_jax.layout import RunLayout
 from crate_jax.report.run_files import score_entries
-from crate_jax.report.text import interval_text, markdown_rows
+from crate_jax.report.text import interval_text, section_markdown
 from crate_jax.statistics import contrast_interval, difference_interval, pooled_mean_interval
 
 SHOWN_SPLIT = "top_and_random"  # the split of the controls table in ablation.md, page, README
@@ -147,7 +147,4 @@ EXPLANATION = (
 
 def controls_markdown(rows: list[dict]) -> str:
     """`## Controls`: the explanation and the table; empty where no row has any control."""
-    header, body = controls_cells(rows)
-    if not body:
-        return ""
-    return f"## Controls\n\n{EXPLANATION}\n\n{markdown_rows(header, body)}"
+    return section_markdown("Controls", EXPLANATION, controls_cells(rows))

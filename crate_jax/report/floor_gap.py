@@ -8,7 +8,7 @@ seeds. Natural-text runs have no floor, and no such table.
 
 from __future__ import annotations
 
-from crate_jax.report.text import markdown_rows
+from crate_jax.report.text import section_markdown
 
 LARGEST = 3  # features listed per variant
 
@@ -50,7 +50,4 @@ EXPLANATION = ("Nats/token on the interpretability text (mean over seeds); a fea
 
 def floor_gap_markdown(rows: list[dict]) -> str:
     """A section for `ablation.md`; empty when no variant has a floor."""
-    header, body = floor_gap_cells(rows)
-    if not body:
-        return ""
-    return f"## Loss above the entropy floor\n\n{EXPLANATION}\n\n" + markdown_rows(header, body)
+    return section_markdown("Loss above the entropy floor", EXPLANATION, floor_gap_cells(rows))

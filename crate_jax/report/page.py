@@ -30,7 +30,8 @@ from crate_jax.report.ablation_table import study_runs, wide_table_cells
 from crate_jax.report.answer import answer_cells, answer_sentences
 from crate_jax.report.controls import EXPLANATION as CONTROLS_EXPLANATION
 from crate_jax.report.controls import controls_cells
-from crate_jax.report.floor_gap import EXPLANATION, floor_gap_cells
+from crate_jax.report.floor_gap import EXPLANATION as FLOOR_EXPLANATION
+from crate_jax.report.floor_gap import floor_gap_cells
 from crate_jax.report.run_files import neuron_statistics, score_lines
 from crate_jax.report.text import Cell
 
@@ -162,20 +163,14 @@ def _warning_html(rows: list[dict]) -> str:
             "drawn from them.</p>")
 
 
-def _floor_gap_html(rows: list[dict]) -> str:
-    header, body = floor_gap_cells(rows)
+def _section_html(title: str, explanation: str, cells: tuple[list[str], list[list[Cell]]],
+                  table_id: str) -> str:
+    """A titled, explained table; nothing where the table has no rows."""
+    header, body = cells
     if not body:
         return ""
-    return (f"<h2>Loss above the entropy floor</h2><p>{html.escape(EXPLANATION)}</p>"
-            f"{_table_html(header, body, 'floor-gap-table')}")
-
-
-def _controls_html(rows: list[dict]) -> str:
-    header, body = controls_cells(rows)
-    if not body:
-        return ""
-    return (f"<h2>Controls</h2><p>{html.escape(CONTROLS_EXPLANATION)}</p>"
-            f"{_table_html(header, body, 'controls-table')}")
+    return (f"<h2>{html.escape(title)}</h2><p>{html.escape(explanation)}</p>"
+            f"{_table_html(header, body, table_id)}")
 
 
 def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
@@ -198,9 +193,11 @@ def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
             "losses are nats/token of count-based models on the same validation targets.</p>"
             f"{_warning_html(rows)}"
             f'<h2>Answer</h2>{answer}<div id="answer">{sentences}</div>'
-            f"{_controls_html(rows)}"
-            f"{_floor_gap_html(rows)}"
-            f"<h2>All variants</h2>"
+            + _section_html("Loss above the entropy floor", FLOOR_EXPLANATION,
+                            floor_gap_cells(rows), "floor-gap-table")
+            + _section_html("Controls", CONTROLS_EXPLANATION, controls_cells(rows),
+                            "controls-table")
+            + "<h2>All variants</h2>"
             f"{_table_html(*wide_table_cells(rows), 'ablation-table')}"
             f"<h2>Figures</h2>{images}"
             f'<h2>Neurons</h2><div id="neuron-viewer">{viewer}</div></body></html>')

@@ -51,3 +51,12 @@ def markdown_rows(header: list[str], body: list[list[Cell]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(markdown_cell(cell) for cell in cells) + " |" for cells in body]
     return "\n".join(lines) + "\n"
+
+
+def section_markdown(title: str, explanation: str,
+                     cells: tuple[list[str], list[list[Cell]]]) -> str:
+    """`## title`, the explanation and the table; empty where the table has no rows."""
+    header, body = cells
+    if not body:
+        return ""
+    return f"## {title}\n\n{explanation}\n\n" + markdown_rows(header, body)
