@@ -415,7 +415,8 @@ def test_figures_keep_one_colour_per_variant_and_legends_off_the_data(miniature,
     # CRATE second: the ista panel then has CRATE alone, where a restarted colour cycle would
     # give it no_ista's colour.
     runs = {variant: [workdir / "runs" / f"{variant}_seed0"] for variant in ("no_ista", "crate")}
-    figure = scores_by_layer_figure(runs, "top_and_random")
+    controls = {variant: [workdir / "controls" / f"{variant}_seed0"] for variant in runs}
+    figure = scores_by_layer_figure(runs, "top_and_random", controls)
     colours = {}
     for axis in figure.axes:
         assert axis.get_legend() is None
@@ -427,7 +428,14 @@ def test_figures_keep_one_colour_per_variant_and_legends_off_the_data(miniature,
     assert colours["crate"] != colours["no_ista"]
     figure.canvas.draw()
     (legend,) = figure.legends
-    assert [t.get_text() for t in legend.get_texts()] == ["no_ista", "crate"]
+    assert [t.get_text() for t in legend.get_texts()] == ["no_ista", "crate",
+                                                          "untrained control", "token oracle"]
+    # The controls' markers (open circles, crosses) take their variant's colour.
+    markers = {(line.get_marker(), line.get_color()) for axis in figure.axes
+               for line in axis.lines if line.get_marker() == "x"
+               or line.get_markerfacecolor() == "none"}
+    assert {colour for _, colour in markers} == colours["crate"] | colours["no_ista"]
+    assert {marker for marker, _ in markers} == {"o", "x"}
     box = legend.get_window_extent()
     assert not any(box.overlaps(axis.get_window_extent()) for axis in figure.axes)
 
