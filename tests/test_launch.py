@@ -36,9 +36,11 @@ mode = os.environ.get("FAKE_MODE", "exit")
 received = []
 def record():
     environment = {{k: v for k, v in os.environ.items() if k.startswith(("JAX_", "XLA", "SLURM"))}}
-    with open(os.path.join(os.environ["FAKE_RECORDS"], name + ".json"), "w") as file:
+    path = os.path.join(os.environ["FAKE_RECORDS"], name + ".json")
+    with open(path + ".partial", "w") as file:  # renamed whole: a reader never sees half of it
         json.dump({{"argv": argv, "cwd": os.getcwd(), "env": environment,
                    "signals": received}}, file)
+    os.replace(path + ".partial", path)
 def stop(signum, frame):
     received.append(signum)
     record()
