@@ -247,12 +247,22 @@ def test_local_run_kills_a_process_that_does_not_stop_on_sigterm(fakes):
     assert "sending SIGKILL" in result.stderr
 
 
+# Execs its arguments with SIGINT and SIGTERM at their defaults (exec keeps them so).
+_WITH_DEFAULT_SIGNALS = ("import os, signal, sys\n"
+                         "for signum in (signal.SIGINT, signal.SIGTERM):\n"
+                         "    signal.signal(signum, signal.SIG_DFL)\n"
+                         "os.execv(sys.argv[1], sys.argv[1:])\n")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_local_run_forwards_a_signal_once_to_every_process(fakes, signum):
     """Sent to the launcher's whole process group, as Ctrl-C at a terminal is: each process still
     gets it once (a second Ctrl-C would mean "stop without saving" to many programs)."""
+    # Started as from a terminal, where Ctrl-C is not ignored: a test run in the background of a
+    # non-interactive shell (`nohup ... &`) inherits SIGINT ignored, which no shell can trap.
     launcher = subprocess.Popen(
-        [str(LAUNCH / "local_multiprocess.sh"), "3", "--port", "47616", "--", "--workdir=x"],
+        [sys.executable, "-c", _WITH_DEFAULT_SIGNALS,
+         str(LAUNCH / "local_multiprocess.sh"), "3", "--port", "47616", "--", "--workdir=x"],
         env={**os.environ, **fakes["environment"], "FAKE_MODE": "wait"},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     wait_for(lambda: len(records(fakes["records"])) == 3)
