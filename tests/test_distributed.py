@@ -14,7 +14,7 @@ import pytest
 from run_helpers import (
     REPO,
     THREE_STEP_ARGS,
-    THREE_STEPS,
+    THREE_STEP_TRAIN,
     checkpoint_params,
     run_main_arguments,
     tiny_config,
@@ -123,8 +123,7 @@ def test_two_processes_train_as_one_and_a_single_process_resumes_their_checkpoin
     # The 2-process checkpoint resumes in one process (this one: `THREE_STEP_ARGS` as a config,
     # which saves a process start), and training goes on.
     capsys.readouterr()
-    config = with_data(tiny_config(num_steps=5, checkpoint_every=1, log_every=1,
-                                   eval_every=THREE_STEPS), prepared)
+    config = with_data(tiny_config(**{**THREE_STEP_TRAIN, "num_steps": 5}), prepared)
     summary = train_and_evaluate(config, workdir)
     resumed = capsys.readouterr().out
     print(resumed, end="")  # still shown with a failure

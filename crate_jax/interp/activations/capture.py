@@ -116,7 +116,8 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
         statistics = layout.record_statistics(site, layer)
         with atomic_path(statistics) as temporary, open(temporary, "wb") as file:
             np.savez(file, neuron_index=indices, **miner.neuron_statistics())
-        # The token oracle's means, from the evaluation text outside each neuron's records.
+        # The token oracle's sums and counts, over the evaluation text outside each neuron's
+        # records.
         token_means[site, layer].write(layout.token_means(site, layer), indices,
                                        miner.covered_positions())
     return {site: {str(layer): counters[site, layer].summary() for layer in layers}

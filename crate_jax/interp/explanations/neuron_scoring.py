@@ -45,6 +45,11 @@ PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_o
                      ANTHROPIC_SPLIT: "anthropic"}
 
 
+def protocol_splits(protocol: str) -> list[str]:
+    """The splits scored on `protocol`'s held-out records."""
+    return [split for split, owner in PROTOCOL_OF_SPLIT.items() if owner == protocol]
+
+
 def read_neuron_lines(path: Path, *, repair: bool) -> dict[int, dict]:
     """The last line of each neuron in an append-only JSONL file, by neuron index.
 
@@ -155,7 +160,7 @@ def baseline_partners(indices: list[int], seed: int, layer: int) -> dict[int, in
 def _simulate_and_score(explanation_entry: dict, groups: dict[str, list[ActivationRecord]],
                         simulator: Simulator, protocol: str) -> tuple[dict, dict, dict]:
     """(scores by split, failures by split, simulations by group) of one protocol."""
-    splits = [s for s, p in PROTOCOL_OF_SPLIT.items() if p == protocol]
+    splits = protocol_splits(protocol)
     needed = sorted({g for s in splits for g in split_groups()[s]})
     if "failure" in explanation_entry:
         return {}, {s: f"explanation failed: {explanation_entry['failure']}"

@@ -20,7 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from crate_jax.interp.activations.records import NeuronRecord
-from crate_jax.interp.explanations.neuron_scoring import PROTOCOL_OF_SPLIT, split_scores
+from crate_jax.interp.explanations.neuron_scoring import (
+    PROTOCOL_OF_SPLIT,
+    protocol_splits,
+    split_scores,
+)
 from crate_jax.interp.explanations.splits import held_out_records
 
 
@@ -67,6 +71,5 @@ class TokenOracle:
             groups = held_out_records(neuron, protocol, record_protocol)
             predicted = {name: [self.predict(index, r.tokens) for r in records]
                          for name, records in groups.items()}
-            splits = [s for s, p in PROTOCOL_OF_SPLIT.items() if p == protocol]
-            result.update(split_scores(groups, predicted, splits))
+            result.update(split_scores(groups, predicted, protocol_splits(protocol)))
         return {split: None if math.isnan(r) else r for split, r in result.items()}
