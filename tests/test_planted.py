@@ -27,22 +27,81 @@ def test_labels_of_a_hand_written_document():
                      "agreement:awaiting_plural_verb"}
     assert at[4] == {"word:noun", "noun_class:animals", "topic:animals",
                      "agreement:awaiting_plural_verb"}  # the distractor noun is singular
-    assert at[5] == {"word:bracket", "brackets:inside", "topic:animals",
+    assert at[5] == {"word:bracket", "token:(", "brackets:inside", "topic:animals",
                      "agreement:awaiting_plural_verb"}
     assert all("brackets:nested" in at[i] for i in (9, 10, 11, 12))
     assert "brackets:inside" in at[13] and "brackets:nested" not in at[13]
     assert at[14] == {"word:verb", "topic:animals"}  # "do": the agreement is resolved
-    assert "negation:scope" not in at[15]  # "not" opens the scope
+    assert at[15] == {"token:not", "topic:animals"}  # "not" opens the scope
     assert all("negation:scope" in at[i] for i in range(16, 21))  # see any cow at all
-    assert "negation:scope" not in at[21]  # "."
-    assert "copy:copied" not in at[22] and "copy:copied" not in at[23]  # again :
+    assert at[21] == {"token:.", "topic:animals"}  # "." ends the scope
+    assert at[22] == {"word:copy_trigger", "token:again", "topic:animals"}
+    assert at[23] == {"word:copy_trigger", "token::", "copy:next_copied", "topic:animals"}
     copy_start = 24
-    for offset in range(len(first.split())):
-        assert at[copy_start + offset] == at[offset] | {"copy:copied"}
+    copied = len(first.split())
+    for offset in range(copied):
+        # An induction neuron at a copied token knows the next one is copied, but the last.
+        next_copied = {"copy:next_copied"} if offset < copied - 1 else set()
+        assert at[copy_start + offset] == at[offset] | {"copy:copied"} | next_copied
     assert document.floor_nll[copy_start:copy_start + len(first.split())].max() < 1e-12
     assert "copy:copied" not in at[copy_start + 22]  # the next sentence is new again
+    assert at[len(words) - 1] == {"token:<|endoftext|>", "topic:animals"}
     assert all("topic:animals" in at[i] for i in at)
     assert all(f"topic:{t}" not in at[i] for i in at for t in ("food", "tools", "nature"))
+
+
+def test_every_token_carries_a_feature_of_its_own_besides_the_topic():
+    """A neuron that detects one token type (`.`, `not`, end of text) has a feature to be
+    recognised by: every word of the vocabulary, in generated documents, carries a feature that
+    is not the topic, and a function word or the end of text carries its identity."""
+    own = [i for i, name in enumerate(planted.FEATURES) if not name.startswith("topic:")]
+    seen = set()
+    for index in range(200):
+        document = planted.generate_document(5, index)
+        assert document.labels[:, own].any(axis=1).all()
+        for word, row in zip(document.words, document.labels, strict=True):
+            seen.add(word)
+            if word in planted.IDENTITY_WORDS:
+                assert row[planted.FEATURE_INDEX[f"token:{word}"]]
+    assert seen == set(planted.VOCABULARY)
+    identities = [name for name in planted.FEATURES if name.startswith("token:")]
+    assert len(identities) == len(set(identities)) == len(planted.IDENTITY_WORDS)
+
+
+def test_next_copied_marks_the_position_before_each_copied_token():
+    """`copy:next_copied` is `copy:copied` shifted one position back, within each document."""
+    copied = planted.FEATURE_INDEX["copy:copied"]
+    following = planted.FEATURE_INDEX["copy:next_copied"]
+    total = 0
+    for index in range(100):
+        labels = planted.generate_document(5, index).labels
+        np.testing.assert_array_equal(labels[:-1, following], labels[1:, copied])
+        assert not labels[-1, following]
+        total += labels[:, following].sum()
+    assert total > 0
+
+
+# The words and labels of documents 0-19 (seed 0) that each generator version makes. Changing
+# what the generator writes must change GENERATOR_VERSION (it is in the data's fingerprint, so
+# runs prepared with the old labels are recomputed, never reused): add the new version's digest.
+GENERATED_DIGESTS = {
+    "planted-2": "bcd9b6f2694caaab28167dc880eb33c21848fded3bee51308b89395089a0ba23",
+}
+
+
+def test_what_the_generator_writes_is_tied_to_its_version():
+    import hashlib
+
+    from crate_jax.data.sources import source_fingerprint
+
+    digest = hashlib.sha256("\n".join(planted.FEATURES).encode())
+    for index in range(20):
+        document = planted.generate_document(0, index)
+        digest.update(" ".join(document.words).encode())
+        digest.update(np.packbits(document.labels).tobytes())
+    assert GENERATED_DIGESTS.get(planted.GENERATOR_VERSION) == digest.hexdigest(), (
+        "the planted documents or labels changed: bump planted.GENERATOR_VERSION")
+    assert source_fingerprint("planted:5", "unused")["generator"] == planted.GENERATOR_VERSION
 
 
 def test_the_grammar_refuses_what_it_cannot_produce():

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-GENERATOR_VERSION = "planted-1"
+GENERATOR_VERSION = "planted-2"  # planted-2: token identities, copy trigger, next copied
 END_OF_DOCUMENT = "<|endoftext|>"  # the pipeline's end-of-text token, appended after each document
 
 TOPICS = ("animals", "food", "tools", "nature")
@@ -95,14 +95,21 @@ ADJECTIVE_TOPIC = {word: topic for topic in TOPICS for word in TOPIC_ADJECTIVES[
 BASE_VERBS = frozenset(base for base, _ in VERBS)  # after `does/do not`
 VERB_FORMS = frozenset(form for pair in VERBS for form in pair)
 
-# The ground-truth features, one boolean per token. Word classes and noun classes can be read
-# off the token; the rest are latent: they need the document's context.
+# The ground-truth features, one boolean per token. Word classes, noun classes and token
+# identities can be read off the token; the rest are latent: they need the document's context.
+# Every token carries a feature of its own besides the topic (its class, or for a function word
+# or the end of text its identity `token:<word>`), so a neuron that detects a single token type
+# has a feature to be recognised by. `copy:copied` marks a copied token at its own position;
+# `copy:next_copied` the position before one (what an induction neuron predicts: `:` and every
+# copied token but the last).
+IDENTITY_WORDS = (*FUNCTION_WORDS, END_OF_DOCUMENT)
 FEATURES = (
     "word:determiner", "word:noun", "word:plural_noun", "word:adjective", "word:verb",
-    "word:bracket",
+    "word:bracket", "word:copy_trigger",
+    *(f"token:{word}" for word in IDENTITY_WORDS),
     *(f"noun_class:{topic}" for topic in TOPICS),
     *(f"topic:{topic}" for topic in TOPICS),
-    "brackets:inside", "brackets:nested", "negation:scope", "copy:copied",
+    "brackets:inside", "brackets:nested", "negation:scope", "copy:copied", "copy:next_copied",
     "agreement:awaiting_plural_verb", "agreement:awaiting_singular_verb",
 )
 FEATURE_INDEX = {name: index for index, name in enumerate(FEATURES)}
@@ -299,6 +306,10 @@ def _label(state: ParserState, word: str, depth_at: int) -> np.ndarray:
         mark("word:verb")
     if word in ("(", ")"):
         mark("word:bracket")
+    if word in ("again", ":"):
+        mark("word:copy_trigger")
+    if word in IDENTITY_WORDS:
+        mark(f"token:{word}")
     if depth_at >= 1:
         mark("brackets:inside")
     if depth_at >= 2:
@@ -517,6 +528,8 @@ def _read_document(next_word: Callable[[np.ndarray], str], topic: str | None) ->
         labels.append(advance(state, word))
         words.append(word)
     label_array = np.stack(labels)
+    label_array[:-1, FEATURE_INDEX["copy:next_copied"]] = \
+        label_array[1:, FEATURE_INDEX["copy:copied"]]
     if topic is not None:
         label_array[:, FEATURE_INDEX[f"topic:{topic}"]] = True
     return PlantedDocument(topic=topic or "", words=tuple(words), labels=label_array,
