@@ -55,15 +55,40 @@ def brute_top(activations, top_k, window=WINDOW):
     return result
 
 
+def brute_random(activations, top_k, random_k, seed):
+    """Per neuron: its random (sequence, centre) pairs: the seeded order of the sequences and a
+    centre in each, the first `random_k` of those not among the neuron's top sequences."""
+    rng = np.random.default_rng(seed)
+    candidates = min(S, top_k + random_k)
+    sequences, centres = rng.permutation(S)[:candidates], rng.integers(0, T, size=candidates)
+    result = []
+    for top in brute_top(activations, top_k):
+        taken = {s for _, s, _, _ in top}
+        free = [(int(s), int(c)) for s, c in zip(sequences, centres, strict=True)
+                if s not in taken]
+        result.append(free[:random_k])
+    return result
+
+
+def taken_sequences(activations, config=CONFIG):
+    """Per neuron, the sequences its top and random records hold (none of its bins may)."""
+    top = brute_top(activations, config["top_k"])
+    random = brute_random(activations, config["top_k"], config["random_k"], config["seed"])
+    return [{s for _, s, _, _ in top[n]} | {s for s, _ in random[n]} for n in range(N)]
+
+
 def brute_bins(activations, bins, per_bin, seed):
     """Per neuron and bin: sampled (sequence, centre) in priority order, and the edges."""
     result, edges_all = [], []
+    taken = taken_sequences(activations)
     for n in range(N):
         top = float(activations[:, :, n].max())
         edges = max(top, 0.0) * np.arange(bins + 1) / bins
         edges_all.append(edges)
         members = [[] for _ in range(bins)]
         for s in range(S):
+            if s in taken[n]:
+                continue
             values = activations[s, :, n]
             best = float(values.max())
             priority = np.random.default_rng([seed, s]).random(N)[n]
@@ -129,15 +154,28 @@ def test_top_k_larger_than_stream_and_window_longer_than_sequence():
 def test_random_records_match_brute_force_choice():
     tokens, activations = make_data()
     miner = mine(tokens, activations, batch_size=4)
-    flat = np.random.default_rng(CONFIG["seed"]).choice(S * T, CONFIG["random_k"], replace=False)
+    expected = brute_random(activations, CONFIG["top_k"], CONFIG["random_k"], CONFIG["seed"])
     records = list(miner.neuron_records(1, range(N), decode))
-    for r, position in enumerate(flat):
-        s, centre = divmod(int(position), T)
-        positions = window_positions(centre)
-        for n in range(N):
-            record = records[n].random_sample[r]
+    random = miner.random_records()
+    for n in range(N):
+        assert len(records[n].random_sample) == CONFIG["random_k"]  # S >= top_k + random_k
+        assert random["sequence"][:, n].tolist() == [s for s, _ in expected[n]]
+        for record, (s, centre) in zip(records[n].random_sample, expected[n], strict=True):
+            positions = window_positions(centre)
             assert record.activations == activations[s, positions, n].tolist()
             assert record.tokens == [decode(t) for t in tokens[s, positions]]
+    # Random records differ between neurons only where their top records do.
+    assert len({tuple(random["sequence"][:, n]) for n in range(N)}) > 1
+
+
+def test_random_records_run_short_only_when_the_text_does():
+    """With fewer than top_k + random_k sequences a neuron keeps those its top records leave."""
+    tokens, activations = make_data()
+    miner = mine(tokens, activations, batch_size=4, top_k=9, random_k=6, quantile_bins=0)
+    for n, record in enumerate(miner.neuron_records(0, range(N), decode)):
+        sequences = set(miner.top_records()["sequence"][:, n]) | set(
+            miner.random_records()["sequence"][:, n])
+        assert len(record.random_sample) == S - 9 and sequences == set(range(S)) | {-1}
 
 
 def test_quantile_bins_match_brute_force_reservoir():
@@ -164,11 +202,13 @@ def test_quantile_bins_match_brute_force_reservoir():
                 assert edges[n, j] < max(samples[k].activations) <= edges[n, j + 1]
     assert population.sum() > 0
     # counts are min(per_bin, population), checked against a direct count
+    taken = taken_sequences(activations)
     for n in range(N):
         sequence_max = activations[:, :, n].max(axis=1)
+        free = ~np.isin(np.arange(S), list(taken[n]))
         for j in range(CONFIG["quantile_bins"]):
             inside = np.count_nonzero((sequence_max > edges[n, j])
-                                      & (sequence_max <= edges[n, j + 1]))
+                                      & (sequence_max <= edges[n, j + 1]) & free)
             assert len(records[n].random_sample_by_quantile[j]) == min(CONFIG["per_bin"], inside)
     assert all(samples == [] for samples in records[5].random_sample_by_quantile)
     assert all(samples == [] for samples in records[6].random_sample_by_quantile)
@@ -209,11 +249,9 @@ def test_statistics_stay_accurate_with_a_large_offset():
 
 
 def assert_same_records(a: RecordMiner, b: RecordMiner) -> None:
-    for name in ("top_records", "quantile_records"):
+    for name in ("top_records", "random_records", "quantile_records"):
         for key, value in getattr(a, name)().items():
             np.testing.assert_array_equal(value, getattr(b, name)()[key], err_msg=key)
-    np.testing.assert_array_equal(a.random_activations, b.random_activations)
-    np.testing.assert_array_equal(a.random_tokens, b.random_tokens)
     for key, value in a.neuron_statistics().items():
         np.testing.assert_allclose(value, b.neuron_statistics()[key], rtol=1e-12, atol=1e-12)
 
@@ -231,8 +269,8 @@ def test_seed_changes_the_random_records():
     tokens, activations = make_data()
     a = mine(tokens, activations, batch_size=4, seed=0)
     b = mine(tokens, activations, batch_size=4, seed=1)
-    assert not (np.array_equal(a.random_sequence, b.random_sequence)
-                and np.array_equal(a.random_centre, b.random_centre))
+    assert not (np.array_equal(a.random_records()["sequence"], b.random_records()["sequence"])
+                and np.array_equal(a.random_records()["centre"], b.random_records()["centre"]))
     np.testing.assert_array_equal(a.top_records()["sequence"], b.top_records()["sequence"])
 
 

@@ -74,7 +74,9 @@ def test_the_means_leave_out_every_position_of_the_neurons_records(tmp_path):
     for neuron in range(3):
         covered = np.zeros((SEQUENCES, LENGTH), bool)
         pairs = list(zip(top["sequence"][:, neuron], top["centre"][:, neuron], strict=True))
-        pairs += list(zip(miner.random_sequence, miner.random_centre, strict=True))
+        random = miner.random_records()
+        pairs += list(zip(random["sequence"][:, neuron], random["centre"][:, neuron],
+                          strict=True))
         pairs += list(zip(bins["sequence"][..., neuron].ravel(),
                           bins["centre"][..., neuron].ravel(), strict=True))
         for sequence, centre in pairs:

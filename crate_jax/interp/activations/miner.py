@@ -5,18 +5,28 @@ own) in batches and never holds all activations: the miner keeps per neuron only
 
 * the `top_k` sequences with the largest per-sequence max activation (at most one record per
   sequence, as in Bills et al. 2023, who rank text excerpts by their max activation),
-* `random_k` windows at uniformly random (sequence, position) pairs, shared by all neurons,
+* `random_k` windows at a uniformly random position of uniformly random sequences,
 * Anthropic-style "interpretability samples" ("Towards Monosemanticity", 2023): `(0, M]`, with M
   the neuron's max activation, is split into `quantile_bins` equal-width intervals of the
   per-sequence max, and `per_bin` sequences are sampled uniformly from each (second pass),
 * streaming moments, max and firing frequency over every token.
+
+Every record of a neuron lies in a sequence of its own: its random records are drawn from the
+sequences that hold none of its top records, and its bin samples from those that hold neither a
+top nor a random record. Records are 64-token windows of 128-token sequences, so two records of
+one sequence share most of their tokens (often the peak); whichever records a protocol shows the
+explainer and whichever it holds out (`explanations/splits.py`), no held-out token was seen by
+the explanation. Without this, 57% of neurons had a held-out random record overlapping one of
+their explanation records (random records were shared by all neurons and drawn anywhere). The
+price: the random records are uniform over the text outside the neuron's top records, not over
+all of it (the paper's corpus is so large that the two coincide there).
 
 A record is the window of `window` tokens of one sequence placed around a centre token `c`:
 positions `[c - window // 2, c - window // 2 + window)` shifted to lie inside `[0, T)`, so it never
 crosses the start or end of its sequence; if `T < window` it is the whole sequence.
 
 Results depend only on the seed, never on how the stream is cut into batches (statistics up to
-float64 rounding). Memory is `O(N * window * (top_k + quantile_bins * per_bin + random_k))`.
+float64 rounding). Memory is `O(N * window * (2 * top_k + quantile_bins * per_bin + random_k))`.
 """
 
 from __future__ import annotations
@@ -30,6 +40,11 @@ from crate_jax.interp.activations.moments import RunningMoments
 from crate_jax.interp.activations.record_pool import RecordPool, gather_windows, window_starts
 from crate_jax.interp.activations.records import ActivationRecord, NeuronId, NeuronRecord
 
+# Which records the miner picks from the same activations; `interp/inputs.json` carries it, so
+# an interp folder mined by an older rule is recomputed, not reused. 2: every record of a neuron
+# in a sequence of its own (1: random records shared by all neurons, drawn anywhere).
+RECORDS_VERSION = 2
+
 
 class RecordMiner:
     """Streams one site's activations (N neurons) over S sequences of T tokens, in two passes.
@@ -39,11 +54,15 @@ class RecordMiner:
     samples each bin, whose edges need pass 1's max. Every sequence must be fed exactly once per
     pass. `neuron_records` then builds OpenAI-layout `NeuronRecord`s.
 
-    Randomness: the random windows are `random_k` positions drawn without replacement from all
-    `S * T` with `np.random.default_rng(seed)` (up front, the same for all neurons). In a bin,
-    each (sequence, neuron) gets the priority `default_rng([seed, sequence])` draws for it and
-    the `per_bin` smallest priorities are kept: a uniform sample without replacement
-    (reservoir sampling with keys), independent of batching.
+    Randomness: `np.random.default_rng(seed)` draws, up front and for all neurons, a random order
+    of the sequences and a uniform centre in each; its first `random_k + top_k` are the candidate
+    random windows, captured in pass 1. A neuron's random records are the first `random_k`
+    candidates whose sequence holds none of its top records (at most `top_k` candidates are
+    passed over, so `random_k` remain while `S >= random_k + top_k`): a uniform sample without
+    replacement of the other sequences. In a bin, each (sequence, neuron) gets the priority
+    `default_rng([seed, sequence])` draws for it and the `per_bin` smallest priorities among the
+    bin's sequences that hold none of the neuron's top or random records are kept: a uniform
+    sample without replacement (reservoir sampling with keys), independent of batching.
     """
 
     def __init__(self, num_neurons: int, seq_len: int, num_sequences: int, *, window: int = 64,
@@ -64,12 +83,14 @@ class RecordMiner:
         self._top = RecordPool(top_k, (num_neurons,), width)
         self._binned = RecordPool(per_bin if quantile_bins else 0, (quantile_bins, num_neurons),
                                    width)
-        positions = np.random.default_rng(seed).choice(
-            num_sequences * seq_len, size=min(random_k, num_sequences * seq_len), replace=False)
-        self.random_sequence = (positions // seq_len).astype(np.int64)  # [random_k]
-        self.random_centre = (positions % seq_len).astype(np.int64)  # [random_k]
-        self.random_activations = np.zeros((len(positions), width, num_neurons), np.float32)
-        self.random_tokens = np.zeros((len(positions), width), np.int32)
+        rng = np.random.default_rng(seed)
+        candidates = min(num_sequences, random_k + top_k) if random_k else 0
+        # [C] candidate random windows, in draw order: distinct sequences, a centre in each.
+        self.candidate_sequence = rng.permutation(num_sequences)[:candidates].astype(np.int64)
+        self.candidate_centre = rng.integers(0, seq_len, size=candidates).astype(np.int64)
+        self.candidate_activations = np.zeros((candidates, width, num_neurons), np.float32)
+        self.candidate_tokens = np.zeros((candidates, width), np.int32)
+        self._random_choice = None  # [random_k, N] candidate index (-1: none), after pass 1
 
         self._moments = RunningMoments(num_neurons)
         self.max_activation = np.full(num_neurons, -np.inf, np.float32)  # [N]
@@ -91,15 +112,15 @@ class RecordMiner:
         self._top.merge(-sequence_max.astype(np.float64), sequences, activations, tokens,
                         self.window)
 
-        chosen = np.nonzero(np.isin(self.random_sequence, sequences))[0]
+        chosen = np.nonzero(np.isin(self.candidate_sequence, sequences))[0]
         if chosen.size:
             by_sequence = np.argsort(sequences)
-            rows = by_sequence[np.searchsorted(sequences, self.random_sequence[chosen],
+            rows = by_sequence[np.searchsorted(sequences, self.candidate_sequence[chosen],
                                                sorter=by_sequence)]
             window_activations, window_tokens = gather_windows(
-                activations, tokens, rows, self.random_centre[chosen], None, self.window)
-            self.random_activations[chosen] = window_activations
-            self.random_tokens[chosen] = window_tokens
+                activations, tokens, rows, self.candidate_centre[chosen], None, self.window)
+            self.candidate_activations[chosen] = window_activations
+            self.candidate_tokens[chosen] = window_tokens
 
         flat = activations.reshape(-1, self.num_neurons)
         self._moments.add(flat)
@@ -116,7 +137,8 @@ class RecordMiner:
         """Pass 2 on one batch (same shapes as `observe`): samples the quantile bins.
 
         A sequence whose per-sequence max exceeds pass 1's max (only if pass 2 sees different
-        activations, e.g. a nondeterministic model) counts in the top bin.
+        activations, e.g. a nondeterministic model) counts in the top bin. A sequence that holds
+        one of the neuron's top or random records is in none of its bins.
         """
         if not self.needs_second_pass():
             raise RuntimeError("no second pass needed (quantile_bins or per_bin is 0)")
@@ -133,6 +155,11 @@ class RecordMiner:
         priority = np.stack([np.random.default_rng([self.seed, int(s)]).random(self.num_neurons)
                              for s in sequences])  # [B, N]
         in_bin = bin_index[:, None, :] == np.arange(self.quantile_bins)[None, :, None]
+        choice = self._random_candidates()  # [random_k, N]
+        random_sequence = np.where(choice >= 0, self.candidate_sequence[np.maximum(choice, 0)], -1)
+        own = np.concatenate([self._top.sequence, random_sequence])  # [top_k + random_k, N]
+        taken = (sequences[:, None, None] == own[None]).any(axis=1)  # [B, N]
+        in_bin &= ~taken[:, None, :]
         key = np.where(in_bin, priority[:, None, :], np.inf)  # [B, bins, N]
         self._binned.merge(key, sequences, activations, tokens, self.window)
         self.seen_second[sequences] = True
@@ -199,6 +226,32 @@ class RecordMiner:
                 "centre": self._top.centre, "window_activations": window_activations,
                 "window_tokens": window_tokens}
 
+    def random_records(self) -> dict[str, np.ndarray]:
+        """Each neuron's random records, in draw order: `sequence` (-1: none), `centre`
+        `[random_k, N]`; `window_activations`, `window_tokens` `[random_k, N, width]`. Needs
+        pass 1 complete (which sequences hold a neuron's top records is known only then)."""
+        choice = self._random_candidates()
+        index = np.maximum(choice, 0)
+        neurons = np.arange(self.num_neurons)[None, :]
+        return {"sequence": np.where(choice >= 0, self.candidate_sequence[index], -1),
+                "centre": np.where(choice >= 0, self.candidate_centre[index], 0),
+                "window_activations": self.candidate_activations[index, :, neurons],
+                "window_tokens": self.candidate_tokens[index]}
+
+    def _random_candidates(self) -> np.ndarray:
+        """`[random_k, N]`: the candidate each neuron's random record is (-1: none left)."""
+        if not self.seen_first.all():
+            raise RuntimeError(f"pass 1 is incomplete: {np.count_nonzero(~self.seen_first)} of "
+                               f"{self.num_sequences} sequences not observed yet")
+        if self._random_choice is None:  # pass 1 is over: the top records are final
+            taken = (self.candidate_sequence[:, None, None]
+                     == self._top.sequence[None]).any(axis=1)  # [C, N]
+            rank = np.cumsum(~taken, axis=0) - 1  # [C, N] rank among the free candidates
+            kept = np.nonzero(~taken & (rank < self.random_k))
+            self._random_choice = np.full((self.random_k, self.num_neurons), -1, np.int64)
+            self._random_choice[rank[kept], kept[1]] = kept[0]
+        return self._random_choice
+
     def quantile_records(self) -> dict[str, np.ndarray]:
         """Bin samples in priority order: `priority`, `sequence` (-1: empty), `centre`
         `[per_bin, bins, N]`; `window_activations`, `window_tokens` `[per_bin, bins, N, width]`."""
@@ -213,16 +266,17 @@ class RecordMiner:
         oracle's means must leave out (`token_means`). Needs pass 1 (and pass 2 for bins)."""
         top_activations, top_tokens = self._top.windows()  # [top_k, N, width]
         bin_activations, bin_tokens = self._binned.windows()  # [per_bin, bins, N, width]
+        random = self.random_records()  # [random_k, N(, width)]
         width = top_tokens.shape[-1]
         covered = []
         for n in range(self.num_neurons):
-            sequences = np.concatenate([self._top.sequence[:, n], self.random_sequence,
+            sequences = np.concatenate([self._top.sequence[:, n], random["sequence"][:, n],
                                         self._binned.sequence[..., n].ravel()])
-            centres = np.concatenate([self._top.centre[:, n], self.random_centre,
+            centres = np.concatenate([self._top.centre[:, n], random["centre"][:, n],
                                       self._binned.centre[..., n].ravel()])
-            tokens = np.concatenate([top_tokens[:, n], self.random_tokens,
+            tokens = np.concatenate([top_tokens[:, n], random["window_tokens"][:, n],
                                      bin_tokens[..., n, :].reshape(-1, width)])
-            values = np.concatenate([top_activations[:, n], self.random_activations[..., n],
+            values = np.concatenate([top_activations[:, n], random["window_activations"][:, n],
                                      bin_activations[..., n, :].reshape(-1, width)])
             real = sequences >= 0
             starts = window_starts(centres[real], self.seq_len, self.window)
@@ -246,7 +300,8 @@ class RecordMiner:
         def text(token_ids: np.ndarray) -> list[str]:
             return [decode(int(t)) for t in token_ids]
 
-        random_texts = [text(ids) for ids in self.random_tokens]
+        candidate_texts = [text(ids) for ids in self.candidate_tokens]
+        random_choice = self._random_candidates()  # [random_k, N]
         statistics = self._moments.summary()
         boundaries = self.quantile_boundaries()
         top, binned = self.top_records(), self.quantile_records()
@@ -256,9 +311,9 @@ class RecordMiner:
                 raise ValueError(f"neuron index {n} outside [0, {self.num_neurons})")
             record = NeuronRecord(
                 neuron_id=NeuronId(layer_index=int(layer_index), neuron_index=n),
-                random_sample=[ActivationRecord(list(tokens), acts[:, n].tolist())
-                               for tokens, acts in zip(random_texts, self.random_activations,
-                                                       strict=True)],
+                random_sample=[ActivationRecord(list(candidate_texts[c]),
+                                                self.candidate_activations[c, :, n].tolist())
+                               for c in random_choice[:, n] if c >= 0],
                 most_positive_activation_records=[
                     ActivationRecord(text(top["window_tokens"][k, n]),
                                      top["window_activations"][k, n].tolist())
