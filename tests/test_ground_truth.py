@@ -13,9 +13,11 @@ from crate_jax.data import planted
 from crate_jax.data.token_arrays import prepare_token_arrays, read_planted_truth
 from crate_jax.data.tokenizer import SavedTokenizer
 from crate_jax.interp.ground_truth import (
+    MIN_JUDGED_TOKENS,
     activation_mass_shares,
     capture_all_neurons,
     feature_aurocs,
+    feature_selectivity,
     layer_ground_truth,
     loss_above_floor,
     score_vs_truth,
@@ -35,13 +37,87 @@ def test_auroc_equals_the_pairwise_definition_with_ties():
         assert aurocs[neuron, feature] == pytest.approx(wins / (positive.size * negative.size))
 
 
-def test_absent_features_have_no_auroc_and_silent_neurons_no_mass():
+def test_absent_features_have_no_auroc_and_constant_neurons_no_mass():
     activations = np.array([[0.0, 1.0], [0.0, 3.0], [0.0, 0.0]])
     labels = np.array([[True, False], [True, False], [False, False]])
     assert np.isnan(feature_aurocs(activations, labels)[:, 1]).all()
     shares = activation_mass_shares(activations, labels)
     assert np.isnan(shares[0]).all()
-    assert shares[1, 0] == pytest.approx(1.0)
+    assert shares[1, 0] == pytest.approx(1.0)  # the mass above the mean (4/3) is on token 1
+
+
+def _synthetic_labels(tokens=20000, seed=0):
+    """`[tokens, 4]`: a rare feature (1%), a common one (40%), two disjoint 5% features."""
+    rng = np.random.default_rng(seed)
+    draw = rng.random(tokens)
+    return np.stack([draw < 0.01, draw >= 0.6, (draw >= 0.1) & (draw < 0.15),
+                     (draw >= 0.2) & (draw < 0.25)], axis=1)
+
+
+def test_selectivity_is_zero_at_chance_and_one_for_a_perfect_detector_of_any_feature():
+    """The truth measure's anchors, on synthetic neurons of each kind; the old measure (the
+    share of positive mass on the best feature) gave a constant neuron the base rate of the
+    commonest feature (0.4 here) and random neurons about as much."""
+    labels = _synthetic_labels()
+    rng = np.random.default_rng(1)
+    tokens = labels.shape[0]
+    magnitude = rng.exponential(size=tokens)
+    rare, common, first, second = (labels[:, i].astype(np.float64) for i in range(4))
+    neurons = {
+        "constant": np.full(tokens, 2.5),
+        "random": rng.normal(size=tokens),
+        "random sparse": np.maximum(rng.normal(size=tokens) - 1.5, 0),
+        "rare detector": rare,
+        "common detector": common,
+        "detector with offset and varying magnitude": 3.0 + rare * magnitude,
+        "two-feature detector": first + second,
+        "half-feature detector": first * (rng.random(tokens) < 0.5),
+    }
+    selectivity = feature_selectivity(np.stack(list(neurons.values()), axis=1), labels)
+    best = dict(zip(neurons, np.nanmax(selectivity, axis=1), strict=True))
+    assert np.all(selectivity[0] == 0.0)
+    assert abs(best["random"]) < 0.05 and abs(best["random sparse"]) < 0.05
+    for perfect in ("rare detector", "common detector",
+                    "detector with offset and varying magnitude"):
+        assert best[perfect] == pytest.approx(1.0), perfect
+    assert best["two-feature detector"] == pytest.approx(0.5, abs=0.05)
+    assert best["half-feature detector"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_best_feature_is_chosen_by_selectivity_not_by_auroc():
+    """A neuron firing on 90% of a broad feature and highest on a rare subset of it: the rare
+    subset has the higher AUROC (1.0), but the neuron is a detector of the broad feature."""
+    rng = np.random.default_rng(2)
+    draw = rng.random(20000)
+    rare, broad = draw < 0.01, draw < 0.2
+    neuron = broad * (rng.random(20000) < 0.9) + 2.0 * rare
+    truth = layer_ground_truth(neuron[:, None], np.stack([rare, broad], axis=1),
+                               ["rare", "broad"])
+    aurocs = feature_aurocs(neuron[:, None], np.stack([rare, broad], axis=1))[0]
+    assert aurocs[0] > aurocs[1]
+    assert truth["neurons"]["best_feature"] == ["broad"]
+    assert truth["neurons"]["selectivity"][0] == pytest.approx(0.9, abs=0.02)
+    assert truth["neurons"]["best_auroc"][0] == pytest.approx(aurocs[1])
+
+
+def test_neurons_firing_on_too_few_tokens_are_counted_apart():
+    """A neuron firing on a handful of tokens would score 0 or 1 by chance: it is counted in
+    `too_few_firing` and left out of the mean, as is a constant neuron; so are features on
+    too few tokens."""
+    labels = _synthetic_labels()
+    few = np.zeros(labels.shape[0])
+    few[np.flatnonzero(labels[:, 0])[:MIN_JUDGED_TOKENS - 1]] = 1.0  # all on the rare feature
+    enough = labels[:, 1].astype(np.float64)
+    scarce = np.zeros(labels.shape[0], bool)
+    scarce[:MIN_JUDGED_TOKENS - 1] = True
+    truth = layer_ground_truth(np.stack([few, np.zeros_like(few), enough], axis=1),
+                               np.column_stack([labels, scarce]),
+                               ["rare", "common", "first", "second", "scarce"])
+    assert truth["too_few_firing"] == 2 and truth["judged_neurons"] == 1
+    assert truth["neurons"]["selectivity"][:2] == [None, None]
+    assert truth["neurons"]["best_feature"] == [None, None, "common"]
+    assert truth["mean_selectivity"] == pytest.approx(1.0)
+    assert truth["too_rare_features"] == ["scarce"] and "scarce" not in truth["features"]
 
 
 def test_noise_recovers_nothing():
@@ -50,14 +126,49 @@ def test_noise_recovers_nothing():
     truth = layer_ground_truth(rng.normal(size=(4000, 64)).astype(np.float32), labels,
                                [f"f{i}" for i in range(5)])
     assert truth["recovery"] == 0.0
-    assert abs(truth["mean_best_auroc"] - 0.5) < 0.1
+    assert abs(truth["mean_selectivity"]) < 0.1 and truth["too_few_firing"] == 0
 
 
-def test_score_vs_truth_ranks_scores_against_monosemanticity():
-    truth = {"neurons": {"mass_on_best": [0.1, 0.5, 0.9, None, 0.3],
-                         "best_auroc": [0.6, 0.7, 0.95, 0.5, 0.65]}}
+@pytest.fixture(scope="module")
+def planted_labels():
+    documents = [planted.generate_document(13, index) for index in range(300)]
+    return (np.concatenate([d.labels for d in documents]),
+            [word for d in documents for word in d.words])
+
+
+def test_a_perfect_detector_of_any_function_word_or_the_end_of_text_is_recognised(
+        planted_labels):
+    """Under the old labels `.`, `not`, `again`, `:`, `today`, `now` and the end of text carried
+    only the topic: their perfect detectors scored AUROC about 0.5."""
+    labels, words = planted_labels
+    words = np.asarray(words)
+    detectors = np.stack([(words == word).astype(np.float32) for word in planted.IDENTITY_WORDS],
+                         axis=1)
+    truth = layer_ground_truth(detectors, labels, list(planted.FEATURES))
+    judged = [n for n, word in enumerate(planted.IDENTITY_WORDS)
+              if truth["neurons"]["selectivity"][n] is not None]
+    assert len(judged) >= len(planted.IDENTITY_WORDS) - 2  # `all`, `at` may be too rare
+    for neuron in judged:
+        assert truth["neurons"]["selectivity"][neuron] == pytest.approx(1.0)
+        assert truth["neurons"]["best_auroc"][neuron] == pytest.approx(1.0)
+
+
+def test_a_perfect_induction_neuron_detects_the_next_copied_token(planted_labels):
+    """An induction neuron fires where the next token is a copy; on `copy:copied` (the copied
+    token's own position) it scored AUROC 0.947 and nothing scored it 1."""
+    labels, _ = planted_labels
+    index = planted.FEATURE_INDEX
+    induction = labels[:, index["copy:next_copied"]].astype(np.float32)[:, None]
+    truth = layer_ground_truth(induction, labels, list(planted.FEATURES))
+    assert truth["neurons"]["best_feature"] == ["copy:next_copied"]
+    assert truth["neurons"]["selectivity"] == [pytest.approx(1.0)]
+    assert feature_selectivity(induction, labels)[0, index["copy:copied"]] < 0.95
+
+
+def test_score_vs_truth_ranks_scores_against_selectivity():
+    truth = {"neurons": {"selectivity": [0.1, 0.5, 0.9, None, 0.3]}}
     result = score_vs_truth(truth, {0: 0.0, 1: 0.4, 2: 0.8, 3: 0.9, 4: 0.2})
-    assert result["n"] == 4  # neuron 3 never fires
+    assert result["n"] == 4  # neuron 3 fires on too few tokens to judge
     assert result["spearman"] == pytest.approx(1.0)
     assert score_vs_truth(truth, {0: 0.8, 1: 0.4, 2: 0.0, 4: 0.6})["spearman"] == \
         pytest.approx(-1.0)
@@ -116,9 +227,11 @@ def test_a_feature_copied_into_one_neuron_by_hand_is_recovered_with_auroc_one(
         embedding[token, 7] = 1.0
     resid = capture_all_neurons(model, params, sequences, ("resid",), batch_size=8)[0]["resid"]
     truth = layer_ground_truth(resid[0], labels, names)
-    assert truth["features"]["word:bracket"] == {"best_neuron": 7, "auroc": 1.0}
+    bracket = truth["features"]["word:bracket"]
+    assert (bracket["best_neuron"], bracket["auroc"]) == (7, 1.0)
+    assert (bracket["most_selective_neuron"], bracket["selectivity"]) == (7, pytest.approx(1.0))
     assert truth["neurons"]["best_feature"][7] == "word:bracket"
-    assert truth["neurons"]["mass_on_best"][7] == pytest.approx(1.0)
+    assert truth["neurons"]["selectivity"][7] == pytest.approx(1.0)
 
 
 def test_an_untrained_network_does_not_recover_the_contextual_features(planted_validation):
@@ -162,6 +275,7 @@ def test_a_briefly_trained_model_beats_unigram_approaches_the_floor_and_gets_gro
     evaluate_interpretability(config, tmp_path)
     truth = json.loads((tmp_path / "interp" / "ground_truth.json").read_text())
     assert truth["tokens"] == 16 * 64 and truth["features"] == list(planted.FEATURES)
+    assert truth["min_judged_tokens"] == MIN_JUDGED_TOKENS
     assert set(truth["sites"]) == {"ista", "attn", "resid"}
     above = truth["loss_above_floor"]
     assert above["tokens"] == 16 * 63 and above["excess"] > 0
@@ -170,7 +284,10 @@ def test_a_briefly_trained_model_beats_unigram_approaches_the_floor_and_gets_gro
         assert set(layers) == {"0", "1"}
         for entry in layers.values():
             assert 0.0 <= entry["recovery"] <= 1.0
-            assert len(entry["neurons"]["index"]) == (512 if site == "ista" else 128)
+            width = 512 if site == "ista" else 128
+            assert len(entry["neurons"]["index"]) == width
+            assert entry["judged_neurons"] + entry["too_few_firing"] == width
+            assert -1.0 <= entry["mean_selectivity"] <= 1.0
             assert entry["score_vs_truth"]["n"] <= 16
     # Training taught some neuron the negation scope better than any at initialisation.
     model = model_from_config(config)

@@ -33,6 +33,7 @@ from crate_jax.interp.explanations.splits import check_record_protocol
 from crate_jax.interp.explanations.token_oracle import TokenOracle
 from crate_jax.interp.freshness import claim_outputs, interp_inputs
 from crate_jax.interp.ground_truth import (
+    MIN_JUDGED_TOKENS,
     RECOVERY_AUROC,
     capture_all_neurons,
     layer_ground_truth,
@@ -163,8 +164,9 @@ def check_failures(entries: list[dict], interp) -> None:
 
 def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch_size: int,
                          truth: dict, top_and_random: dict) -> dict:
-    """`ground_truth.json`: per site and layer, how the neurons encode the planted features,
-    and how each layer's explanation scores rank against that truth.
+    """`ground_truth.json`: per site and layer, how the neurons encode the planted features
+    (recovery, each neuron's selectivity; `ground_truth.layer_ground_truth`), and how each
+    layer's explanation scores rank against that truth.
 
     `truth` is the data's planted validation truth; the evaluation sequences are the first
     validation tokens, so its first `sequences.size` label rows describe them in order.
@@ -173,7 +175,7 @@ def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch
     names = [str(name) for name in truth["features"]]
     activations, nll = capture_all_neurons(model, params, sequences, sites, batch_size)
     result = {"features": names, "tokens": int(sequences.size), "sites": {},
-              "recovery_auroc": RECOVERY_AUROC,
+              "recovery_auroc": RECOVERY_AUROC, "min_judged_tokens": MIN_JUDGED_TOKENS,
               "loss_above_floor": loss_above_floor(nll, truth["floor_nll"][:sequences.size],
                                                    labels, names)}
     for site in sites:

@@ -4,13 +4,34 @@ Explanation scores say how well a text explanation predicts a neuron; on the pla
 also know what each token *is* (its features, see `data.planted`), so we can ask directly:
 
 - per feature, the best neuron's AUROC (how well that one neuron's activation separates tokens
-  with the feature from tokens without it) and which neuron it is;
-- recovery: the fraction of features with a neuron at AUROC >= 0.9;
-- per neuron, its best feature's AUROC and its monosemanticity: the share of its positive
-  activation mass that falls on tokens with that feature (NaN for a neuron that never fires);
+  with the feature from tokens without it) and which neuron it is, and the most selective
+  neuron's selectivity (below);
+- recovery: the fraction of features with a neuron at AUROC >= 0.9 (in this layer; the report
+  pools layers: a feature counts if a neuron of any layer detects it);
+- per neuron, its selectivity for its most selective feature (below); neurons with fewer than
+  `MIN_JUDGED_TOKENS` tokens above their mean activation are too few firing to judge, counted
+  apart and left out of the mean;
 - whether the explanation metric measures what it claims: across scored neurons, the Spearman
-  rank correlation between the top-and-random explanation score and monosemanticity;
+  rank correlation between the top-and-random explanation score and selectivity;
 - where the model's loss sits above the entropy floor, by feature (what it has not learned).
+
+Selectivity of neuron n for feature f is `min(2 AUROC - 1, (share - p) / (1 - p))`: `p` is the
+share of tokens carrying f (its base rate) and `share` the share of the neuron's activation
+above its mean that falls on those tokens. The first term is recall-like: for a neuron that
+fires with one value it is Youden's J, true positive rate minus false positive rate, and a
+neuron that fires on half of f scores 0.5. The second is precision-like: a neuron that also
+fires on another feature, however rare both are, puts only part of its mass on f. Each alone
+misses what the other catches (AUROC barely sees false positives on a rare second feature;
+mass share cannot see the tokens of f a neuron misses), so both must be high. Both are 0 for a
+neuron unrelated to f (a constant neuron, whose activation never exceeds its mean, has share
+0 by definition and is in any case too few firing) and 1 for a neuron that fires on exactly
+the tokens of f, whatever f's frequency and whatever the firing magnitudes; a base-rate-free
+share (monosemanticity) gives a constant neuron the base rate of the most common feature.
+Mass is measured above the neuron's mean, not above 0, so an offset (a residual-stream
+coordinate that is never 0) changes nothing, as it changes nothing in the explanation scores,
+which are correlations. The best feature of a neuron is chosen by selectivity, the quantity
+reported. Features on fewer than `MIN_JUDGED_TOKENS` tokens (or on all but that many) of the
+interpretability text are not judged either: there, chance alone reaches high values.
 
 AUROC is directional (high activation = feature present), as explanations describe what makes a
 neuron fire. It is computed exactly from ranks (Mann-Whitney U, ties averaged) on every token of
@@ -30,6 +51,9 @@ from scipy import stats
 from crate_jax.model import LanguageModel, apply_with_neurons
 
 RECOVERY_AUROC = 0.9
+# Tokens a neuron must fire on (above its mean) and a feature must cover, to be judged: a
+# neuron firing on a handful of tokens, or a feature on a handful, reaches 0 or 1 by chance.
+MIN_JUDGED_TOKENS = 20
 
 
 def feature_aurocs(activations: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -48,15 +72,45 @@ def feature_aurocs(activations: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return aurocs
 
 
+def _above_mean(activations: np.ndarray) -> np.ndarray:
+    """`[tokens, neurons]`: each activation's excess over its neuron's mean, 0 where below (and
+    everywhere for a constant neuron, whose rounded mean may differ from its value)."""
+    values = activations.astype(np.float64)
+    excess = np.maximum(values - values.mean(axis=0), 0.0)
+    excess[:, np.ptp(values, axis=0) == 0] = 0.0
+    return excess
+
+
+def firing_counts(activations: np.ndarray) -> np.ndarray:
+    """`[neurons]`: how many tokens each neuron fires on, above its mean activation."""
+    return (_above_mean(activations) > 0).sum(axis=0)
+
+
 def activation_mass_shares(activations: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """`[neurons, features]`: the share of each neuron's positive activation mass on each feature
-    (NaN for a neuron whose activation is never positive)."""
-    positive = np.maximum(activations.astype(np.float64), 0.0)
-    total = positive.sum(axis=0)
+    """`[neurons, features]`: the share of each neuron's activation mass above its mean that
+    falls on each feature's tokens (NaN for a neuron that never exceeds its mean: a constant)."""
+    excess = _above_mean(activations)
+    total = excess.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        shares = (positive.T @ labels.astype(np.float64)) / total[:, None]
+        shares = (excess.T @ labels.astype(np.float64)) / total[:, None]
     shares[total <= 0] = np.nan
     return shares
+
+
+def feature_selectivity(activations: np.ndarray, labels: np.ndarray,
+                        aurocs: np.ndarray | None = None) -> np.ndarray:
+    """`[neurons, features]`: `min(2 AUROC - 1, (share - p) / (1 - p))` (module docstring); 0
+    for a constant neuron, NaN for a feature on no token or on every token."""
+    if aurocs is None:
+        aurocs = feature_aurocs(activations, labels)
+    base_rate = labels.mean(axis=0, dtype=np.float64)
+    shares = activation_mass_shares(activations, labels)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = (shares - base_rate) / (1.0 - base_rate)
+    precision[np.isnan(shares).all(axis=1)] = 0.0  # no mass above the mean: on no feature
+    selectivity = np.minimum(2.0 * aurocs - 1.0, precision)
+    selectivity[:, np.isnan(aurocs).all(axis=0)] = np.nan
+    return selectivity
 
 
 def layer_ground_truth(activations: np.ndarray, labels: np.ndarray,
@@ -64,49 +118,67 @@ def layer_ground_truth(activations: np.ndarray, labels: np.ndarray,
     """The ground-truth summary of one site and layer (see the module docstring).
 
     `activations`: `[tokens, neurons]` for every neuron of the layer; neuron indices are columns.
+    Features on too few tokens to judge are listed under `too_rare_features` and left out of
+    `features`, recovery and each neuron's best feature.
     """
     aurocs = feature_aurocs(activations, labels)
+    selectivity = feature_selectivity(activations, labels, aurocs)
     shares = activation_mass_shares(activations, labels)
-    present = ~np.all(np.isnan(aurocs), axis=0)
-    features = {}
+    positives = labels.sum(axis=0)
+    judged_feature = ((positives >= MIN_JUDGED_TOKENS)
+                      & (labels.shape[0] - positives >= MIN_JUDGED_TOKENS))
+    features, too_rare = {}, []
     for index, name in enumerate(feature_names):
-        if present[index]:
-            best = int(np.nanargmax(aurocs[:, index]))
-            features[name] = {"best_neuron": best, "auroc": float(aurocs[best, index])}
-    best_feature = np.argmax(np.where(np.isnan(aurocs), -np.inf, aurocs), axis=1)
+        if not judged_feature[index]:
+            too_rare.append(name)
+            continue
+        best = int(np.nanargmax(aurocs[:, index]))
+        selective = int(np.nanargmax(selectivity[:, index]))
+        features[name] = {"best_neuron": best, "auroc": float(aurocs[best, index]),
+                          "most_selective_neuron": selective,
+                          "selectivity": float(selectivity[selective, index]),
+                          "tokens": int(positives[index])}
+    candidates = np.where(judged_feature[None, :] & np.isfinite(selectivity), selectivity,
+                          -np.inf)
     rows = np.arange(aurocs.shape[0])
-    best_auroc = aurocs[rows, best_feature]
-    mass_on_best = shares[rows, best_feature]
+    best_feature = np.argmax(candidates, axis=1)
+    firing = firing_counts(activations)
+    judged = (firing >= MIN_JUDGED_TOKENS) & judged_feature.any()
+    best_selectivity = np.where(judged, selectivity[rows, best_feature], np.nan)
     recovered = [entry["auroc"] >= RECOVERY_AUROC for entry in features.values()]
     return {
         "recovery": float(np.mean(recovered)) if recovered else math.nan,
-        "mean_monosemanticity": _nanmean(mass_on_best),
-        "mean_best_auroc": _nanmean(best_auroc),
-        "firing_neurons": int(np.sum(~np.isnan(mass_on_best))),
+        "mean_selectivity": _nanmean(best_selectivity),
+        "judged_neurons": int(judged.sum()),
+        "too_few_firing": int((~judged).sum()),
         "features": features,
+        "too_rare_features": too_rare,
         "neurons": {"index": rows.tolist(),
-                    "best_feature": [feature_names[i] for i in best_feature],
-                    "best_auroc": _json_floats(best_auroc),
-                    "mass_on_best": _json_floats(mass_on_best)},
+                    "best_feature": [feature_names[i] if judged[n] else None
+                                     for n, i in enumerate(best_feature)],
+                    "selectivity": _json_floats(best_selectivity),
+                    "best_auroc": _json_floats(np.where(judged, aurocs[rows, best_feature],
+                                                        np.nan)),
+                    "mass_on_best": _json_floats(np.where(judged, shares[rows, best_feature],
+                                                          np.nan)),
+                    "firing_tokens": firing.tolist()},
     }
 
 
 def score_vs_truth(layer_truth: dict, scores: dict[int, float]) -> dict:
-    """Spearman correlation, across scored neurons, of explanation score and ground truth.
+    """Spearman correlation, across scored neurons, of explanation score and selectivity.
 
     `scores`: `{neuron index: top-and-random score}` (NaN or None for unscorable neurons, which
-    are left out, as are neurons that never fire).
+    are left out, as are neurons too few firing to judge, whose selectivity is None).
     """
-    mass = layer_truth["neurons"]["mass_on_best"]
-    best_auroc = layer_truth["neurons"]["best_auroc"]
-    pairs = [(score, mass[neuron], best_auroc[neuron]) for neuron, score in scores.items()
-             if score is not None and math.isfinite(score) and mass[neuron] is not None]
-    result = {"n": len(pairs), "spearman": math.nan, "spearman_best_auroc": math.nan}
+    selectivity = layer_truth["neurons"]["selectivity"]
+    pairs = [(score, selectivity[neuron]) for neuron, score in scores.items()
+             if score is not None and math.isfinite(score) and selectivity[neuron] is not None]
+    result = {"n": len(pairs), "spearman": math.nan}
     if len(pairs) >= 3:
         values = np.asarray(pairs, np.float64)
-        for key, column in (("spearman", 1), ("spearman_best_auroc", 2)):
-            if np.ptp(values[:, 0]) > 0 and np.ptp(values[:, column]) > 0:
-                result[key] = float(stats.spearmanr(values[:, 0], values[:, column])[0])
+        if np.ptp(values[:, 0]) > 0 and np.ptp(values[:, 1]) > 0:
+            result["spearman"] = float(stats.spearmanr(values[:, 0], values[:, 1])[0])
     return result
 
 
