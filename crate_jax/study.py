@@ -53,18 +53,53 @@ def _seeds(text: str) -> list[int]:
                           "e.g. '0,1,2'") from None
 
 
+def study_variants(config) -> dict[str, tuple[str, list[int]]]:
+    """`{variant name: (config file, seeds)}` from `study.variants` and `study.seeds`.
+
+    An entry `NAME=CONFIG` runs `configs/CONFIG.py` under the name NAME, so one config can be
+    compared with itself (`crate,crate_copy=crate`: an A/A check of the statistics); such a copy
+    needs seeds of its own in `study.variant_seeds.NAME` (the same seeds would train the very
+    same runs). `study.variant_seeds` may give any variant its own seeds."""
+    names = {}
+    for entry in _names(config.study.variants, "variants"):
+        name, _, source = (part.strip() for part in entry.partition("="))
+        if not name.isidentifier() or (source and not source.isidentifier()):
+            raise ConfigError(f"study.variants entry {entry!r} is neither a config name nor "
+                              "NAME=CONFIG (e.g. crate_copy=crate)")
+        if name in names:
+            raise ConfigError(f"study.variants names {name!r} twice; give a copy a name of its "
+                              f"own, e.g. {name}_copy={source or name}")
+        names[name] = source or name
+    variant_seeds = config.study.get("variant_seeds", None) or {}
+    unknown = sorted(set(variant_seeds) - set(names))
+    if unknown:
+        raise ConfigError(f"study.variant_seeds names {', '.join(unknown)}, which study.variants "
+                          f"does not ({', '.join(names)})")
+    seeds = _seeds(config.study.seeds)
+    chosen = {name: (source, _seeds(variant_seeds[name]) if name in variant_seeds else seeds)
+              for name, source in names.items()}
+    for name, (source, its_seeds) in chosen.items():
+        for other, (other_source, other_seeds) in chosen.items():
+            shared = sorted(set(other_seeds) & set(its_seeds))
+            if other != name and other_source == source and shared:
+                raise ConfigError(f"study.variants {name!r} and {other!r} both run configs/"
+                                  f"{source}.py with seeds {shared}: they would be the same "
+                                  f"runs; give one other seeds in study.variant_seeds.{name}")
+    return chosen
+
+
 def run_configs(config) -> dict[str, object]:
     """`{run name: config}` for every variant and seed, each checked as a run of its stages
     before anything runs."""
-    variants, seeds = _names(config.study.variants, "variants"), _seeds(config.study.seeds)
+    variants = study_variants(config)
     with_controls(config)
     requested_sites = _names(config.interp.sites, "sites") if config.interp.sites else []
     runs = {}
-    for variant in variants:
-        module = _variant_module(variant, config.size)
+    for variant, (source, seeds) in variants.items():
+        module = _variant_module(source, config.size)
         for seed in seeds:
             run = module.get_config(config.size)
-            run.seed = seed
+            run.variant, run.seed = variant, seed
             for section in SHARED_SECTIONS:
                 run[section] = config[section]
             # The corpus decides the vocabulary; the rest of the model is the variant's own.
@@ -142,8 +177,11 @@ def run_study(config, workdir: str | Path) -> dict:
     resumed = study.runs_dir.exists()
     # Tokenize once: every run shares the data settings, so they share the token arrays.
     prepare_token_arrays(config.data, config.model.vocab_size, study.workdir)
+    variants = study_variants(config)
+    configs = {name: source for name, (source, _) in variants.items()}
     manifest = {"runs": {}, "controls": {}, "variants": config.study.variants,
-                "seeds": config.study.seeds}
+                "seeds": config.study.seeds,
+                "variant_seeds": {name: seeds for name, (_, seeds) in variants.items()}}
     for index, (name, run) in enumerate(runs.items(), start=1):
         run_layout = _with_study_data(study, study.run(name))
         print(f"study: run {index}/{len(runs)}: {name}", flush=True)
@@ -152,13 +190,13 @@ def run_study(config, workdir: str | Path) -> dict:
             return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
                     "interrupted_run": name}
         evaluate_interpretability(run, run_layout.workdir)
-        manifest["runs"][name] = _manifest_entry(run, run_layout, study)
+        manifest["runs"][name] = _manifest_entry(run, configs, run_layout, study)
         if controls:
             control = _with_study_data(study, study.control(name))
             print(f"study: untrained control {index}/{len(runs)}: {name}", flush=True)
             save_initial_state(run, control.workdir)
             evaluate_interpretability(run, control.workdir)  # the run's own config object
-            manifest["controls"][name] = _manifest_entry(run, control, study)
+            manifest["controls"][name] = _manifest_entry(run, configs, control, study)
     write_text_atomically(study.manifest, json.dumps(manifest, indent=2))
     rows, page = write_study_report(study.workdir)
     # What this invocation cost: the whole study when it ran from an empty workdir.
@@ -177,6 +215,7 @@ def _with_study_data(study: StudyLayout, run_layout: RunLayout) -> RunLayout:
     return run_layout
 
 
-def _manifest_entry(run, run_layout: RunLayout, study: StudyLayout) -> dict:
-    return {"variant": run.variant, "seed": run.seed,
+def _manifest_entry(run, configs: dict[str, str], run_layout: RunLayout,
+                    study: StudyLayout) -> dict:
+    return {"variant": run.variant, "config": configs[run.variant], "seed": run.seed,
             "workdir": str(run_layout.workdir.relative_to(study.workdir))}

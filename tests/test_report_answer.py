@@ -1,5 +1,6 @@
-"""The study's answer is derived from the intervals alone, and refuses to conclude from a run that
-does not beat the bigram reference. Rows follow `ablation_table.build_table`'s schema."""
+"""The study's answer is derived from run-level tests alone, with Holm's correction over the
+comparisons it states, and refuses to conclude from a run that does not beat the bigram
+reference. Rows follow `ablation_table.build_table`'s schema."""
 
 import re
 
@@ -13,8 +14,8 @@ def _score(mean):
     return {"mean": mean, "ci_low": mean - 0.05, "ci_high": mean + 0.05, "n": 100}
 
 
-def _difference(value, low, high):
-    return {"difference": value, "ci_low": low, "ci_high": high}
+def _difference(value, low, high, p_value=0.5):
+    return {"difference": value, "ci_low": low, "ci_high": high, "p_value": p_value}
 
 
 def _row(variant, sites, undertrained=False, **differences):
@@ -37,7 +38,7 @@ def _study(undertrained=False, references=True):
                      **{f"{site}__{split}__vs_crate": NO_CHANGE
                         for site in ("ista", "attn", "resid")
                         for split in ("top_and_random", "random_only")})
-    attention["attn/random_only/vs_crate"] = _difference(-0.093, -0.169, -0.027)
+    attention["attn/random_only/vs_crate"] = _difference(-0.093, -0.169, -0.027, 0.001)
     no_ista = _row("no_ista", ("attn", "resid"),
                    **{f"{site}__{split}__vs_crate": NO_CHANGE for site in ("attn", "resid")
                       for split in ("top_and_random", "random_only")})
@@ -48,17 +49,40 @@ def _study(undertrained=False, references=True):
     return rows
 
 
-def test_each_ablation_gets_one_sentence_from_its_intervals():
+def test_each_ablation_gets_one_sentence_from_its_holm_adjusted_tests():
+    # 10 comparisons with p: 0.001 * 10 = 0.01 after Holm, detected; the rest stay at 0.5.
     assert answer_sentences(_study()) == [
-        "Ablation A (no_ista vs crate): no detectable change on any shared site (every interval "
-        "includes 0).",
-        "Ablation B (standard_attention vs crate): lowers attn random-only by 0.09 [0.03, 0.17]; "
-        "no detectable change elsewhere."]
+        "Ablation A (no_ista vs crate): no detectable change on any shared site. (Holm over the "
+        "answer's 10 comparisons, family-wise error 5%.)",
+        "Ablation B (standard_attention vs crate): lowers attn random-only by 0.09 [0.03, 0.17] "
+        "(Holm p = 0.010); no detectable change elsewhere. (Holm over the answer's 10 "
+        "comparisons, family-wise error 5%.)"]
     markdown = answer_markdown(_study())
-    assert "| B: standard_attention − crate | attn | 0.010 [-0.050, 0.070] | -0.093 [-0.169, " \
-           "-0.027] |" in markdown
+    assert "| B: standard_attention − crate | attn | 0.010 [-0.050, 0.070], p 1.000 | -0.093 " \
+           "[-0.169, -0.027], p 0.010 |" in markdown
     assert "gpt2" not in markdown  # the answer holds only the like-for-like ablations
     assert "| A: no_ista − crate | ista |" not in markdown  # no_ista has no ista site
+
+
+def test_an_unadjusted_detection_is_not_a_detection_after_holm():
+    """p = 0.01 excludes 0 at 95% on its own, but not among 10 comparisons (0.1 after Holm)."""
+    rows = _study()
+    rows[2]["attn/random_only/vs_crate"] = _difference(-0.093, -0.169, -0.027, 0.01)
+    assert answer_sentences(rows)[1].startswith(
+        "Ablation B (standard_attention vs crate): no detectable change on any shared site.")
+
+
+def test_a_copy_of_crate_is_compared_as_an_a_a_check():
+    rows = _study()
+    copy = dict(rows[0], variant="crate_copy", config="crate")
+    copy["attn/top_and_random/vs_crate"] = _difference(0.004, -0.03, 0.04, 0.8)
+    sentences = answer_sentences([*rows, copy])
+    assert sentences[2].startswith("A/A check (crate_copy vs crate): no detectable change on "
+                                   "any shared site.")
+    assert "| A/A: crate_copy − crate | attn | 0.004 [-0.030, 0.070]" not in \
+        answer_markdown([*rows, copy])
+    assert "| A/A: crate_copy − crate | attn | 0.004 [-0.030, 0.040]" in \
+        answer_markdown([*rows, copy])
 
 
 def test_an_undertrained_run_gets_no_conclusion():
@@ -77,11 +101,13 @@ def test_readme_has_each_study_block_once():
                               readme, re.DOTALL)) == 1, block
 
 
-def test_a_zero_width_interval_detects_nothing():
-    """One seed of a per-run number (recovery) gives an interval of width 0: not a finding."""
+def test_a_comparison_without_a_p_value_detects_nothing():
+    """One run per variant gives a difference but no spread to test it by: not a finding."""
     rows = _study()
-    rows[1]["attn/recovery/vs_crate"] = _difference(0.075, 0.075, 0.075)
+    rows[1]["attn/recovery/vs_crate"] = {"difference": 0.075, "ci_low": float("nan"),
+                                         "ci_high": float("nan"), "p_value": float("nan")}
     assert answer_sentences(rows)[0].startswith(
         "Ablation A (no_ista vs crate): no detectable change on any shared site")
-    rows[1]["attn/recovery/vs_crate"] = _difference(0.075, 0.02, 0.12)
-    assert "raises attn recovery by 0.07 [0.02, 0.12]" in answer_sentences(rows)[0]
+    rows[1]["attn/recovery/vs_crate"] = _difference(0.075, 0.02, 0.12, 0.0001)
+    assert "raises attn recovery by 0.07 [0.02, 0.12] (Holm p = 0.001)" in \
+        answer_sentences(rows)[0]

@@ -13,21 +13,18 @@ import math
 import numpy as np
 
 from crate_jax.interp.explanations.neuron_scoring import PROTOCOL_OF_SPLIT
-from crate_jax.statistics import pooled_mean_interval
+from crate_jax.statistics import neuron_interval
 
 SPLITS = tuple(PROTOCOL_OF_SPLIT)
 
 
 def mean_with_confidence_interval(scores: list[float], *, samples: int, seed: int) -> dict:
-    """`{"mean", "ci_low", "ci_high", "n", "n_nan"}` of one layer's scores by the study report's
-    bootstrap; NaN (a constant simulation) is counted in `n_nan` and left out, None dropped.
+    """`{"mean", "ci_low", "ci_high", "n", "n_nan"}` of one layer's scores by the bootstrap over
+    the run's neurons; NaN (a constant simulation) is counted in `n_nan` and left out, None dropped.
     With fewer than two scores the interval is NaN: one neuron has no spread to resample."""
     values = np.asarray([s for s in scores if s is not None], np.float64)
-    stats = {**pooled_mean_interval([values], samples=samples, seed=seed),
-             "n_nan": int(np.isnan(values).sum())}
-    if stats["n"] < 2:
-        stats["ci_low"] = stats["ci_high"] = math.nan
-    return stats
+    return {**neuron_interval(values, samples=samples, seed=seed),
+            "n_nan": int(np.isnan(values).sum())}
 
 
 def layer_summary(scores: dict[int, dict], sparsity: dict, *, samples: int, seed: int) -> dict:

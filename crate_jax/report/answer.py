@@ -1,13 +1,17 @@
 """The study's answer: the like-for-like comparisons behind ablations A and B, a sentence each.
 
 Ablation A removes ISTA (`no_ista`), ablation B replaces MSSA by standard attention
-(`standard_attention`); each is compared with CRATE on every site both have, by the difference
-in mean score (top-and-random and random-only, and ground-truth recovery on a planted corpus)
-with its 95% bootstrap interval, and, where the study has untrained controls, by the difference
-in the gain over them (so a change a random network already shows is not credited to training).
-A sentence names the differences whose interval excludes 0. A comparison that involves an
-undertrained run (one whose validation loss does not beat the bigram reference) draws no
-conclusion: its sentence says so instead.
+(`standard_attention`); a variant that is CRATE's own config under another name and other seeds
+(`study.variants` such as `crate,crate_copy=crate`) is an A/A check, compared the same way: it
+should show no change. Each is compared with CRATE on every site both have, by the difference in
+mean score (top-and-random and random-only, and ground-truth recovery on a planted corpus) and,
+where the study has untrained controls, by the difference in the paired gain over them (so a
+change a random network already shows is not credited to training). Every difference is over
+training runs (Welch's t, `statistics.run_difference`); the family of all differences the answer
+states is controlled by Holm's procedure at family-wise error `statistics.FAMILY_ERROR`, and a
+sentence names only the changes whose Holm-adjusted p is below it, each with that p. A
+comparison that involves an undertrained run (one whose validation loss does not beat the bigram
+reference) draws no conclusion: its sentence says so instead, and it is left out of the family.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ import math
 
 from crate_jax.model import NEURON_SITES
 from crate_jax.report.text import interval_text, markdown_rows
+from crate_jax.statistics import FAMILY_ERROR, holm_adjusted
 
 REFERENCE_VARIANT = "crate"
 ABLATIONS = (("A", "no_ista"), ("B", "standard_attention"))
+COPY_LABEL = "A/A"  # CRATE's own config under another name: a check of the procedure
 RAW = ("top_and_random", "random_only", "recovery")
 GAINS = ("top_and_random_gain", "random_only_gain")  # over each variant's untrained control
 COMPARED = RAW + GAINS
@@ -34,56 +40,80 @@ def _row_key(site: str, key: str) -> str:
     return f"{site}/{key}/vs_crate"
 
 
+def compared_variants(rows: list[dict]) -> list[tuple[str, str]]:
+    """`[(label, variant)]` the answer compares with CRATE: ablations A and B where the study
+    has them, then every copy of CRATE's config (an A/A check)."""
+    present = {row["variant"] for row in rows}
+    copies = [(COPY_LABEL, row["variant"]) for row in rows
+              if row["variant"] != REFERENCE_VARIANT
+              and row.get("config", row["variant"]) == REFERENCE_VARIANT]
+    return [(label, v) for label, v in ABLATIONS if v in present] + copies
+
+
+def _undertrained(rows: list[dict], variant: str) -> list[str]:
+    by_variant = {row["variant"]: row for row in rows}
+    return (by_variant[REFERENCE_VARIANT].get("undertrained_runs", [])
+            + by_variant[variant].get("undertrained_runs", []))
+
+
 def answer_rows(rows: list[dict]) -> list[dict]:
     """`[{"ablation", "variant", "site", <each of COMPARED>}]`: the differences from CRATE
-    (`None` where the study has no such number) of each shared site; the `_gain` keys compare
-    the gains over the untrained controls (the variant's minus CRATE's)."""
+    (`None` where the study has no such number) of each shared site, each with `p_holm`, its
+    Holm-adjusted p over the family of every finite p value here (comparisons with an
+    undertrained run are not in the family: they conclude nothing). The `_gain` keys compare
+    the paired gains over the untrained controls (the variant's minus CRATE's)."""
     by_variant = {row["variant"]: row for row in rows}
     crate = by_variant.get(REFERENCE_VARIANT)
     if crate is None:
         return []
     comparisons = []
-    for label, variant in ABLATIONS:
-        row = by_variant.get(variant)
-        if row is None:
-            continue
+    for label, variant in compared_variants(rows):
+        row = by_variant[variant]
         for site in NEURON_SITES:
             if f"{site}/top_and_random" in row and f"{site}/top_and_random" in crate:
+                differences = {key: row.get(_row_key(site, key)) for key in COMPARED}
                 comparisons.append({"ablation": label, "variant": variant, "site": site,
-                                    **{key: row.get(_row_key(site, key))
-                                       for key in COMPARED}})
+                                    **{key: dict(d) if d else None
+                                       for key, d in differences.items()}})
+    family = [(c, key) for c in comparisons for key in COMPARED
+              if c[key] and not _undertrained(rows, c["variant"])
+              and math.isfinite(c[key].get("p_value", math.nan))]
+    for (comparison, key), adjusted in zip(
+            family, holm_adjusted([c[key]["p_value"] for c, key in family]), strict=True):
+        comparison[key]["p_holm"] = adjusted
     return comparisons
 
 
 def _detected(difference: dict | None) -> bool:
-    """The interval excludes 0. A zero-width interval (one seed of a per-run number such as
-    recovery: nothing to resample) detects nothing."""
-    return bool(difference) and math.isfinite(difference["ci_low"]) and \
-        math.isfinite(difference["ci_high"]) and difference["ci_low"] < difference["ci_high"] \
-        and (difference["ci_low"] > 0 or difference["ci_high"] < 0)
+    """Holm-adjusted p below the family-wise error: a detected change."""
+    return bool(difference) and difference.get("p_holm", math.nan) < FAMILY_ERROR
 
 
 def _change_text(site: str, key: str, difference: dict) -> str:
     low, high = sorted((abs(difference["ci_low"]), abs(difference["ci_high"])))
     verb = "raises" if difference["difference"] > 0 else "lowers"
     return f"{verb} {site} {_NAMES[key]} by {abs(difference['difference']):.2f} " \
-           f"[{low:.2f}, {high:.2f}]"
+           f"[{low:.2f}, {high:.2f}] (Holm p = {_p_text(difference['p_holm'])})"
+
+
+def _p_text(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def answer_sentences(rows: list[dict]) -> list[str]:
-    """One sentence per ablation the study holds, derived from the intervals alone."""
+    """One sentence per compared variant the study holds, derived from the tests alone."""
     by_variant = {row["variant"]: row for row in rows}
     crate = by_variant.get(REFERENCE_VARIANT)
     if crate is None:
         return ["No CRATE run in this study: there is nothing to compare the ablations with."]
     comparisons = answer_rows(rows)
+    family = sum(1 for c in comparisons for key in COMPARED if c[key] and "p_holm" in c[key])
     sentences = []
-    for label, variant in ABLATIONS:
-        row = by_variant.get(variant)
-        if row is None:
-            continue
-        opening = f"Ablation {label} ({variant} vs crate):"
-        undertrained = crate.get("undertrained_runs", []) + row.get("undertrained_runs", [])
+    for label, variant in compared_variants(rows):
+        row = by_variant[variant]
+        name = "A/A check" if label == COPY_LABEL else f"Ablation {label}"
+        opening = f"{name} ({variant} vs crate):"
+        undertrained = _undertrained(rows, variant)
         if undertrained:
             verb = "does" if len(undertrained) == 1 else "do"
             sentences.append(f"{opening} no conclusion, {', '.join(undertrained)} {verb} not "
@@ -93,7 +123,9 @@ def answer_sentences(rows: list[dict]) -> list[str]:
         sentence = f"{opening} {_changes(ours, RAW) or 'no site in common with CRATE'}."
         gains = _changes(ours, GAINS)
         if gains:
-            sentence += f" Over the untrained controls: {gains}."
+            sentence += f" Over the untrained controls (paired gains): {gains}."
+        sentence += (f" (Holm over the answer's {family} comparisons, family-wise error "
+                     f"{FAMILY_ERROR:.0%}.)")
         if crate.get("undertrained") is None or row.get("undertrained") is None:
             sentence += (" (Some runs have no reference losses, so whether they beat a bigram "
                          "model is unchecked.)")
@@ -102,17 +134,24 @@ def answer_sentences(rows: list[dict]) -> list[str]:
 
 
 def _changes(comparisons: list[dict], keys: tuple[str, ...]) -> str:
-    """The detected changes among `keys` of one ablation's comparisons, or that there are none;
+    """The detected changes among `keys` of one variant's comparisons, or that there are none;
     empty where none of `keys` was compared."""
     tested = [(c["site"], key, c[key]) for c in comparisons for key in keys if c[key]]
     changes = [_change_text(site, key, d) for site, key, d in tested if _detected(d)]
     if not tested:
         return ""
     if not changes:
-        return "no detectable change on any shared site (every interval includes 0)"
+        return "no detectable change on any shared site"
     if len(changes) < len(tested):
         return "; ".join(changes) + "; no detectable change elsewhere"
     return "; ".join(changes)
+
+
+def _difference_text(difference: dict | None) -> str:
+    text = interval_text(difference, "difference")
+    if difference and math.isfinite(difference.get("p_holm", math.nan)):
+        text += f", p {_p_text(difference['p_holm'])}"
+    return text
 
 
 def answer_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -121,25 +160,27 @@ def answer_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     keys = [key for key in COMPARED
             if key in ("top_and_random", "random_only") or any(c[key] for c in comparisons)]
     undertrained = {row["variant"] for row in rows if row.get("undertrained")}
-    header = ["ablation", "site"] + [f"{_NAMES[key]} vs CRATE" for key in keys]
+    header = ["comparison", "site"] + [f"{_NAMES[key]} vs CRATE" for key in keys]
     body = []
     for c in comparisons:
         label = f"{c['ablation']}: {c['variant']} − crate"
         if undertrained & {c["variant"], REFERENCE_VARIANT}:
             label += " (undertrained)"
-        body.append([label, c["site"]] + [interval_text(c[key], "difference") for key in keys])
+        body.append([label, c["site"]] + [_difference_text(c[key]) for key in keys])
     return header, body
 
 
 def answer_markdown(rows: list[dict]) -> str:
-    """`## Answer`: the short table of differences, then one sentence per ablation."""
+    """`## Answer`: the short table of differences, then one sentence per compared variant."""
     header, body = answer_cells(rows)
     table = markdown_rows(header, body) + "\n" if body else ""
     gains = any(c[key] for c in answer_rows(rows) for key in GAINS)
-    return ("## Answer\n\nDifference from CRATE on each site both have: mean [95% interval]; "
-            "an interval that excludes 0 is a detected change."
-            + (" A gain is a variant's trained score minus its untrained control's; its column "
-               "is the ablated variant's gain minus CRATE's." if gains else "") + "\n\n" + table
+    return ("## Answer\n\nDifference from CRATE on each site both have, over training runs: "
+            "mean [95% Welch t interval over runs], p = Holm-adjusted p over every comparison "
+            f"in this table; a change is detected where p < {FAMILY_ERROR:g}."
+            + (" A gain is paired: per run, the mean over neurons of the trained score minus "
+               "the same neuron's untrained score; its column is the variant's gains minus "
+               "CRATE's." if gains else "") + "\n\n" + table
             + "\n\n".join(answer_sentences(rows)) + "\n")
 
 

@@ -85,7 +85,7 @@ def neuron_html(title: str, variant: str, site: str, layer: int, neuron: NeuronR
                        for split, value in entry["scores"].items())
     oracle = (entry.get("oracle_scores") or {}).get("top_and_random")
     if oracle is not None:
-        scores += f"; token oracle (best per-token explanation) top-and-random {oracle:.3f}"
+        scores += f"; token reference (context-free per-token means) top-and-random {oracle:.3f}"
     firing = ("" if stats is None else f"max activation {stats['max']:.3g}, fires (&gt; 0) on "
               f"{100 * stats['firing_frequency']:.1f}% of {stats['count']:,} evaluation tokens")
     top = "".join(_record_html(r.tokens, r.activations, scale)

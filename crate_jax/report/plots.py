@@ -2,7 +2,7 @@
 
 - `scores_by_layer_<split>.png`: mean score per layer for each variant, one panel per site,
   with 95% bootstrap intervals over neurons and seeds, and its controls as markers of the same
-  colour: the untrained controls' mean (open circles) and the token oracle's (crosses);
+  colour: the untrained controls' mean (open circles) and the token reference's (crosses);
 - `sparsity_by_layer.png`: fraction of exact zeros per layer, one panel per site;
 - `validation_loss.png`: validation loss against training step, one line per run, with the
   reference losses of the data (unigram, bigram, entropy floor) as labelled horizontal lines;
@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only: no display, works on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -37,7 +38,7 @@ from crate_jax.report.ablation_table import (  # noqa: E402
     study_runs,
 )
 from crate_jax.report.run_files import REFERENCE_KEYS, references, score_entries  # noqa: E402
-from crate_jax.statistics import pooled_mean_interval  # noqa: E402
+from crate_jax.statistics import run_interval, run_mean  # noqa: E402
 
 _FIGURE = dict(figsize=(7.0, 2.6), dpi=150, layout="constrained")
 _REFERENCE_STYLE = {"unigram": ":", "bigram": "--", "floor": "-."}
@@ -61,7 +62,7 @@ def _variant_legend(figure, colours: dict[str, str], **style) -> None:
 
 def _layer_scores(run_dir: Path, site: str, split: str,
                   field: str = "scores") -> dict[int, list[float]]:
-    """`{layer: [score per neuron]}` of one run; `field="oracle_scores"`: the token oracle's."""
+    """`{layer: [score per neuron]}` of one run; `field="oracle_scores"`: the token reference's."""
     scores = {}
     for _, layer, path in RunLayout(run_dir).score_files(site):
         entries = score_entries(path)
@@ -70,12 +71,13 @@ def _layer_scores(run_dir: Path, site: str, split: str,
     return scores
 
 
-def _layer_means(run_dirs: list[Path], site: str, split: str, field: str = "scores",
-                 samples: int = 300) -> dict[int, dict]:
-    """`{layer: pooled mean interval over the runs' neurons}` of one variant and site."""
+def _layer_means(run_dirs: list[Path], site: str, split: str,
+                 field: str = "scores") -> dict[int, dict]:
+    """`{layer: mean over runs [t interval over runs] of each run's mean over its neurons}` of
+    one variant and site (the training run is the unit, as in the tables)."""
     per_run = [_layer_scores(d, site, split, field) for d in run_dirs]
     layers = sorted({layer for r in per_run for layer in r})
-    return {layer: pooled_mean_interval([r.get(layer, []) for r in per_run], samples=samples)
+    return {layer: run_interval([run_mean(r[layer]) for r in per_run if layer in r])
             for layer in layers}
 
 
@@ -87,7 +89,7 @@ def _sites_present(runs: dict[str, list[Path]]) -> list[str]:
 def scores_by_layer_figure(runs: dict[str, list[Path]], split: str,
                            controls: dict[str, list[Path]] | None = None) -> Figure:
     """Filled markers with intervals: the trained runs; open markers on a dotted line: the
-    same variant's untrained controls; crosses: the token oracle of the trained runs."""
+    same variant's untrained controls; crosses: the token reference of the trained runs."""
     sites = _sites_present(runs)
     colours = variant_colours(list(runs))
     figure, axes = plt.subplots(1, len(sites), sharey=True, squeeze=False, **_FIGURE)
@@ -104,18 +106,19 @@ def scores_by_layer_figure(runs: dict[str, list[Path]], split: str,
             shift = (list(colours).index(variant) - (len(colours) - 1) / 2) * 0.08
             x = [layer + shift for layer in layers]
             means = [trained[layer]["mean"] for layer in layers]
-            errors = [[trained[layer]["mean"] - trained[layer]["ci_low"] for layer in layers],
-                      [trained[layer]["ci_high"] - trained[layer]["mean"] for layer in layers]]
+            errors = np.nan_to_num([[trained[layer]["mean"] - trained[layer]["ci_low"]
+                                     for layer in layers],
+                                    [trained[layer]["ci_high"] - trained[layer]["mean"]
+                                     for layer in layers]])  # one run: no interval
             axis.errorbar(x, means, yerr=errors, marker="o", capsize=3, label=variant,
                           color=colours[variant])
-            untrained = _layer_means((controls or {}).get(variant, []), site, split,
-                                     samples=1)
+            untrained = _layer_means((controls or {}).get(variant, []), site, split)
             if untrained:
                 axis.plot(x, [untrained.get(layer, {}).get("mean", math.nan) for layer in layers],
                           marker="o", markerfacecolor="none", linestyle=":",
                           color=colours[variant])
                 shown.add("untrained")
-            oracle = _layer_means(run_dirs, site, split, "oracle_scores", samples=1)
+            oracle = _layer_means(run_dirs, site, split, "oracle_scores")
             if any(math.isfinite(o["mean"]) for o in oracle.values()):
                 axis.plot(x, [oracle[layer]["mean"] for layer in layers], marker="x",
                           linestyle="", color=colours[variant])
@@ -132,7 +135,7 @@ def scores_by_layer_figure(runs: dict[str, list[Path]], split: str,
         labels.append("untrained control")
     if "oracle" in shown:
         handles.append(Line2D([], [], color="0.35", marker="x", linestyle=""))
-        labels.append("token oracle")
+        labels.append("token reference")
     figure.legend(handles, labels, loc="outside right upper", fontsize=7)
     return figure
 
@@ -210,7 +213,7 @@ def score_vs_loss_figure(runs: dict[str, list[Path]]) -> Figure:
                 values = [v for layer in _layer_scores(run_dir, "resid", split).values()
                           for v in layer]
                 losses.append(_validation_curve(run_dir)[1][-1])
-                scores.append(pooled_mean_interval([values], samples=1)["mean"])
+                scores.append(run_mean(values))
             axis.scatter(losses, scores, color=colours[variant], label=variant, s=14)
         axis.set_title(f"resid, {split.replace('_', '-')}", fontsize=8)
         axis.set_xlabel("validation loss")
