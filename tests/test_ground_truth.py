@@ -23,6 +23,7 @@ from crate_jax.interp.ground_truth import (
     score_vs_truth,
 )
 from crate_jax.model import model_from_config
+from crate_jax.report.run_files import ground_truth_by_site
 
 
 def test_auroc_equals_the_pairwise_definition_with_ties():
@@ -172,6 +173,26 @@ def test_score_vs_truth_ranks_scores_against_selectivity():
     assert result["spearman"] == pytest.approx(1.0)
     assert score_vs_truth(truth, {0: 0.8, 1: 0.4, 2: 0.0, 4: 0.6})["spearman"] == \
         pytest.approx(-1.0)
+
+
+def test_site_recovery_counts_a_feature_detected_in_any_layer():
+    """Layer 0 detects `a`, layer 1 detects `b`: the site recovers both (per-layer recovery
+    averaged over layers said 0.5); selectivity is pooled over the judged neurons of all layers,
+    and the neurons too few firing are summed."""
+    def layer(aurocs, mean_selectivity, judged, too_few):
+        return {"recovery": float(np.mean([a >= 0.9 for a in aurocs.values()])),
+                "mean_selectivity": mean_selectivity, "judged_neurons": judged,
+                "too_few_firing": too_few,
+                "features": {name: {"best_neuron": 0, "auroc": a} for name, a in aurocs.items()},
+                "score_vs_truth": {"spearman": 0.5, "n": 4}}
+
+    truth = {"recovery_auroc": 0.9, "sites": {"attn": {
+        "0": layer({"a": 0.95, "b": 0.6}, 0.2, judged=10, too_few=2),
+        "1": layer({"a": 0.7, "b": 0.92}, 0.5, judged=30, too_few=0)}}}
+    site = ground_truth_by_site(truth)["attn"]
+    assert site["recovery"] == pytest.approx(1.0)
+    assert site["mean_selectivity"] == pytest.approx((0.2 * 10 + 0.5 * 30) / 40)
+    assert site["too_few_firing"] == 2 and site["spearman"] == pytest.approx(0.5)
 
 
 def test_loss_above_floor_pairs_each_prediction_with_its_own_token():

@@ -5,7 +5,8 @@ Files a run may lack (older runs, natural text) read as `None`, never as zero:
   models on exactly the validation targets of the run's validation loss, and the entropy floor
   of a planted corpus (`null` for natural text);
 - `interp/ground_truth.json` (planted corpus only): per site and layer, how well the neurons
-  recover the planted features, and how the explanation score ranks against that truth.
+  recover the planted features, how selective each neuron is for its best feature, and how the
+  explanation score ranks against that truth.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from crate_jax.interp.explanations.neuron_scoring import read_neuron_lines
+from crate_jax.interp.ground_truth import RECOVERY_AUROC
 from crate_jax.layout import RunLayout
 from crate_jax.train.metrics import read_metrics
 
@@ -93,10 +95,18 @@ def _number(value) -> float:
 
 
 def ground_truth_by_site(truth: dict | None) -> dict[str, dict[str, float]]:
-    """Per site, pooled over layers: `recovery` and `mean_monosemanticity` (mean over the layers
-    that have one) and `spearman` (score vs truth: per-layer rank correlations weighted by their
-    neuron counts). NaN where no layer has the number."""
+    """Per site, over all its layers:
+
+    - `recovery`: the fraction of features some neuron of any layer detects (AUROC at least the
+      file's `recovery_auroc`), not the mean of the per-layer recoveries;
+    - `mean_selectivity`: the mean selectivity of the judged neurons of all layers (per-layer
+      means weighted by their judged neurons), and `too_few_firing`, the neurons left out;
+    - `spearman` (score vs truth): per-layer rank correlations weighted by their neuron counts.
+
+    NaN where no layer has the number (a file from before selectivity has none).
+    """
     pooled = {}
+    threshold = (truth or {}).get("recovery_auroc", RECOVERY_AUROC)
     for site, layers in (truth or {}).get("sites", {}).items():
         entries = list(layers.values())
         if not entries:
@@ -105,16 +115,22 @@ def ground_truth_by_site(truth: dict | None) -> dict[str, dict[str, float]]:
                     for e in entries if e.get("score_vs_truth") and e["score_vs_truth"].get("n")]
         spearman = [(r, n) for r, n in spearman if math.isfinite(r)]
         weight = sum(n for _, n in spearman)
+        best: dict[str, float] = {}
+        for entry in entries:
+            for name, feature in entry.get("features", {}).items():
+                best[name] = max(best.get(name, -math.inf), _number(feature.get("auroc")))
+        selectivity = [(_number(e.get("mean_selectivity")), e.get("judged_neurons", 0))
+                       for e in entries]
+        selectivity = [(s, n) for s, n in selectivity if math.isfinite(s) and n]
+        judged = sum(n for _, n in selectivity)
         pooled[site] = {
-            key: _finite_mean([_number(e.get(key)) for e in entries])
-            for key in ("recovery", "mean_monosemanticity")}
-        pooled[site]["spearman"] = sum(r * n for r, n in spearman) / weight if weight else math.nan
+            "recovery": (sum(a >= threshold for a in best.values()) / len(best) if best
+                         else math.nan),
+            "mean_selectivity": (sum(s * n for s, n in selectivity) / judged if judged
+                                 else math.nan),
+            "too_few_firing": sum(e.get("too_few_firing", 0) for e in entries),
+            "spearman": sum(r * n for r, n in spearman) / weight if weight else math.nan}
     return pooled
-
-
-def _finite_mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
 
 
 def neuron_statistics(run_dir: Path, site: str, layer: int) -> dict[int, dict[str, float]]:
