@@ -80,14 +80,14 @@ def run_interval(values: Sequence[float | None]) -> dict:
 
 def run_difference(values: Sequence[float | None], reference: Sequence[float | None]) -> dict:
     """Mean of `values` minus mean of `reference` (one value per run each), with Welch's t
-    interval and two-sided p value: `{"difference", "ci_low", "ci_high", "p_value", "n",
-    "n_reference"}`. Fewer than two runs on a side, or no spread on either, gives NaN interval
-    and p: nothing can be judged."""
+    interval and two-sided p value: `{"difference", "ci_low", "ci_high", "p_value", "freedom",
+    "n", "n_reference"}` (`freedom`: Welch-Satterthwaite degrees of freedom). Fewer than two
+    runs on a side, or no spread on either, gives NaN interval and p: nothing can be judged."""
     ours, theirs = _finite(values), _finite(reference)
     n, m = int(ours.size), int(theirs.size)
     difference = float(ours.mean() - theirs.mean()) if n and m else math.nan
     result = {"difference": difference, "ci_low": math.nan, "ci_high": math.nan,
-              "p_value": math.nan, "n": n, "n_reference": m}
+              "p_value": math.nan, "freedom": math.nan, "n": n, "n_reference": m}
     if n < 2 or m < 2:
         return result
     a, b = ours.var(ddof=1) / n, theirs.var(ddof=1) / m
@@ -97,8 +97,24 @@ def run_difference(values: Sequence[float | None], reference: Sequence[float | N
     error = math.sqrt(a + b)
     half = stats.t.ppf((1 + LEVEL) / 2, freedom) * error
     p_value = 2 * stats.t.sf(abs(difference) / error, freedom)
-    result.update(ci_low=difference - half, ci_high=difference + half, p_value=float(p_value))
+    result.update(ci_low=difference - half, ci_high=difference + half, p_value=float(p_value),
+                  freedom=freedom)
     return result
+
+
+def detectable_difference(difference: dict, family: int, power: float = 0.8) -> float:
+    """The smallest true difference that `run_difference`'s test detects with `power`, given
+    the spread it saw (its interval) and a family of `family` comparisons at Bonferroni's level
+    `FAMILY_ERROR / family` (Holm's first step; its later steps are less strict). The normal
+    approximation of the power of a t test, with the test's own degrees of freedom: what a study
+    of this many runs can see, so that "no detectable change" is read with its resolution."""
+    low, high = difference["ci_low"], difference["ci_high"]
+    if not (math.isfinite(low) and math.isfinite(high)) or family < 1:
+        return math.nan
+    freedom = difference["freedom"]
+    error = (high - low) / 2 / stats.t.ppf((1 + LEVEL) / 2, freedom)
+    alpha = FAMILY_ERROR / family
+    return float((stats.t.ppf(1 - alpha / 2, freedom) + stats.t.ppf(power, freedom)) * error)
 
 
 def holm_adjusted(p_values: Sequence[float]) -> list[float]:

@@ -15,7 +15,9 @@ def _score(mean):
 
 
 def _difference(value, low, high, p_value=0.5):
-    return {"difference": value, "ci_low": low, "ci_high": high, "p_value": p_value}
+    """A Welch comparison of 5 runs against 5 (8 degrees of freedom)."""
+    return {"difference": value, "ci_low": low, "ci_high": high, "p_value": p_value,
+            "freedom": 8.0, "n": 5, "n_reference": 5}
 
 
 def _row(variant, sites, undertrained=False, **differences):
@@ -51,12 +53,16 @@ def _study(undertrained=False, references=True):
 
 def test_each_ablation_gets_one_sentence_from_its_holm_adjusted_tests():
     # 10 comparisons with p: 0.001 * 10 = 0.01 after Holm, detected; the rest stay at 0.5.
+    # Detectable with 80% power at 0.05 / 10: (t(0.9975, 8) + t(0.8, 8)) * half-width / t(0.975, 8)
+    # = 0.123 for the +-0.06 intervals, 0.145 for the +-0.071 one.
     assert answer_sentences(_study()) == [
         "Ablation A (no_ista vs crate): no detectable change on any shared site. (Holm over the "
-        "answer's 10 comparisons, family-wise error 5%.)",
+        "answer's 10 comparisons, family-wise error 5%; with 5 runs a side, differences of 0.12 "
+        "to 0.12 or more are detected with 80% power.)",
         "Ablation B (standard_attention vs crate): lowers attn random-only by 0.09 [0.03, 0.17] "
         "(Holm p = 0.010); no detectable change elsewhere. (Holm over the answer's 10 "
-        "comparisons, family-wise error 5%.)"]
+        "comparisons, family-wise error 5%; with 5 runs a side, differences of 0.12 to 0.15 or "
+        "more are detected with 80% power.)"]
     markdown = answer_markdown(_study())
     assert "| B: standard_attention − crate | attn | 0.010 [-0.050, 0.070], p 1.000 | -0.093 " \
            "[-0.169, -0.027], p 0.010 |" in markdown

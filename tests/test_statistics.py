@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from crate_jax.statistics import (
+    detectable_difference,
     holm_adjusted,
     neuron_interval,
     paired_run_gain,
@@ -129,3 +130,23 @@ def test_neuron_interval_matches_normal_theory_and_drops_nan():
     with_nan = neuron_interval([0.2, math.nan, None, 0.4], samples=200)
     assert with_nan["n"] == 2 and with_nan["mean"] == pytest.approx(0.3)
     assert math.isnan(neuron_interval([math.nan], samples=10)["ci_low"])
+
+
+def test_the_detectable_difference_is_detected_with_80_percent_power():
+    """Simulated studies whose true difference is the detectable difference (from the
+    population's standard error) detect it about 80% of the time at the family's level."""
+    rng = np.random.default_rng(23)
+    runs, family = 5, 4
+    spread = math.sqrt(SEED_SD**2 + NEURON_SD**2 / NEURONS)
+    freedom = 2 * runs - 2
+    error = spread * math.sqrt(2 / runs)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, freedom) * error
+    size = detectable_difference({"ci_low": -half, "ci_high": half, "freedom": freedom}, family)
+    detected = sum(run_difference(_study_run_means(rng, 0.5 + size, runs),
+                                  _study_run_means(rng, 0.5, runs))["p_value"] < 0.05 / family
+                   for _ in range(REPLICATES))
+    assert 0.7 <= detected / REPLICATES <= 0.9
+    assert detectable_difference({"ci_low": -half, "ci_high": half, "freedom": freedom},
+                                 1) < size  # a smaller family resolves more

@@ -20,7 +20,7 @@ import math
 
 from crate_jax.model import NEURON_SITES
 from crate_jax.report.text import interval_text, markdown_rows
-from crate_jax.statistics import FAMILY_ERROR, holm_adjusted
+from crate_jax.statistics import FAMILY_ERROR, detectable_difference, holm_adjusted
 
 REFERENCE_VARIANT = "crate"
 ABLATIONS = (("A", "no_ista"), ("B", "standard_attention"))
@@ -59,7 +59,8 @@ def _undertrained(rows: list[dict], variant: str) -> list[str]:
 def answer_rows(rows: list[dict]) -> list[dict]:
     """`[{"ablation", "variant", "site", <each of COMPARED>}]`: the differences from CRATE
     (`None` where the study has no such number) of each shared site, each with `p_holm`, its
-    Holm-adjusted p over the family of every finite p value here (comparisons with an
+    Holm-adjusted p over the family of every finite p value here, and `detectable`, the
+    smallest difference its test would detect with 80% power in that family (comparisons with an
     undertrained run are not in the family: they conclude nothing). The `_gain` keys compare
     the paired gains over the untrained controls (the variant's minus CRATE's)."""
     by_variant = {row["variant"]: row for row in rows}
@@ -81,6 +82,7 @@ def answer_rows(rows: list[dict]) -> list[dict]:
     for (comparison, key), adjusted in zip(
             family, holm_adjusted([c[key]["p_value"] for c, key in family]), strict=True):
         comparison[key]["p_holm"] = adjusted
+        comparison[key]["detectable"] = detectable_difference(comparison[key], len(family))
     return comparisons
 
 
@@ -125,12 +127,25 @@ def answer_sentences(rows: list[dict]) -> list[str]:
         if gains:
             sentence += f" Over the untrained controls (paired gains): {gains}."
         sentence += (f" (Holm over the answer's {family} comparisons, family-wise error "
-                     f"{FAMILY_ERROR:.0%}.)")
+                     f"{FAMILY_ERROR:.0%}{_resolution(ours)}.)")
         if crate.get("undertrained") is None or row.get("undertrained") is None:
             sentence += (" (Some runs have no reference losses, so whether they beat a bigram "
                          "model is unchecked.)")
         sentences.append(sentence)
     return sentences
+
+
+def _resolution(comparisons: list[dict]) -> str:
+    """`; ... detectable with 80% power: 0.03-0.11`: what "no detectable change" can mean."""
+    judged = [c[key] for c in comparisons for key in COMPARED
+              if c[key] and math.isfinite(c[key].get("detectable", math.nan))]
+    if not judged:
+        return ""
+    sizes = [d["detectable"] for d in judged]
+    runs = sorted({d[side] for d in judged for side in ("n", "n_reference")})
+    return (f"; with {'-'.join(map(str, (runs[0], runs[-1]) if len(runs) > 1 else runs))} "
+            f"runs a side, differences of {min(sizes):.2f} to {max(sizes):.2f} or more "
+            "are detected with 80% power")
 
 
 def _changes(comparisons: list[dict], keys: tuple[str, ...]) -> str:
