@@ -106,7 +106,7 @@ def get_config(arg=None):
         explainer="token_lookup",  # token_lookup (offline, deterministic) | llm
         lookup_tokens=10,        # tokens listed by a token_lookup explanation
         random_baseline=True,    # also score each neuron with another neuron's explanation
-        oracle_table_entries=2**20,  # token oracle: per-token sums kept per site and layer
+        token_table_entries=2**20,  # token reference: per-token sums kept per site and layer
                                  # (token ids x sampled neurons, 8 bytes each while streaming;
                                  # the rarer ids share a row)
         workers=1,               # neurons explained/simulated concurrently (llm backend)

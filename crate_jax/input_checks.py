@@ -94,7 +94,7 @@ _INTERP_RULES: dict[str, Rule] = {
     "interp.per_bin": _integer(0),
     "interp.eps": _number(0),
     "interp.lookup_tokens": _COUNT,
-    "interp.oracle_table_entries": _COUNT,
+    "interp.token_table_entries": _COUNT,
     "interp.workers": _COUNT,
     "interp.bootstrap_samples": _COUNT,
     "interp.seed": _SEED,

@@ -167,7 +167,7 @@ class RunLayout:
 
     def token_means(self, site: str, layer: int) -> Path:
         """Per-token activation sums and counts of the layer's sampled neurons outside their
-        records, whence the token oracle's predictions (`interp/activations/token_means.py`)."""
+        records, whence the token reference's predictions (`interp/activations/token_means.py`)."""
         return self.records_dir / site / f"{_layer(layer)}_token_means.npz"
 
     @property

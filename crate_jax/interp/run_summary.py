@@ -2,8 +2,8 @@
 
 Per site and layer: mean score per split with a 95% bootstrap confidence interval, how many
 neurons were scored, how many scores were NaN (constant simulations) or failed, the random
-baseline, the token oracle (the best per-token explanation) and how often an explanation beats
-it, and sparsity. The seeds, config and versions behind the numbers are written with them.
+baseline, the token reference (a context-free per-token prediction) and how often an explanation
+beats it, and sparsity. The seeds, config and versions behind the numbers are written with them.
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ def mean_with_confidence_interval(scores: list[float], *, samples: int, seed: in
 
 def layer_summary(scores: dict[int, dict], sparsity: dict, *, samples: int, seed: int) -> dict:
     """Aggregates one (site, layer)'s per-neuron score lines: per split the explanations'
-    scores, the random baseline's, the token oracle's, and how many neurons' explanations score
-    above their oracle (`explanation_above_oracle`: `{"count", "of"}` neurons with both)."""
+    scores, the random baseline's, the token reference's, and how many neurons' explanations
+    score above their token reference (`explanation_above_token_reference`: `{"count", "of"}`
+    neurons with both)."""
     entries = list(scores.values())
     summary = {"neurons": len(entries), "sparsity": sparsity, "splits": {}, "baseline": {},
-               "oracle": {}, "explanation_above_oracle": {}}
+               "token_reference": {}, "explanation_above_token_reference": {}}
     for split in SPLITS:
         values = [math.nan if e["scores"].get(split) is None else e["scores"][split]
                   for e in entries if split not in e["failures"]]
@@ -46,15 +47,17 @@ def layer_summary(scores: dict[int, dict], sparsity: dict, *, samples: int, seed
         if baseline:
             summary["baseline"][split] = mean_with_confidence_interval(baseline,
                                                                        samples=samples, seed=seed)
-        with_oracle = [e for e in entries if "oracle_scores" in e and split not in e["failures"]]
-        if with_oracle:
-            oracle = [_number(e["oracle_scores"].get(split)) for e in with_oracle]
-            summary["oracle"][split] = mean_with_confidence_interval(oracle, samples=samples,
-                                                                     seed=seed)
-            pairs = [(_number(e["scores"].get(split)), o) for e, o in zip(with_oracle, oracle,
-                                                                         strict=True)]
+        with_reference = [e for e in entries
+                          if "token_reference_scores" in e and split not in e["failures"]]
+        if with_reference:
+            reference = [_number(e["token_reference_scores"].get(split)) for e in with_reference]
+            summary["token_reference"][split] = mean_with_confidence_interval(
+                reference, samples=samples, seed=seed)
+            pairs = [(_number(e["scores"].get(split)), o)
+                     for e, o in zip(with_reference, reference, strict=True)]
             pairs = [(s, o) for s, o in pairs if math.isfinite(s) and math.isfinite(o)]
-            summary["explanation_above_oracle"][split] = {"count": sum(s > o for s, o in pairs),
+            summary["explanation_above_token_reference"][split] = {
+                "count": sum(s > o for s, o in pairs),
                                                           "of": len(pairs)}
     return summary
 
@@ -82,26 +85,28 @@ def markdown_report(summary: dict) -> str:
              f"tokens; seed {summary['seed']}; scores are Pearson r between simulated and true "
              "activations, mean [95% bootstrap CI] over neurons; NaN = constant simulation.", "",
              "| site | layer | neurons | top-and-random | random-only | top-only | anthropic "
-             "| random baseline (t&r) | token oracle (t&r) | explanation > oracle (t&r) "
+             "| random baseline (t&r) | token reference (t&r) | explanation > reference (t&r) "
              "| NaN scores | zeros | L0/token | dead |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for site, layers in summary["sites"].items():
         for layer, entry in layers.items():
             splits, sparsity = entry["splits"], entry["sparsity"]
             nans = sum(splits[s]["n_nan"] for s in SPLITS)
+            above = entry.get("explanation_above_token_reference", {}).get("top_and_random")
             lines.append(
                 f"| {site} | {layer} | {entry['neurons']} | "
                 + " | ".join(_cell(splits[s]) for s in SPLITS)
                 + f" | {_cell(entry['baseline'].get('top_and_random', {}))}"
-                f" | {_cell(entry.get('oracle', {}).get('top_and_random', {}))}"
-                f" | {_count(entry.get('explanation_above_oracle', {}).get('top_and_random'))}"
+                f" | {_cell(entry.get('token_reference', {}).get('top_and_random', {}))}"
+                f" | {_count(above)}"
                 f" | {nans} | "
                 f"{sparsity['zero_fraction']:.3f} | {sparsity['mean_l0']:.1f} | "
                 f"{sparsity['dead_neurons']} |")
-    lines += ["", "Token oracle: each held-out token predicted by its mean activation on the "
-              "evaluation text outside the neuron's records, scored the same way: the best a "
-              "per-token explanation can do; the next column counts the neurons whose "
-              "explanation beats it.",
+    lines += ["", "Token reference: each held-out token predicted by its mean activation on the "
+              "evaluation text outside the neuron's records, scored the same way: a "
+              "context-free per-token reference (not a bound: the scored top records are "
+              "chosen for high activations, the means are not); the next column counts the "
+              "neurons whose explanation beats it.",
               "", "Sparsity: `zeros` is the fraction of exactly-zero activations, `L0/token` the "
               "mean number of non-zero neurons per token, `dead` the neurons never active on the "
               "evaluation text (near-zero variants with |a| <= eps in summary.json).", ""]

@@ -83,9 +83,9 @@ def neuron_html(title: str, variant: str, site: str, layer: int, neuron: NeuronR
     scores = ", ".join(f"{split.replace('_', '-')} {value:.3f}" if value is not None
                        else f"{split.replace('_', '-')} NaN"
                        for split, value in entry["scores"].items())
-    oracle = (entry.get("oracle_scores") or {}).get("top_and_random")
-    if oracle is not None:
-        scores += f"; token reference (context-free per-token means) top-and-random {oracle:.3f}"
+    reference = (entry.get("token_reference_scores") or {}).get("top_and_random")
+    if reference is not None:
+        scores += f"; token reference (context-free per-token means) top-and-random {reference:.3f}"
     firing = ("" if stats is None else f"max activation {stats['max']:.3g}, fires (&gt; 0) on "
               f"{100 * stats['firing_frequency']:.1f}% of {stats['count']:,} evaluation tokens")
     top = "".join(_record_html(r.tokens, r.activations, scale)

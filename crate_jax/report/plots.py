@@ -62,7 +62,8 @@ def _variant_legend(figure, colours: dict[str, str], **style) -> None:
 
 def _layer_scores(run_dir: Path, site: str, split: str,
                   field: str = "scores") -> dict[int, list[float]]:
-    """`{layer: [score per neuron]}` of one run; `field="oracle_scores"`: the token reference's."""
+    """`{layer: [score per neuron]}` of one run; `field="token_reference_scores"`: the token
+    reference's."""
     scores = {}
     for _, layer, path in RunLayout(run_dir).score_files(site):
         entries = score_entries(path)
@@ -118,11 +119,11 @@ def scores_by_layer_figure(runs: dict[str, list[Path]], split: str,
                           marker="o", markerfacecolor="none", linestyle=":",
                           color=colours[variant])
                 shown.add("untrained")
-            oracle = _layer_means(run_dirs, site, split, "oracle_scores")
-            if any(math.isfinite(o["mean"]) for o in oracle.values()):
-                axis.plot(x, [oracle[layer]["mean"] for layer in layers], marker="x",
+            reference = _layer_means(run_dirs, site, split, "token_reference_scores")
+            if any(math.isfinite(o["mean"]) for o in reference.values()):
+                axis.plot(x, [reference[layer]["mean"] for layer in layers], marker="x",
                           linestyle="", color=colours[variant])
-                shown.add("oracle")
+                shown.add("token_reference")
         axis.set_title(site)
         axis.set_xlabel("layer")
         _layer_axis(axis, site_layers)
@@ -133,7 +134,7 @@ def scores_by_layer_figure(runs: dict[str, list[Path]], split: str,
         handles.append(Line2D([], [], color="0.35", marker="o", markerfacecolor="none",
                               linestyle=":"))
         labels.append("untrained control")
-    if "oracle" in shown:
+    if "token_reference" in shown:
         handles.append(Line2D([], [], color="0.35", marker="x", linestyle=""))
         labels.append("token reference")
     figure.legend(handles, labels, loc="outside right upper", fontsize=7)

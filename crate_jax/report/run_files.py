@@ -38,11 +38,11 @@ def score_entries(path: Path) -> tuple[dict, ...]:
     """`score_lines`, parsed once, without their simulations.
 
     Only the scores are kept (`neuron`, `scores`, `failures`, and where present the token
-    oracle's `oracle_scores` and the other-neuron baseline's `baseline_scores`): the simulations
-    are most of each line and no table or figure needs them (the cache held 1.7 GB of them for
-    the default study).
+    reference's `token_reference_scores` and the other-neuron baseline's `baseline_scores`): the
+    simulations are most of each line and no table or figure needs them (the cache held 1.7 GB
+    of them for the default study).
     """
-    kept = ("neuron", "scores", "failures", "oracle_scores", "baseline_scores")
+    kept = ("neuron", "scores", "failures", "token_reference_scores", "baseline_scores")
     return tuple({key: entry[key] for key in kept if key in entry}
                  for entry in score_lines(path))
 

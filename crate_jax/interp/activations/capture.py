@@ -3,7 +3,7 @@
 The evaluation text is the first `interp.num_sequences` windows of `interp.seq_len` tokens of the
 validation split (never trained on). Each batch is one jitted forward pass that captures every
 requested site; activations go straight into the per-(site, layer) miners, sparsity counters and
-per-token sums of the token oracle (`token_means`) and are then dropped, so memory does not grow
+per-token sums of the token reference (`token_means`) and are then dropped, so memory does not grow
 with the evaluation set.
 """
 
@@ -78,9 +78,9 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
     counters = {(site, layer): SparsityCounter(neuron_width(model.config, site),
                                                eps=interp_config.eps)
                 for site, layer in keys}
-    # The token oracle's table: the most frequent ids, as many as the entries allow.
+    # The token reference's table: the most frequent ids, as many as the entries allow.
     token_means = {key: TokenMeans(frequent_token_ids(
-                       sequences, max(1, interp_config.oracle_table_entries // len(chosen[key]))),
+                       sequences, max(1, interp_config.token_table_entries // len(chosen[key]))),
                        len(chosen[key]))
                    for key in keys}
 
@@ -116,7 +116,7 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
         statistics = layout.record_statistics(site, layer)
         with atomic_path(statistics) as temporary, open(temporary, "wb") as file:
             np.savez(file, neuron_index=indices, **miner.neuron_statistics())
-        # The token oracle's sums and counts, over the evaluation text outside each neuron's
+        # The token reference's sums and counts, over the evaluation text outside each neuron's
         # records.
         token_means[site, layer].write(layout.token_means(site, layer), indices,
                                        miner.covered_positions())

@@ -263,7 +263,7 @@ class RecordMiner:
     def covered_positions(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per neuron, every evaluation position that one of its records shows (top, random and
         quantile-bin records), each once: `(token ids [P], activations [P])`. What the token
-        oracle's means must leave out (`token_means`). Needs pass 1 (and pass 2 for bins)."""
+        reference's means must leave out (`token_means`). Needs pass 1 (and pass 2 for bins)."""
         top_activations, top_tokens = self._top.windows()  # [top_k, N, width]
         bin_activations, bin_tokens = self._binned.windows()  # [per_bin, bins, N, width]
         random = self.random_records()  # [random_k, N(, width)]

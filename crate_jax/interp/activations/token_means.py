@@ -1,17 +1,17 @@
-"""Per-token activation sums of the sampled neurons, for the token oracle (`token_oracle`).
+"""Per-token activation sums of the sampled neurons, for the token reference (`token_reference`).
 
-The oracle asks how well the best per-token explanation could score: predict every held-out
-token by its mean activation. That mean must come from text the scored records do not contain,
-or the oracle would be fitted to the very activations it predicts. The capture pass already
+The token reference predicts every held-out token by the neuron's mean activation on that token.
+That mean must come from text the scored records do not contain, or the reference would be
+fitted to the very activations it predicts. The capture pass already
 streams every evaluation token through the model, so `TokenMeans` keeps running sums there;
 `finish` then removes, per neuron, every position that any of that neuron's records shows (top,
 random and quantile-bin records, each position once: `RecordMiner.covered_positions`), so the
 sums come from the rest of the evaluation text only.
 
-The table keeps the `interp.oracle_table_entries // neurons` most frequent token ids of the
+The table keeps the `interp.token_table_entries // neurons` most frequent token ids of the
 evaluation text (`frequent_token_ids`); every other id shares one "other" row, the last.
 Memory: `16 * rows * neurons` bytes per site and layer once finished. Ids are kept as ids here;
-the oracle merges those that decode to the same text, since records show texts.
+the token reference merges those that decode to the same text, since records show texts.
 """
 
 from __future__ import annotations

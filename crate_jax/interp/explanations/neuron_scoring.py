@@ -38,8 +38,8 @@ from crate_jax.interp.explanations.splits import (
 from crate_jax.interp.explanations.thread_pool import map_in_threads
 from crate_jax.layout import LayerScoresLayout
 
-if TYPE_CHECKING:  # token_oracle imports this module
-    from crate_jax.interp.explanations.token_oracle import TokenOracle
+if TYPE_CHECKING:  # token_reference imports this module
+    from crate_jax.interp.explanations.token_reference import TokenReference
 
 PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_only": "openai",
                      ANTHROPIC_SPLIT: "anthropic"}
@@ -191,9 +191,10 @@ def split_scores(groups: dict[str, list[ActivationRecord]], predicted: dict[str,
 def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                 simulator: Simulator, out_dir: Path, *, random_baseline: bool, seed: int,
                 layer: int, workers: int = 1, record_protocol: str = "default",
-                retry_failed: bool = False, oracle: TokenOracle | None = None) -> dict[int, dict]:
-    """Scores of every neuron (and of the random baseline, and the token oracle's where an
-    `oracle` is given: `oracle_scores`), reusing those already on file.
+                retry_failed: bool = False,
+                reference: TokenReference | None = None) -> dict[int, dict]:
+    """Scores of every neuron (and of the random baseline, and the token reference's where a
+    `reference` is given: `token_reference_scores`), reusing those already on file.
 
     With `retry_failed`, a neuron is rescored when a split of its own failed or when its random
     baseline lacks a split (the partner's explanation or a baseline simulation failed): a
@@ -227,8 +228,8 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                 baseline.update(scores)
             entry["baseline_partner"] = partner
             entry["baseline_scores"] = baseline
-        if oracle is not None:
-            entry["oracle_scores"] = oracle.scores(neuron, record_protocol)
+        if reference is not None:
+            entry["token_reference_scores"] = reference.scores(neuron, record_protocol)
         entry["scores"] = {k: (None if math.isnan(v) else v) for k, v in entry["scores"].items()}
         if "baseline_scores" in entry:
             entry["baseline_scores"] = {k: (None if math.isnan(v) else v)

@@ -1,14 +1,18 @@
-"""The token oracle: the score of the best possible per-token explanation of a neuron.
+"""The token reference: a context-free per-token prediction of a neuron, scored like an explanation.
 
-A token-level explanation ("fires on ' return'") can at best predict each token by that token's
-mean activation. The oracle does exactly that, with means from the evaluation text outside the
-neuron's records (`activations/token_means`), and is scored like any explanation: the pooled
-Pearson r of each split over the same held-out records. So it says how much of a site's score
-token identity alone could reach, and what an explainer adds beyond it: a context-sensitive
-explainer (an LLM) can exceed it, a token-level one should not except by chance.
+A token-level explanation ("fires on ' return'") predicts each token the same wherever it
+occurs. The token reference predicts each held-out token by the neuron's mean activation on that
+token in the evaluation text outside the neuron's records (`activations/token_means`), and is
+scored like any explanation: the pooled Pearson r of each split over the same held-out records.
+It says how much of a site's score a fixed token-to-activation map fitted on ordinary text
+reaches, and what an explainer adds beyond it.
 
-(The exact in-sample bound, the correlation ratio of the scored records grouped by token, is of
-no use here: most tokens occur once in 20 records, so it is near 1 whatever the neuron does.)
+It is a reference, not a bound on what a per-token explanation can score: its means are fitted
+on text outside the records, mostly low activations, while the scored top records are chosen
+for high ones; so an explanation that is also a per-token map can beat it (the report counts how
+often). (The in-sample bound, the correlation ratio of the scored records grouped by token, is
+of no use either: most tokens occur once in 20 records, so it is near 1 whatever the neuron
+does.)
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from crate_jax.interp.explanations.neuron_scoring import (
 from crate_jax.interp.explanations.splits import held_out_records
 
 
-class TokenOracle:
-    """One site and layer's oracle, read from its `token_means` file.
+class TokenReference:
+    """One site and layer's token reference, read from its `token_means` file.
 
     Records show decoded texts, so ids that decode to the same text are merged (sums and counts
     added). A text outside the table, or whose count is 0 once the neuron's own records are left
