@@ -200,7 +200,9 @@ def test_loss_above_floor_pairs_each_prediction_with_its_own_token():
     nll = np.array([[2.0, 3.0], [4.0, 5.0]])
     floor = np.array([9.0, 1.0, 1.0, 9.0, 2.0, 2.0])
     labels = np.array([[True], [True], [False], [True], [False], [True]])
-    result = loss_above_floor(nll, floor, labels, ["f"])
+    # Each sequence starts with an end-of-text (0): every target's document is in view.
+    result = loss_above_floor(nll, floor, labels, ["f"], sequences=np.array([[0, 7, 7]] * 2),
+                              end_of_text=0)
     assert result["floor"] == pytest.approx(1.5) and result["model_loss"] == pytest.approx(3.5)
     assert result["excess"] == pytest.approx(2.0)
     # Predicted positions 1, 2, 4, 5 carry the feature at 1 and 5: excesses 1 and 3 of 1+2+2+3.
@@ -299,7 +301,7 @@ def test_a_briefly_trained_model_beats_unigram_approaches_the_floor_and_gets_gro
     assert truth["min_judged_tokens"] == MIN_JUDGED_TOKENS
     assert set(truth["sites"]) == {"ista", "attn", "resid"}
     above = truth["loss_above_floor"]
-    assert above["tokens"] == 16 * 63 and above["excess"] > 0
+    assert above["targets"] == 16 * 63 and 0 < above["tokens"] < 16 * 63 and above["excess"] > 0
     assert above["model_loss"] == pytest.approx(above["floor"] + above["excess"])
     for site, layers in truth["sites"].items():
         assert set(layers) == {"0", "1"}

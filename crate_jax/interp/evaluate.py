@@ -2,7 +2,7 @@
 
 Restores the trained parameters from the run's last checkpoint, mines records and sparsity for
 every neuron site (`interp/records/`), explains, simulates and scores the chosen neurons, each
-beside its token reference (`interp/scores/<site>/layer_<l>/`), and writes `interp/summary.json`
+beside its token oracle (`interp/scores/<site>/layer_<l>/`), and writes `interp/summary.json`
 and `interp/report.md`.
 Each step reuses what is already on disk, so rerunning after an interruption resumes, as long
 as `interp/inputs.json` says it was computed from the same inputs (`freshness`); neurons whose
@@ -30,7 +30,7 @@ from crate_jax.interp.activations.capture import (
 from crate_jax.interp.explanations.backends import make_backend
 from crate_jax.interp.explanations.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.explanations.splits import check_record_protocol
-from crate_jax.interp.explanations.token_reference import TokenReference
+from crate_jax.interp.explanations.token_oracle import TokenOracle
 from crate_jax.interp.freshness import claim_outputs, interp_inputs
 from crate_jax.interp.ground_truth import (
     MIN_JUDGED_TOKENS,
@@ -115,7 +115,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
                                  layer=layer, workers=interp.workers,
                                  record_protocol=interp.protocol,
                                  retry_failed=interp.retry_failed,
-                                 reference=TokenReference(layout.token_means(site, layer), decode))
+                                 oracle=TokenOracle(layout.token_means(site, layer), decode))
             entries.extend(scores.values())
             top_and_random[site, layer] = {index: entry["scores"].get("top_and_random")
                                            for index, entry in scores.items()}
@@ -129,7 +129,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     if truth is not None:
         _say("interp: ground truth of the planted features")
         ground_truth = planted_ground_truth(model, params, sequences, sites, interp.batch_size,
-                                            truth, top_and_random)
+                                            truth, top_and_random, tokenizer.end_of_text)
         write_json_atomically(layout.ground_truth, ground_truth)
     elapsed = time.perf_counter() - started
     summary = {"variant": config.variant, "size": config.size, "checkpoint_step": step,
@@ -163,7 +163,7 @@ def check_failures(entries: list[dict], interp) -> None:
 
 
 def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch_size: int,
-                         truth: dict, top_and_random: dict) -> dict:
+                         truth: dict, top_and_random: dict, end_of_text: int) -> dict:
     """`ground_truth.json`: per site and layer, how the neurons encode the planted features
     (recovery, each neuron's selectivity; `ground_truth.layer_ground_truth`), and how each
     layer's explanation scores rank against that truth.
@@ -177,7 +177,8 @@ def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch
     result = {"features": names, "tokens": int(sequences.size), "sites": {},
               "recovery_auroc": RECOVERY_AUROC, "min_judged_tokens": MIN_JUDGED_TOKENS,
               "loss_above_floor": loss_above_floor(nll, truth["floor_nll"][:sequences.size],
-                                                   labels, names)}
+                                                   labels, names, sequences=sequences,
+                                                   end_of_text=end_of_text)}
     for site in sites:
         result["sites"][site] = {}
         for layer in range(model.config.num_layers):

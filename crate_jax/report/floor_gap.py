@@ -2,8 +2,9 @@
 
 On the planted corpus "converged" has a number: the generator's own loss. This table says how
 far each variant is from it and which planted features hold the rest (an unlearned copy
-pattern, say), from the runs' `interp/ground_truth.json` (`loss_above_floor`), averaged over
-seeds. Natural-text runs have no floor, and no such table.
+pattern, say), from the runs' `interp/ground_truth.json` (`loss_above_floor`, on the targets
+where the floor is within a model's reach), averaged over seeds. Natural-text runs have no
+floor, and no such table.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ def floor_gap_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-EXPLANATION = ("Nats/token on the interpretability text (mean over seeds); a feature's share is "
-               "its tokens' excess over the floor divided by all tokens, so the shares show what "
-               "the models have not learned yet.")
+EXPLANATION = ("Nats/token on the interpretability text's targets whose document starts inside "
+               "their sequence, where a model that sees the sequence can reach the floor exactly "
+               "(mean over seeds); a feature's share is its tokens' excess over the floor divided "
+               "by all those tokens, so the shares show what the models have not learned yet.")
 
 
 def floor_gap_markdown(rows: list[dict]) -> str:
