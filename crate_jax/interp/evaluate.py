@@ -2,7 +2,7 @@
 
 Restores the trained parameters from the run's last checkpoint, mines records and sparsity for
 every neuron site (`interp/records/`), explains, simulates and scores the chosen neurons, each
-beside its token oracle (`interp/scores/<site>/layer_<l>/`), and writes `interp/summary.json`
+beside its token reference (`interp/scores/<site>/layer_<l>/`), and writes `interp/summary.json`
 and `interp/report.md`.
 Each step reuses what is already on disk, so rerunning after an interruption resumes, as long
 as `interp/inputs.json` says it was computed from the same inputs (`freshness`); neurons whose
@@ -30,7 +30,7 @@ from crate_jax.interp.activations.capture import (
 from crate_jax.interp.explanations.backends import make_backend
 from crate_jax.interp.explanations.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.explanations.splits import check_record_protocol
-from crate_jax.interp.explanations.token_oracle import TokenOracle
+from crate_jax.interp.explanations.token_reference import TokenReference
 from crate_jax.interp.freshness import claim_outputs, interp_inputs
 from crate_jax.interp.ground_truth import (
     MIN_JUDGED_TOKENS,
@@ -115,7 +115,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
                                  layer=layer, workers=interp.workers,
                                  record_protocol=interp.protocol,
                                  retry_failed=interp.retry_failed,
-                                 oracle=TokenOracle(layout.token_means(site, layer), decode))
+                                 reference=TokenReference(layout.token_means(site, layer), decode))
             entries.extend(scores.values())
             top_and_random[site, layer] = {index: entry["scores"].get("top_and_random")
                                            for index, entry in scores.items()}
