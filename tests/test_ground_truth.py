@@ -1,4 +1,4 @@
-"""Ground-truth interpretability on the planted corpus: AUROC, monosemanticity, recovery."""
+"""Ground-truth interpretability on the planted corpus: AUROC, selectivity, recovery."""
 
 import itertools
 import json

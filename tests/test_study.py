@@ -56,11 +56,12 @@ def test_unknown_variant_or_missing_site_fails_before_any_training(prepared, tmp
 
 @pytest.fixture(scope="module")
 def miniature(prepared, tmp_path_factory):
-    """A finished 2-variant, 1-seed study: (its config, its workdir)."""
+    """A finished 2-variant, 2-seed study (two runs: the least a t interval over runs needs):
+    (its config, its workdir)."""
     workdir = workdir_with_data(prepared, tmp_path_factory.mktemp("study"), "study")
-    config = _study(prepared, variants="crate,no_ista", seeds="0")
+    config = _study(prepared, variants="crate,no_ista", seeds="0,1")
     manifest = run_study(config, workdir)
-    assert set(manifest["runs"]) == {"crate_seed0", "no_ista_seed0"}
+    assert set(manifest["runs"]) == {f"{v}_seed{s}" for v in ("crate", "no_ista") for s in (0, 1)}
     return config, workdir
 
 
@@ -86,7 +87,7 @@ def test_each_untrained_control_is_its_runs_initialisation_evaluated_the_same_wa
 
     config, workdir = miniature
     manifest = json.loads((workdir / "study.json").read_text())
-    assert set(manifest["controls"]) == {"crate_seed0", "no_ista_seed0"}
+    assert set(manifest["controls"]) == set(manifest["runs"])
     run_dir, control_dir = workdir / "runs" / "crate_seed0", workdir / "controls" / "crate_seed0"
     assert sorted(p.name for p in (control_dir / "checkpoints").iterdir()) == ["0"]
     run = json.loads((run_dir / "config.json").read_text())
@@ -116,12 +117,46 @@ def test_each_untrained_control_is_its_runs_initialisation_evaluated_the_same_wa
         assert inputs[1][key] == inputs[0][key], key
 
 
+def _neuron_scores(run_dir, site, split="top_and_random"):
+    """`{(layer, neuron): score}` read straight from a run's scores.jsonl files."""
+    import json
+
+    scores = {}
+    for path in sorted((run_dir / "interp" / "scores" / site).glob("layer_*/scores.jsonl")):
+        layer = int(path.parent.name.removeprefix("layer_"))
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            if split not in entry["failures"]:
+                scores[(layer, entry["neuron"])] = entry["scores"][split]
+    return scores
+
+
+def _paired_gains(workdir, variant, site):
+    """Per run: (mean over neurons finite in the run and its control of trained - untrained,
+    neurons left out), recomputed here from the files."""
+    import math
+
+    gains = []
+    for seed in (0, 1):
+        trained = _neuron_scores(workdir / "runs" / f"{variant}_seed{seed}", site)
+        control = _neuron_scores(workdir / "controls" / f"{variant}_seed{seed}", site)
+        assert set(trained) == set(control)  # the control scores the same neuron ids
+        pairs = [(trained[k], control[k]) for k in trained
+                 if trained[k] is not None and control[k] is not None
+                 and math.isfinite(trained[k]) and math.isfinite(control[k])]
+        gains.append((sum(t - c for t, c in pairs) / len(pairs), len(trained) - len(pairs)))
+    return gains
+
+
 def test_the_report_puts_every_score_beside_its_controls(miniature):
-    """Untrained score, gain over it (the trained score minus the untrained one) and the token
-    oracle per variant and site, in the JSON, the Markdown, the page and the figures' data;
-    the ablations are also compared on their gains."""
+    """Untrained score, the paired gain over it (per run, the mean over neurons of the trained
+    minus the same neuron's untrained score; then over runs) and the token reference per
+    variant and site, in the JSON, the Markdown, the page and the figures' data; the ablations
+    are also compared on their gains, over runs."""
     import json
     import math
+
+    from scipy import stats
 
     _, workdir = miniature
     report = json.loads((workdir / "report" / "ablation.json").read_text())
@@ -131,20 +166,46 @@ def test_the_report_puts_every_score_beside_its_controls(miniature):
         untrained = row[f"{site}/top_and_random/untrained"]
         gain = row[f"{site}/top_and_random/gain"]
         assert untrained["neurons"] == row[f"{site}/top_and_random"]["neurons"] > 0
-        assert math.isclose(gain["difference"],
-                            row[f"{site}/top_and_random"]["mean"] - untrained["mean"])
-        assert gain["ci_low"] <= gain["difference"] <= gain["ci_high"]
+        assert untrained["n"] == gain["n"] == 2  # runs
+        expected = _paired_gains(workdir, variant, site)
+        assert math.isclose(gain["mean"], sum(g for g, _ in expected) / 2)
+        assert gain["unpaired"] == sum(left for _, left in expected)
+        assert gain["ci_low"] <= gain["mean"] <= gain["ci_high"]
         assert f"{site}/top_and_random/other_neuron" in row
     gains = [c for c in report["answer"]["comparisons"] if c["site"] == "attn"][0]
-    assert gains["top_and_random_gain"]["ci_low"] <= gains["top_and_random_gain"]["difference"]
-    crate, no_ista = rows["crate"], rows["no_ista"]
+    theirs, ours = (_paired_gains(workdir, v, "attn") for v in ("crate", "no_ista"))
+    welch = stats.ttest_ind([g for g, _ in ours], [g for g, _ in theirs], equal_var=False)
+    assert math.isclose(gains["top_and_random_gain"]["p_value"], welch.pvalue)
     assert math.isclose(gains["top_and_random_gain"]["difference"],
-                        no_ista["attn/top_and_random/gain"]["difference"]
-                        - crate["attn/top_and_random/gain"]["difference"])
+                        rows["no_ista"]["attn/top_and_random/gain"]["mean"]
+                        - rows["crate"]["attn/top_and_random/gain"]["mean"])
     markdown = (workdir / "report" / "ablation.md").read_text()
     assert "## Controls" in markdown and "| crate | ista |" in markdown
     assert "top-and-random gain vs CRATE" in markdown
     assert 'id="controls-table"' in (workdir / "report" / "index.html").read_text()
+
+
+def test_a_copy_of_a_config_runs_under_its_own_name_and_seeds(prepared):
+    """`NAME=CONFIG` compares a config with itself (the A/A check): the copy is the same model
+    under other seeds, and the same seeds (the very same runs) are refused before any work."""
+    config = _study(prepared, variants="crate,crate_copy=crate", seeds="0,1")
+    config.study.variant_seeds = {"crate_copy": "5,6"}
+    runs = run_configs(config)
+    assert list(runs) == ["crate_seed0", "crate_seed1", "crate_copy_seed5", "crate_copy_seed6"]
+    assert runs["crate_copy_seed5"].variant == "crate_copy"
+    assert runs["crate_copy_seed5"].model.to_dict() == runs["crate_seed0"].model.to_dict()
+    aa = ablation.get_config("aa")
+    assert (aa.study.variants, aa.study.variant_seeds.crate_copy) == ("crate,crate_copy=crate",
+                                                                       "5,6,7,8,9")
+    for variants, seeds, message in (
+            ("crate,crate_copy=crate", {}, r"would be the same runs; give one other seeds"),
+            ("crate,crate", {}, "names 'crate' twice"),
+            ("crate,copy=crate=gpt2", {}, "neither a config name nor NAME=CONFIG"),
+            ("crate,no_ista", {"gpt2": "3"}, "study.variant_seeds names gpt2")):
+        config = _study(prepared, variants=variants, seeds="0,1")
+        config.study.variant_seeds = seeds
+        with pytest.raises(ConfigError, match=message):
+            run_configs(config)
 
 
 def test_study_controls_must_be_a_boolean(prepared, tmp_path):
@@ -249,25 +310,25 @@ def _check_report_against_run_files(workdir):
         assert png.startswith(b"\x89PNG") and len(png) > 10_000, name
     assert rows["no_ista"]["ista/top_and_random/mean"] == ""  # absent, not zero
     for variant in rows:
-        run_dir = workdir / "runs" / f"{variant}_seed0"
+        run_dirs = [workdir / "runs" / f"{variant}_seed{seed}" for seed in (0, 1)]
         for site in ("ista", "attn", "resid"):
-            values = []
-            for path in sorted((run_dir / "interp" / "scores" / site).glob("*/scores.jsonl")):
-                for line in path.read_text().splitlines():
-                    entry = json.loads(line)
-                    if "random_only" not in entry["failures"] and \
-                            entry["scores"]["random_only"] is not None:
-                        values.append(entry["scores"]["random_only"])
+            run_means = []  # the run is the unit: each run's mean over its neurons
+            for run_dir in run_dirs:
+                values = [v for v in _neuron_scores(run_dir, site, "random_only").values()
+                          if v is not None]
+                if values:
+                    run_means.append(sum(values) / len(values))
             column = f"{site}/random_only/mean"
-            if not values:
+            if not run_means:
                 assert rows[variant].get(column, "") == ""
                 continue
-            assert math.isclose(float(rows[variant][column]), sum(values) / len(values),
+            assert math.isclose(float(rows[variant][column]), sum(run_means) / len(run_means),
                                 rel_tol=1e-9)
-        last = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
-                if json.loads(x)["split"] == "validation"][-1]
-        assert math.isclose(float(rows[variant]["validation_loss/mean"]), last["loss"])
-    assert rows["no_ista"]["attn/random_only/vs_crate/difference"] != ""
+            assert rows[variant][f"{site}/random_only/n"] == "2"
+        losses = [[json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(x)["split"] == "validation"][-1]["loss"] for run_dir in run_dirs]
+        assert math.isclose(float(rows[variant]["validation_loss/mean"]), sum(losses) / 2)
+    assert rows["no_ista"]["attn/random_only/vs_crate/p_value"] != ""
 
 
 # -- the report's findings, on copies of the miniature with hand-written files of the documented
@@ -298,7 +359,7 @@ def _rebuild_report(workdir, figures=False):
     from crate_jax.report.page import write_page
     from crate_jax.report.plots import write_plots
 
-    rows = build_table(workdir, samples=50)
+    rows = build_table(workdir)
     write_table(rows, workdir / "report")
     write_page(rows, workdir, workdir / "report",
                write_plots(workdir, workdir / "report") if figures else [])
@@ -317,8 +378,9 @@ def test_runs_that_do_not_beat_the_bigram_reference_are_flagged(miniature, tmp_p
 
     _, original = miniature
     workdir = _copy_study(original, tmp_path)
-    crate, no_ista = workdir / "runs" / "crate_seed0", workdir / "runs" / "no_ista_seed0"
-    for run_dir in (crate, no_ista):  # as an older run: no references.json
+    runs = {f"{v}_seed{s}": workdir / "runs" / f"{v}_seed{s}"
+            for v in ("crate", "no_ista") for s in (0, 1)}
+    for run_dir in runs.values():  # as an older run: no references.json
         (run_dir / "references.json").unlink(missing_ok=True)
     _rebuild_report(workdir)
     markdown = (workdir / "report" / "ablation.md").read_text()
@@ -327,21 +389,26 @@ def test_runs_that_do_not_beat_the_bigram_reference_are_flagged(miniature, tmp_p
     assert "undertrained" not in markdown.split("## All variants")[0]
     assert 'id="undertrained"' not in (workdir / "report" / "index.html").read_text()
 
-    above, below = _final_loss(crate) - 0.5, _final_loss(no_ista) + 0.5
-    for run_dir, bigram in ((crate, above), (no_ista, below)):
+    # crate_seed0 does not beat its bigram reference; every other run does.
+    bigrams = {name: _final_loss(run_dir) + (-0.5 if name == "crate_seed0" else 0.5)
+               for name, run_dir in runs.items()}
+    crate = (bigrams["crate_seed0"] + bigrams["crate_seed1"]) / 2  # the row shows the mean
+    no_ista = (bigrams["no_ista_seed0"] + bigrams["no_ista_seed1"]) / 2
+    for name, run_dir in runs.items():
+        bigram = bigrams[name]
         _write_json(run_dir / "references.json",
                     {"unigram": bigram + 1.0, "bigram": bigram, "floor": None,
                      "floor_source": None, "tokens": 1000, "seq_len": 64, "windows": 4})
     _rebuild_report(workdir)
     markdown = (workdir / "report" / "ablation.md").read_text()
-    assert f"| {above:.3f} | n/a | **undertrained** (crate_seed0) |" in \
+    assert f"| {crate:.3f} | n/a | **undertrained** (crate_seed0) |" in \
         _markdown_row(markdown, "crate")
-    assert f"| {below:.3f} | n/a | beats bigram |" in _markdown_row(markdown, "no_ista")
+    assert f"| {no_ista:.3f} | n/a | beats bigram |" in _markdown_row(markdown, "no_ista")
     assert "Ablation A (no_ista vs crate): no conclusion, crate_seed0 does not beat the bigram " \
            "reference loss (undertrained)." in markdown
     rows = {r["variant"]: r for r in csv.DictReader(open(workdir / "report" / "ablation.csv"))}
     assert rows["crate"]["undertrained"] == "True" and rows["no_ista"]["undertrained"] == "False"
-    assert float(rows["no_ista"]["references/bigram"]) == pytest.approx(below)
+    assert float(rows["no_ista"]["references/bigram"]) == pytest.approx(no_ista)
     answer = json.loads((workdir / "report" / "ablation.json").read_text())["answer"]
     assert "no conclusion" in answer["sentences"][0]
     page = (workdir / "report" / "index.html").read_text()
@@ -351,7 +418,12 @@ def test_runs_that_do_not_beat_the_bigram_reference_are_flagged(miniature, tmp_p
 
 
 def test_ground_truth_recovery_is_tabulated_and_compared_where_present(miniature, tmp_path):
+    """Recovery over a site's layers (a feature counts if a neuron of any layer detects it),
+    selectivity pooled over judged neurons, each beside the untrained control's, and the
+    neurons too few firing to judge, in the CSV, the wide table and the README's truth block."""
     import csv
+
+    from crate_jax.report.readme import truth_table
 
     _, original = miniature
     columns = next(csv.reader(open(original / "report" / "ablation.csv")))
@@ -359,30 +431,54 @@ def test_ground_truth_recovery_is_tabulated_and_compared_where_present(miniature
 
     workdir = _copy_study(original, tmp_path)
 
-    def layer(recovery, spearman, n):
-        return {"recovery": recovery, "mean_monosemanticity": recovery / 2,
-                "mean_best_auroc": 0.8, "features": {"digit": {"best_neuron": 3, "auroc": 0.95}},
-                "neurons": {"index": [3], "best_feature": ["digit"], "best_auroc": [0.95],
-                            "mass_on_best": [0.7]},
+    def layer(aurocs, selectivity, judged, too_few, spearman, n):
+        return {"recovery": sum(a >= 0.9 for a in aurocs.values()) / len(aurocs),
+                "mean_selectivity": selectivity, "judged_neurons": judged,
+                "too_few_firing": too_few,
+                "features": {name: {"best_neuron": 3, "auroc": a} for name, a in aurocs.items()},
                 "score_vs_truth": {"spearman": spearman, "n": n}}
 
-    for name, attn in (("crate_seed0", (0.5, 0.7)), ("no_ista_seed0", (0.9, 0.9))):
-        sites = {"attn": {"0": layer(attn[0], 0.2, 4), "1": layer(attn[1], 0.6, 12)},
-                 "resid": {"0": layer(0.4, 0.1, 8), "1": layer(0.4, 0.1, 8)}}
+    # crate's attn detects `digit` in layer 0 only; no_ista's `digit` in layer 0 and `letter`
+    # in layer 1: recovery 0.5 and 1.0 over layers (the per-layer means were 0.25 and 0.5).
+    attn = {"crate_seed0": ({"digit": 0.95, "letter": 0.5}, {"digit": 0.6, "letter": 0.5}),
+            "no_ista_seed0": ({"digit": 0.95, "letter": 0.4}, {"digit": 0.3, "letter": 0.91})}
+    for name, (first, second) in attn.items():
+        sites = {"attn": {"0": layer(first, 0.2, 10, 2, 0.2, 4),
+                          "1": layer(second, 0.5, 30, 0, 0.6, 12)},
+                 "resid": {"0": layer(first, 0.1, 8, 0, 0.1, 8),
+                           "1": layer(first, 0.1, 8, 0, 0.1, 8)}}
         _write_json(workdir / "runs" / name / "interp" / "ground_truth.json",
-                    {"features": ["digit"], "tokens": 512, "sites": sites})
-    _rebuild_report(workdir)
-    rows = {r["variant"]: r for r in csv.DictReader(open(workdir / "report" / "ablation.csv"))}
-    assert float(rows["crate"]["attn/recovery/mean"]) == pytest.approx(0.6)
-    assert float(rows["crate"]["attn/mean_monosemanticity/mean"]) == pytest.approx(0.3)
-    assert float(rows["crate"]["attn/spearman/mean"]) == pytest.approx(0.5)  # n-weighted
-    assert float(rows["no_ista"]["attn/recovery/vs_crate/difference"]) == pytest.approx(0.3)
-    assert rows["crate"].get("ista/recovery/mean", "") == ""  # ista: no ground truth here
+                    {"features": ["digit", "letter"], "tokens": 512, "recovery_auroc": 0.9,
+                     "sites": sites})
+    untrained = {"attn": {str(i): layer({"digit": 0.6, "letter": 0.5}, 0.05, 40, 0, 0.0, 4)
+                          for i in range(2)}}
+    _write_json(workdir / "controls" / "crate_seed0" / "interp" / "ground_truth.json",
+                {"features": ["digit", "letter"], "tokens": 512, "sites": untrained})
+    rows = _rebuild_report(workdir)
+    flat = {r["variant"]: r for r in csv.DictReader(open(workdir / "report" / "ablation.csv"))}
+    assert float(flat["crate"]["attn/recovery/mean"]) == pytest.approx(0.5)
+    assert float(flat["crate"]["attn/mean_selectivity/mean"]) == pytest.approx(
+        (0.2 * 10 + 0.5 * 30) / 40)
+    assert float(flat["crate"]["attn/recovery/untrained/mean"]) == pytest.approx(0.0)
+    assert float(flat["crate"]["attn/mean_selectivity/untrained/mean"]) == pytest.approx(0.05)
+    assert flat["no_ista"].get("attn/recovery/untrained/mean", "") == ""  # no control truth
+    assert int(flat["crate"]["attn/too_few_firing"]) == 2
+    assert float(flat["crate"]["attn/spearman/mean"]) == pytest.approx(0.5)  # n-weighted
+    assert float(flat["no_ista"]["attn/recovery/vs_crate/difference"]) == pytest.approx(0.5)
+    assert flat["crate"].get("ista/recovery/mean", "") == ""  # ista: no ground truth here
     markdown = (workdir / "report" / "ablation.md").read_text()
     answer = markdown.split("## All variants")[0]
     assert "| recovery vs CRATE |" in answer and "no_ista − crate" in answer
-    assert "0.300" in next(line for line in answer.splitlines() if "| attn |" in line)
-    assert "attn recovery" in markdown and "attn score vs truth ρ" in markdown
+    assert "0.500" in next(line for line in answer.splitlines() if "| attn |" in line)
+    for header in ("attn recovery (any layer)", "attn recovery (any layer) untrained",
+                   "attn selectivity", "attn selectivity untrained", "attn score vs truth ρ"):
+        assert f"| {header} |" in markdown, header
+    block = truth_table(rows)
+    assert "| recovery (any layer) | untrained | selectivity | untrained | too few firing |" \
+        in block
+    crate_attn = next(line for line in block.splitlines() if line.startswith("| crate | attn |"))
+    assert "| 2/" in crate_attn and "0.050" in crate_attn
+    assert "correlation with selectivity" in block
 
 
 def test_neurons_left_out_are_counted_in_the_table_and_page(miniature):
@@ -392,15 +488,16 @@ def test_neurons_left_out_are_counted_in_the_table_and_page(miniature):
     markdown = (workdir / "report" / "ablation.md").read_text()
     page = (workdir / "report" / "index.html").read_text()
     for variant in ("crate", "no_ista"):
-        run_dir = workdir / "runs" / f"{variant}_seed0"
-        entries = [json.loads(line) for path in
+        run_dirs = [workdir / "runs" / f"{variant}_seed{seed}" for seed in (0, 1)]
+        entries = [json.loads(line) for run_dir in run_dirs for path in
                    sorted((run_dir / "interp" / "scores" / "attn").glob("*/scores.jsonl"))
                    for line in path.read_text().splitlines()]
         left_out = sum(e["scores"]["random_only"] is None or "random_only" in e["failures"]
                        for e in entries)
-        sparsity = json.loads((run_dir / "interp" / "sparsity.json").read_text())["attn"]
-        dead = sum(layer["dead_neurons"] for layer in sparsity.values())
-        total = sum(layer["num_neurons"] for layer in sparsity.values())
+        sparsity = [layer for run_dir in run_dirs for layer in json.loads(
+            (run_dir / "interp" / "sparsity.json").read_text())["attn"].values()]
+        dead = sum(layer["dead_neurons"] for layer in sparsity)
+        total = sum(layer["num_neurons"] for layer in sparsity)
         cell = f"r-o {left_out}/{len(entries)}"
         assert cell in _markdown_row(markdown, variant)
         assert f"dead {dead}/{total}" in _markdown_row(markdown, variant)
@@ -429,7 +526,7 @@ def test_figures_keep_one_colour_per_variant_and_legends_off_the_data(miniature,
     figure.canvas.draw()
     (legend,) = figure.legends
     assert [t.get_text() for t in legend.get_texts()] == ["no_ista", "crate",
-                                                          "untrained control", "token oracle"]
+                                                          "untrained control", "token reference"]
     # The controls' markers (open circles, crosses) take their variant's colour.
     markers = {(line.get_marker(), line.get_color()) for axis in figure.axes
                for line in axis.lines if line.get_marker() == "x"
@@ -492,7 +589,7 @@ def test_score_cache_keeps_no_simulations(miniature):
     path = next((workdir / "runs" / "crate_seed0" / "interp" / "scores").glob(
         "*/layer_*/scores.jsonl"))
     assert "simulations" in path.read_text()
-    kept = {"neuron", "scores", "failures", "oracle_scores", "baseline_scores"}
+    kept = {"neuron", "scores", "failures", "token_reference_scores", "baseline_scores"}
     assert all({"neuron", "scores", "failures"} <= set(entry) <= kept
                for entry in score_entries(path))
 
@@ -501,6 +598,7 @@ def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path)
     import json
     import sys
 
+    from crate_jax.report.answer import answer_sentences
     from crate_jax.report.text import interval_text
 
     _, workdir = miniature
@@ -522,7 +620,8 @@ def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path)
     assert stdlib_block.findall(text) == stdlib_block.findall(original)  # not this study's block
     assert blocks["floor"] == "(no planted corpus: no floor)"  # natural text has no floor
     assert blocks["truth"] == "(no planted corpus: no ground truth)"
-    assert "2 variants x 1 seed" in blocks["facts"] and "10 steps of 8 x 64" in blocks["facts"]
+    assert "2 variants x 2 seeds (seeds 0,1)" in blocks["facts"]
+    assert "10 steps of 8 x 64" in blocks["facts"]
     rows = json.loads((workdir / "report" / "ablation.json").read_text())["variants"]
     table = [line for line in blocks["table"].splitlines() if line.startswith("| ")][1:]
     assert [line.split(" | ")[0] for line in table] == ["| crate", "| no_ista"]
@@ -539,7 +638,9 @@ def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path)
                    timeout=300, check=True)
     summary = re.search(r"<!-- study:stdlib:begin -->\n(.*?)\n<!-- study:stdlib:end -->",
                         readme.read_text(), re.DOTALL).group(1)
-    assert summary.startswith("Study: 2 variants x 1 seed") and "| crate |" in summary
+    assert summary.startswith("Study: 2 variants x 2 seeds") and "| crate |" in summary
+    assert summary.endswith(answer_sentences(rows)[-1].split()[-1])  # its answer's sentences
+    assert "Ablation A (no_ista vs crate):" in summary
     assert outside.sub("", readme.read_text()) == outside.sub("", original)
     readme.write_text(text)
 
@@ -567,8 +668,14 @@ def test_planted_study_reports_the_floor_gap_and_ground_truth_from_its_runs(tmp_
         assert row["floor_gap"]["excess"] == pytest.approx(truth["loss_above_floor"]["excess"])
         assert row["references"]["floor"] is not None
         assert row["undertrained"] is True  # 10 steps do not beat the bigram reference
-        recovery = [entry["recovery"] for entry in truth["sites"]["ista"].values()]
-        assert row["ista/recovery"]["mean"] == pytest.approx(sum(recovery) / len(recovery))
+        best = {}  # recovery over layers: a feature counts if a neuron of any layer has it
+        for entry in truth["sites"]["ista"].values():
+            for feature, found in entry["features"].items():
+                best[feature] = max(best.get(feature, 0.0), found["auroc"])
+        recovered = sum(auroc >= truth["recovery_auroc"] for auroc in best.values())
+        assert row["ista/recovery"]["mean"] == pytest.approx(recovered / len(best))
+        assert row["ista/too_few_firing"] == sum(
+            entry["too_few_firing"] for entry in truth["sites"]["ista"].values())
     markdown = (tmp_path / "report" / "ablation.md").read_text()
     assert "## Loss above the entropy floor" in markdown
     assert f"| crate | {truths['crate_seed0']['loss_above_floor']['model_loss']:.3f} |" in markdown
@@ -577,6 +684,9 @@ def test_planted_study_reports_the_floor_gap_and_ground_truth_from_its_runs(tmp_
     truth = study_blocks(tmp_path)["truth"]
     assert truth.splitlines()[2].startswith("| crate | ista | ")
     assert re.search(r"Of \d+ \(variant, site\) pairs, the explanation score", truth)
+    # The study's own untrained controls stand beside the trained numbers.
+    assert "ista/recovery/untrained" in rows["crate"]
+    assert "ista/mean_selectivity/untrained" in rows["crate"]
 
 
 # -- one report pipeline, with the settings the study saved; the study from an installed copy --
@@ -597,32 +707,18 @@ def _report_command(workdir):
 
 
 def test_the_report_command_rebuilds_the_studys_own_report(miniature, tmp_path):
-    """The study saved its config, and the command takes the bootstrap settings from there (the
-    miniature's 100 samples, where the command once used 1000): every file comes out the same."""
+    """The report's statistics are over runs and draw nothing at random: the command rebuilds
+    every file byte for byte."""
     import json
 
-    config, original = miniature
+    _, original = miniature
     workdir = _copy_study(original, tmp_path)
     saved = json.loads((workdir / "config.json").read_text())
-    assert saved["interp"]["bootstrap_samples"] == config.interp.bootstrap_samples == 100
     assert saved["study"]["variants"] == "crate,no_ista"
     study_report = _report_files(workdir)
     shutil.rmtree(workdir / "report")
     _report_command(workdir)
     assert _report_files(workdir) == study_report
-
-
-def test_a_study_without_a_saved_config_is_reported_with_its_runs_settings(miniature, tmp_path):
-    """A study from before studies saved their config: its runs saved the same interp settings."""
-    _, original = miniature
-    workdir = _copy_study(original, tmp_path)
-    (workdir / "config.json").unlink(missing_ok=True)
-    study_report = _report_files(workdir)
-    shutil.rmtree(workdir / "report")
-    output = _report_command(workdir)
-    assert _report_files(workdir) == study_report
-    notice = [line for line in output.splitlines() if "config.json is missing" in line]
-    assert len(notice) == 1 and "bootstrap_samples=100, seed=0" in notice[0]
 
 
 def test_an_installed_copy_finds_the_study_variants_from_any_directory(tmp_path):

@@ -3,11 +3,13 @@
 One row per variant: parameters, validation loss and bits per byte beside the reference losses
 of its data (count-based unigram and bigram, and the entropy floor of a planted corpus) with a
 flag on runs that do not beat the bigram reference, sparsity, the interpretability scores of
-every site the variant has (pooled over layers and seeds, with 95% intervals from `statistics`)
-with the neurons they leave out, ground-truth recovery where the corpus is planted, and each
-score's difference from CRATE with its own interval, and the scores' controls (`controls`: the
-other-neuron baseline, the untrained control and the gain over it, the token oracle). Sites a
-variant lacks are absent from its row (empty in the CSV), never zero. `markdown_table` puts the
+every site the variant has with the neurons they leave out, ground-truth recovery where the
+corpus is planted, each score's difference from CRATE, and the scores' controls (`controls`: the
+other-neuron baseline, the untrained control and the paired gain over it, the token reference).
+The training run is the unit: each run gives one number per site and split (the mean over its
+neurons, pooled over layers), a variant's interval is a t interval over its runs and a
+difference from CRATE is Welch's t over runs (`statistics`). Sites a variant lacks are absent
+from its row (empty in the CSV), never zero. `markdown_table` puts the
 answer to the ablations (`answer`) and the controls before the wide table.
 """
 
@@ -24,7 +26,7 @@ from crate_jax.layout import ReportLayout, RunLayout, StudyLayout
 from crate_jax.model import NEURON_SITES, ModelConfig, paper_parameter_count
 from crate_jax.report import run_files
 from crate_jax.report.answer import REFERENCE_VARIANT, answer_json, answer_markdown
-from crate_jax.report.controls import add_controls, controls_markdown, neuron_scores
+from crate_jax.report.controls import add_controls, controls_markdown, neuron_scores, run_means
 from crate_jax.report.floor_gap import floor_gap, floor_gap_markdown
 from crate_jax.report.run_files import REFERENCE_KEYS, score_entries
 from crate_jax.report.text import (
@@ -34,13 +36,14 @@ from crate_jax.report.text import (
     reference_text,
     training_text,
 )
-from crate_jax.statistics import difference_interval, pooled_mean_interval
+from crate_jax.statistics import run_difference, run_interval
 
 SITES = NEURON_SITES
 REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic")
-GROUND_TRUTH = ("recovery", "mean_monosemanticity", "spearman")
+GROUND_TRUTH = ("recovery", "mean_selectivity", "spearman")
+UNTRAINED_TRUTH = ("recovery", "mean_selectivity")  # also shown for the untrained controls
 _SHORT_SPLIT = {"top_and_random": "t&r", "random_only": "r-o", "anthropic": "anth"}
-_TRUTH_HEADER = {"recovery": "recovery", "mean_monosemanticity": "monosemanticity",
+_TRUTH_HEADER = {"recovery": "recovery (any layer)", "mean_selectivity": "selectivity",
                  "spearman": "score vs truth ρ"}
 
 __all__ = ["SITES", "REPORTED_SPLITS", "build_table", "markdown_table", "score_entries",
@@ -81,6 +84,12 @@ def _mean_references(references: list[dict | None]) -> dict | None:
     return merged
 
 
+def variant_configs(workdir: str | Path) -> dict[str, str]:
+    """`{variant: its config file's name}` (a copy such as `crate_copy=crate` runs `crate`)."""
+    runs = json.loads(StudyLayout(workdir).manifest.read_text())["runs"].values()
+    return {run["variant"]: run.get("config", run["variant"]) for run in runs}
+
+
 def study_controls(workdir: str | Path) -> dict[str, list[tuple[str, Path]]]:
     """`{variant: [(run name, control dir), ...]}`: the untrained controls `study.json` lists
     (none in a study run without `study.controls`, or from before controls existed)."""
@@ -91,12 +100,13 @@ def study_controls(workdir: str | Path) -> dict[str, list[tuple[str, Path]]]:
     return dict(controls)
 
 
-def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> list[dict]:
+def build_table(workdir: str | Path) -> list[dict]:
     """Rows of the comparison, in the study's variant order."""
     workdir = Path(workdir)
     per_variant = {}
-    controls = study_controls(workdir)
+    controls, configs = study_controls(workdir), variant_configs(workdir)
     for variant, runs in study_runs(workdir).items():
+        control_dirs = dict(controls.get(variant, []))
         truths = [run_files.ground_truth(d) for _, d in runs]  # read once: they are large
         per_variant[variant] = {
             "names": [name for name, _ in runs],
@@ -104,9 +114,13 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
             "references": [run_files.references(d) for _, d in runs],
             "scores": [neuron_scores(d, REPORTED_SPLITS) for _, d in runs],
             "left_out": [_left_out(d) for _, d in runs],
-            "controls": [neuron_scores(d, REPORTED_SPLITS) for _, d in controls.get(variant, [])],
+            # Aligned with the runs: each run's gain is paired with its own control.
+            "controls": [neuron_scores(control_dirs[name], REPORTED_SPLITS)
+                         if name in control_dirs else None for name, _ in runs],
             "sparsity": [run_files.sparsity(d) for _, d in runs],
             "truth": [run_files.ground_truth_by_site(t) for t in truths],
+            "control_truth": [run_files.ground_truth_by_site(run_files.ground_truth(d))
+                              for d in control_dirs.values()],
             "floor_gap": floor_gap(truths)}
 
     rows = []
@@ -114,11 +128,10 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
     for variant, runs in per_variant.items():
         validation = runs["validation"]
         model = ModelConfig.from_mapping(validation[0]["config"]["model"])
-        row = {"variant": variant, "seeds": len(validation),
+        row = {"variant": variant, "config": configs[variant], "seeds": len(validation),
                "parameters": paper_parameter_count(model)}
         for key in ("loss", "bits_per_byte"):
-            row[f"validation_{key}"] = pooled_mean_interval([[v[key]] for v in validation],
-                                                            samples=samples, seed=seed)
+            row[f"validation_{key}"] = run_interval([v[key] for v in validation])
         flags = [run_files.undertrained(v["loss"], r)
                  for v, r in zip(validation, runs["references"], strict=True)]
         row["references"] = _mean_references(runs["references"])
@@ -145,34 +158,41 @@ def build_table(workdir: str | Path, *, samples: int = 1000, seed: int = 0) -> l
             neurons = sum(c[site]["neurons"] for c in counts if site in c)
             baseline = reference["scores"] if reference is not None else []
             for split in REPORTED_SPLITS:
-                groups = [s[site][split]["score"] for s in scores if site in s]
+                means = run_means(scores, site, split)
                 row[f"{site}/{split}"] = {
-                    **pooled_mean_interval(groups, samples=samples, seed=seed),
-                    "neurons": neurons, "left_out": sum(c[site][split] for c in counts
-                                                        if site in c)}
-                theirs = [s[site][split]["score"] for s in baseline if site in s]
+                    **run_interval(means), "neurons": neurons,
+                    "left_out": sum(c[site][split] for c in counts if site in c)}
+                theirs = run_means(baseline, site, split)
                 if variant != REFERENCE_VARIANT and theirs:
-                    row[f"{site}/{split}/vs_crate"] = difference_interval(
-                        groups, theirs, samples=samples, seed=seed)
-            add_controls(row, site, REPORTED_SPLITS, scores, runs["controls"], crate,
-                         samples=samples, seed=seed)
-            _add_ground_truth(row, site, runs["truth"], reference, variant, samples, seed)
+                    row[f"{site}/{split}/vs_crate"] = run_difference(means, theirs)
+            add_controls(row, site, REPORTED_SPLITS, scores, runs["controls"], crate)
+            _add_ground_truth(row, site, runs["truth"], runs["control_truth"], reference,
+                              variant)
         rows.append(row)
     return rows
 
 
-def _add_ground_truth(row: dict, site: str, truth: list[dict], reference: dict | None,
-                      variant: str, samples: int, seed: int) -> None:
-    """Per-site ground truth, mean over seeds with a seed-bootstrap interval; absent: no key."""
+def _add_ground_truth(row: dict, site: str, truth: list[dict], control_truth: list[dict],
+                      reference: dict | None, variant: str) -> None:
+    """Per-site ground truth (`run_files.ground_truth_by_site`), mean over runs with a t
+    interval over runs, and beside recovery and selectivity the same over the untrained
+    controls (`<key>/untrained`: the level an untrained network reaches, chance for this
+    architecture); `<site>/too_few_firing`: the neurons too few firing to judge, summed over
+    runs and layers. Absent: no key."""
     for key in GROUND_TRUTH:
-        values = [[t[site][key]] for t in truth if site in t]
+        values = [t[site][key] for t in truth if site in t]
         if not values:
             continue
-        row[f"{site}/{key}"] = pooled_mean_interval(values, samples=samples, seed=seed)
-        theirs = [[t[site][key]] for t in (reference or {}).get("truth", []) if site in t]
+        row[f"{site}/{key}"] = run_interval(values)
+        untrained = [t[site][key] for t in control_truth if site in t]
+        if key in UNTRAINED_TRUTH and untrained:
+            row[f"{site}/{key}/untrained"] = run_interval(untrained)
+        theirs = [t[site][key] for t in (reference or {}).get("truth", []) if site in t]
         if key == "recovery" and variant != REFERENCE_VARIANT and theirs:
-            row[f"{site}/recovery/vs_crate"] = difference_interval(values, theirs,
-                                                                   samples=samples, seed=seed)
+            row[f"{site}/recovery/vs_crate"] = run_difference(values, theirs)
+    too_few = [t[site]["too_few_firing"] for t in truth if site in t]
+    if too_few:
+        row[f"{site}/too_few_firing"] = sum(too_few)
 
 
 def _flat(row: dict) -> dict[str, object]:
@@ -226,12 +246,13 @@ def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[Cell]]]:
     sparse = [f"{site}/{kind}" for site in ("ista", "mlp") for kind in ("zero_fraction", "mean_l0")
               if present(f"{site}/{kind}")]
     sites = [site for site in SITES if present(f"{site}/{REPORTED_SPLITS[0]}")]
-    truth = [f"{site}/{key}" for site in sites for key in GROUND_TRUTH
-             if present(f"{site}/{key}")]
+    truth = [f"{site}/{key}{untrained}" for site in sites for key in GROUND_TRUTH
+             for untrained in ("", "/untrained") if present(f"{site}/{key}{untrained}")]
     header = (["variant", "seeds", "params", "val loss", "unigram ref", "bigram ref", "floor",
                "vs bigram", "bits/byte"] + sparse + columns
               + [f"{site} left out (NaN or failed; dead)" for site in sites]
-              + [f"{c.split('/')[0]} {_TRUTH_HEADER[c.split('/')[1]]}" for c in truth]
+              + [f"{c.split('/')[0]} {_TRUTH_HEADER[c.split('/')[1]]}"
+                 + (" untrained" if c.endswith("/untrained") else "") for c in truth]
               + [f"{c} vs CRATE" for c in columns])
     body = []
     for row in rows:
@@ -256,7 +277,7 @@ def markdown_table(rows: list[dict], *, answer_last: bool = False) -> str:
     `answer_last=True` puts the answer after the wide table (for a terminal, where the last
     lines are the ones read)."""
     wide = ("## All variants\n\n"
-            "Scores are mean [95% interval over neurons and seeds]; reference losses in "
+            "Scores are mean over runs [95% t interval over runs]; reference losses in "
             "nats/token on the same validation targets; “undertrained”: the run's validation "
             "loss does not beat the bigram reference.\n\n" + markdown_rows(*wide_table_cells(rows)))
     answer = answer_markdown(rows)

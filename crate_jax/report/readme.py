@@ -11,15 +11,16 @@ each block, and nothing else:
 - `answer`: the like-for-like comparisons of ablations A and B and one sentence each
   (`answer.answer_markdown`, without its heading);
 - `controls`: each variant's and site's top-and-random score beside its controls (another
-  neuron's explanation, the untrained model and the gain over it, the token oracle;
+  neuron's explanation, the untrained model and the paired gain over it, the token reference;
   `controls.controls_markdown`, without its heading);
 - `table`: one compact row per variant (parameters, validation loss and whether it beats the
   bigram reference, the sparse block's top-and-random score, `attn` and `resid` random-only
   scores, and ground-truth recovery where the corpus is planted);
 - `floor`: how far each variant's loss is from a planted corpus's entropy floor, and which
   features hold the rest (`floor_gap`);
-- `truth`: ground truth per variant and site (planted corpus): recovery, monosemanticity and
-  the explanation score's rank correlation with monosemanticity.
+- `truth`: ground truth per variant and site (planted corpus), each beside the untrained
+  controls': recovery over the site's layers, selectivity and the neurons too few firing to
+  judge, and the explanation score's rank correlation with selectivity.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from absl import app, flags
 from crate_jax.atomic_files import write_text_atomically
 from crate_jax.layout import RunLayout, StudyLayout
 from crate_jax.report.ablation_table import SITES, build_table, study_runs
-from crate_jax.report.answer import answer_markdown
+from crate_jax.report.answer import answer_markdown, answer_sentences
 from crate_jax.report.controls import controls_markdown
 from crate_jax.report.floor_gap import floor_gap_cells
-from crate_jax.report.study_report import not_a_study, report_settings
+from crate_jax.report.study_report import not_a_study
 from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
 
 BLOCKS = ("facts", "answer", "controls", "table", "floor", "truth")
@@ -58,7 +59,8 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
     summary = json.loads(first.summary.read_text())
     train, interp = config["train"], config["interp"]
     seeds = max(len(r) for r in runs.values())
-    text = (f"Study: {len(runs)} variants x {seeds} seed{'s' if seeds > 1 else ''}; "
+    text = (f"Study: {len(runs)} variants x {seeds} seed{'s' if seeds > 1 else ''} "
+            f"({_seed_text(study)}); "
             f"{train['num_steps']} steps of {train['batch_size']} x {train['seq_len']} tokens "
             f"per run; {interp['neurons_per_layer']} neurons per site and layer scored with "
             f"`{summary['explainer']}` on {summary['evaluation_tokens']:,} held-out tokens"
@@ -82,7 +84,24 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
     else:
         text += " The runs have no reference losses (references.json), so training adequacy " \
                 "is unchecked."
-    return text + " Scores are mean [95% interval over neurons and seeds]."
+    return text + (" Every number is a mean over training runs [95% t interval over runs]: "
+                   "the run, not the neuron, is the unit of replication.")
+
+
+def _seed_text(study: dict) -> str:
+    """`seeds 0-4` or, where variants have seeds of their own, each variant's."""
+    per_variant = study.get("variant_seeds") or {}
+    spans = {name: _span(seeds) for name, seeds in per_variant.items()}
+    if len(set(spans.values())) <= 1:
+        return f"seeds {next(iter(spans.values()), study.get('seeds', '?'))}"
+    return "seeds " + ", ".join(f"{span} for {name}" for name, span in spans.items())
+
+
+def _span(seeds: list[int]) -> str:
+    ordered = sorted(seeds)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 2:
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ",".join(map(str, ordered))
 
 
 def compact_table(rows: list[dict]) -> str:
@@ -91,7 +110,7 @@ def compact_table(rows: list[dict]) -> str:
                    if any(f"{site}/recovery" in row for row in rows)]
     header = (["variant", "params", "val loss", "vs bigram", "sparse block: top-and-random",
                "attn: random-only", "resid: random-only"]
-              + [f"{site}: recovery" for site in truth_sites])
+              + [f"{site}: recovery (any layer)" for site in truth_sites])
     body = []
     for row in rows:
         sparse = next((f"{site} {interval_text(row[f'{site}/top_and_random'])}"
@@ -105,20 +124,28 @@ def compact_table(rows: list[dict]) -> str:
 
 
 def truth_table(rows: list[dict]) -> str:
-    """Ground truth per variant and site (planted corpus): recovery, monosemanticity, and the
-    rank correlation of the explanation score with monosemanticity across neurons."""
+    """Ground truth per variant and site (planted corpus), each beside the untrained controls':
+    recovery over the site's layers, selectivity (0: chance, 1: a perfect detector of one
+    feature) with the neurons too few firing to judge, and the rank correlation of the
+    explanation score with selectivity across neurons."""
     body = []
     for row in rows:
         for site in SITES:
             if f"{site}/recovery" in row:
+                too_few = row.get(f"{site}/too_few_firing")
+                neurons = row.get(f"{site}/num_neurons")
                 body.append([row["variant"], site, interval_text(row[f"{site}/recovery"]),
-                             interval_text(row.get(f"{site}/mean_monosemanticity")),
+                             interval_text(row.get(f"{site}/recovery/untrained")),
+                             interval_text(row.get(f"{site}/mean_selectivity")),
+                             interval_text(row.get(f"{site}/mean_selectivity/untrained")),
+                             "—" if too_few is None else (f"{too_few}/{neurons}" if neurons
+                                                          else str(too_few)),
                              interval_text(row.get(f"{site}/spearman")),
                              interval_text(row.get(f"{site}/top_and_random"))])
     if not body:
         return "(no planted corpus: no ground truth)"
-    header = ["variant", "site", "recovery", "monosemanticity", "score vs truth ρ",
-              "top-and-random score"]
+    header = ["variant", "site", "recovery (any layer)", "untrained", "selectivity",
+              "untrained", "too few firing", "score vs truth ρ", "top-and-random score"]
     return markdown_rows(header, body) + "\n" + _correlation_sentence(rows)
 
 
@@ -135,7 +162,7 @@ def _correlation_sentence(rows: list[dict]) -> str:
             signs[sign] += 1
     total = sum(signs.values())
     return (f"Of {total} (variant, site) pairs, the explanation score's correlation with "
-            f"monosemanticity is positive in {signs['positive']}, negative in "
+            f"selectivity is positive in {signs['positive']}, negative in "
             f"{signs['negative']} and undecided (interval includes 0) in {signs['undecided']}.")
 
 
@@ -154,7 +181,7 @@ def study_rows(workdir: Path) -> list[dict]:
         saved = json.loads(report.read_text())
         if isinstance(saved, dict):  # older reports (a bare list) lack the reference losses
             return saved["variants"]
-    return build_table(workdir, **report_settings(workdir))
+    return build_table(workdir)
 
 
 def study_blocks(workdir: str | Path) -> dict[str, str]:
@@ -187,11 +214,13 @@ def replace_blocks(text: str, blocks: dict[str, str]) -> str:
 
 
 def summary_block(workdir: str | Path) -> str:
-    """The facts and the compact table of a study in one block (for a second study, such as
-    the natural-text one, that the README summarises beside the default)."""
+    """The facts, the compact table and the answer's sentences of a study in one block (for a
+    second study, such as the natural-text one or the A/A check, that the README summarises
+    beside the default)."""
     workdir = Path(workdir)
     rows = study_rows(workdir)
-    return _wrapped(facts_text(workdir, rows)) + "\n\n" + compact_table(rows).strip()
+    return "\n\n".join([_wrapped(facts_text(workdir, rows)), compact_table(rows).strip(),
+                        _wrapped("\n\n".join(answer_sentences(rows)))])
 
 
 def regenerate_readme(workdir: str | Path, readme: str | Path, as_block: str = "") -> None:
