@@ -681,7 +681,12 @@ def test_planted_study_reports_the_floor_gap_and_ground_truth_from_its_runs(tmp_
     assert f"| crate | {truths['crate_seed0']['loss_above_floor']['model_loss']:.3f} |" in markdown
     assert "Loss above the entropy floor" in (tmp_path / "report" / "index.html").read_text()
     from crate_jax.report.readme import study_blocks
-    truth = study_blocks(tmp_path)["truth"]
+    blocks = study_blocks(tmp_path)
+    references = json.loads((tmp_path / "runs" / "crate_seed0" / "references.json").read_text())
+    assert references["floor_in_window"] > references["floor"] > 0  # its harder targets
+    assert (f"{references['floor_in_window']:.3f} on the {references['in_window_fraction']:.0%} "
+            "of targets whose document starts in their window") in " ".join(blocks["facts"].split())
+    truth = blocks["truth"]
     assert truth.splitlines()[2].startswith("| crate | ista | ")
     assert re.search(r"Of \d+ \(variant, site\) pairs, the explanation score", truth)
     # The study's own untrained controls stand beside the trained numbers.

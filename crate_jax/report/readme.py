@@ -80,12 +80,23 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
         floor = reference_text(row, "floor")
         text += (f" Reference losses of the validation targets (nats/token): unigram "
                  f"{reference_text(row, 'unigram')}, bigram {reference_text(row, 'bigram')}"
-                 + (f", entropy floor {floor}" if floor != "n/a" else "") + ".")
+                 + (f", entropy floor {floor}{_in_window_text(row)}" if floor != "n/a" else "")
+                 + ".")
     else:
         text += " The runs have no reference losses (references.json), so training adequacy " \
                 "is unchecked."
     return text + (" Every number is a mean over training runs [95% t interval over runs]: "
                    "the run, not the neuron, is the unit of replication.")
+
+
+def _in_window_text(row: dict) -> str:
+    """The floor a window-only model can reach, from the first run's `references.json`."""
+    first = row["runs"][0]["references"] or {}
+    if first.get("floor_in_window") is None:
+        return ""
+    return (f" (conditioned on whole documents; {first['floor_in_window']:.3f} on the "
+            f"{first['in_window_fraction']:.0%} of targets whose document starts in their window, "
+            "the floor a model that sees the window can reach)")
 
 
 def _seed_text(study: dict) -> str:
