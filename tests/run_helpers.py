@@ -132,6 +132,16 @@ def checkpoint_params(workdir: Path, step: int, module=crate):
         return checkpointer.restore_params(step, abstract)
 
 
+def planted_token_arrays(workdir: Path, documents: int):
+    """The token arrays of a planted corpus of `documents` documents (word tokenizer, the study's
+    128-token vocabulary), prepared in `workdir/data`."""
+    from crate_jax.data.token_arrays import prepare_token_arrays
+
+    config = crate.get_config("tiny")
+    config.data.update(dict(source=f"planted:{documents}", tokenizer="word"))
+    return prepare_token_arrays(config.data, 128, workdir)
+
+
 def data_config(source: str, **overrides) -> types.SimpleNamespace:
     """A `config.data` for `prepare_token_arrays`: a BPE tokenizer, a fifth held out."""
     values = dict(source=source, data_dir="", tokenizer="bpe", val_fraction=0.2)

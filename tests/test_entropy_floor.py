@@ -12,10 +12,11 @@ import math
 
 import numpy as np
 import pytest
+from run_helpers import planted_token_arrays
 
 from crate_jax.data import planted
 from crate_jax.data.references import document_in_window, reference_losses
-from crate_jax.data.token_arrays import prepare_token_arrays, read_planted_truth
+from crate_jax.data.token_arrays import read_planted_truth
 from crate_jax.data.tokenizer import load_saved_tokenizer
 from crate_jax.interp.activations.capture import evaluation_sequences
 from crate_jax.interp.ground_truth import loss_above_floor
@@ -26,12 +27,8 @@ SEQ_LEN = 64
 @pytest.fixture(scope="module")
 def planted_data(tmp_path_factory):
     """Real planted token arrays (word tokenizer), their truth, and words by token id."""
-    from configs import crate
-
-    config = crate.get_config("tiny")
-    config.data.update(dict(source="planted:1000", tokenizer="word"))
     workdir = tmp_path_factory.mktemp("planted")
-    tokens = prepare_token_arrays(config.data, 128, workdir)
+    tokens = planted_token_arrays(workdir, 1000)
     tokenizer = load_saved_tokenizer("word", workdir / "data", 128)
     return tokens, workdir / "data", tokenizer
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_helpers import planted_token_arrays
 
 from configs import no_ista
 from crate_jax.data import planted
@@ -213,10 +214,8 @@ def test_loss_above_floor_pairs_each_prediction_with_its_own_token():
 @pytest.fixture(scope="module")
 def planted_validation(tmp_path_factory):
     """`(sequences [count, 64], labels, feature names, tokenizer)` of a small planted corpus."""
-    config = no_ista.get_config("tiny")
-    config.data.update(dict(source="planted:600", tokenizer="word"))
     workdir = tmp_path_factory.mktemp("planted")
-    tokens = prepare_token_arrays(config.data, 128, workdir)
+    tokens = planted_token_arrays(workdir, 600)
     truth = read_planted_truth(workdir / "data")
     count = tokens.validation.size // 64
     sequences = np.asarray(tokens.validation[:count * 64], np.int32).reshape(count, 64)
