@@ -64,8 +64,8 @@ def test_each_ablation_gets_one_sentence_from_its_holm_adjusted_tests():
         "comparisons, family-wise error 5%; with 5 runs a side, differences of 0.12 to 0.15 or "
         "more are detected with 80% power.)"]
     markdown = answer_markdown(_study())
-    assert "| B: standard_attention − crate | attn | 0.010 [-0.050, 0.070], p 1.000 | -0.093 " \
-           "[-0.169, -0.027], p 0.010 |" in markdown
+    assert "| B: standard_attention − crate | attn | 0.010 [-0.050, 0.070], p = 1.000 | -0.093 " \
+           "[-0.169, -0.027], p = 0.010 |" in markdown
     assert "gpt2" not in markdown  # the answer holds only the like-for-like ablations
     assert "| A: no_ista − crate | ista |" not in markdown  # no_ista has no ista site
 

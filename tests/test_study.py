@@ -172,6 +172,8 @@ def test_the_report_puts_every_score_beside_its_controls(miniature):
         assert gain["unpaired"] == sum(left for _, left in expected)
         assert gain["ci_low"] <= gain["mean"] <= gain["ci_high"]
         assert f"{site}/top_and_random/other_neuron" in row
+        reference = row[f"{site}/top_and_random/token_reference"]
+        assert reference["n"] == 2 and -1 <= reference["mean"] <= 1
     gains = [c for c in report["answer"]["comparisons"] if c["site"] == "attn"][0]
     theirs, ours = (_paired_gains(workdir, v, "attn") for v in ("crate", "no_ista"))
     welch = stats.ttest_ind([g for g, _ in ours], [g for g, _ in theirs], equal_var=False)

@@ -95,11 +95,12 @@ def _change_text(site: str, key: str, difference: dict) -> str:
     low, high = sorted((abs(difference["ci_low"]), abs(difference["ci_high"])))
     verb = "raises" if difference["difference"] > 0 else "lowers"
     return f"{verb} {site} {_NAMES[key]} by {abs(difference['difference']):.2f} " \
-           f"[{low:.2f}, {high:.2f}] (Holm p = {_p_text(difference['p_holm'])})"
+           f"[{low:.2f}, {high:.2f}] (Holm p {_p_text(difference['p_holm'])})"
 
 
 def _p_text(p: float) -> str:
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
+    """`= 0.012` or `< 0.001`."""
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
 
 
 def answer_sentences(rows: list[dict]) -> list[str]:

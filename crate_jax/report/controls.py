@@ -14,7 +14,7 @@ models' mean explanation score:
   score can be there before any learning;
 - `token_reference`: the context-free per-token reference (each held-out token simulated by the
   neuron's mean activation on that token in evaluation text outside the neuron's records, see
-  `token_oracle`), and `above_token_reference`, how many neurons' explanations beat it. It is a
+  `token_reference`), and `above_token_reference`, how many neurons' explanations beat it. It is a
   reference, not a bound: its means are fitted on text outside the records, mostly low
   activations, while the scored top records are chosen for high ones;
 - `gain_vs_crate`: whether an ablation changes the gain over the untrained control: the ablated
@@ -36,7 +36,7 @@ from crate_jax.statistics import paired_run_gain, run_difference, run_interval, 
 
 SHOWN_SPLIT = "top_and_random"  # the split of the controls table in ablation.md, page, README
 KINDS = ("score", "token_reference", "other_neuron")
-_FIELDS = {"score": "scores", "token_reference": "oracle_scores",
+_FIELDS = {"score": "scores", "token_reference": "token_reference_scores",
            "other_neuron": "baseline_scores"}  # where each kind sits in a scores.jsonl line
 
 
