@@ -188,8 +188,9 @@ def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>crate_jax ablation "
             f"study</title><style>{_STYLE}</style></head><body>"
             f"<h1>Ablation study</h1><p>Variants: {html.escape(study['variants'])}; seeds: "
-            f"{html.escape(str(study['seeds']))}. Scores are mean [95% CI] over neurons and "
-            "seeds; “vs CRATE” columns are differences with their own intervals; reference "
+            f"{html.escape(str(study['seeds']))}. Every number is a mean over training runs [95% t "
+            "interval over runs]; “vs CRATE” columns are differences over runs (Welch's t, "
+            "Holm-adjusted p in the answer); reference "
             "losses are nats/token of count-based models on the same validation targets.</p>"
             f"{_warning_html(rows)}"
             f'<h2>Answer</h2>{answer}<div id="answer">{sentences}</div>'

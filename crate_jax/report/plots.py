@@ -1,8 +1,9 @@
 """The study's figures (PNG, matplotlib, sized for a paper column), from run artifacts alone.
 
 - `scores_by_layer_<split>.png`: mean score per layer for each variant, one panel per site,
-  with 95% bootstrap intervals over neurons and seeds, and its controls as markers of the same
-  colour: the untrained controls' mean (open circles) and the token reference's (crosses);
+  with 95% t intervals over runs (each run's mean over its neurons), and its controls as markers
+  of the same colour: the untrained controls' mean (open circles) and the token reference's
+  (crosses);
 - `sparsity_by_layer.png`: fraction of exact zeros per layer, one panel per site;
 - `validation_loss.png`: validation loss against training step, one line per run, with the
   reference losses of the data (unigram, bigram, entropy floor) as labelled horizontal lines;
