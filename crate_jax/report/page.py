@@ -33,7 +33,7 @@ from crate_jax.report.controls import controls_cells
 from crate_jax.report.floor_gap import EXPLANATION as FLOOR_EXPLANATION
 from crate_jax.report.floor_gap import floor_gap_cells
 from crate_jax.report.run_files import neuron_statistics, score_lines
-from crate_jax.report.text import Cell
+from crate_jax.report.text import Cell, seeds_text
 
 NEURONS_PER_SITE = 2  # the best and the worst explained firing neuron of each site, per variant
 MIN_FIRING_TOKENS = 5
@@ -187,8 +187,8 @@ def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
     sentences = "".join(f"<p>{html.escape(s)}</p>" for s in answer_sentences(rows))
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>crate_jax ablation "
             f"study</title><style>{_STYLE}</style></head><body>"
-            f"<h1>Ablation study</h1><p>Variants: {html.escape(study['variants'])}; seeds: "
-            f"{html.escape(str(study['seeds']))}. Every number is a mean over training runs [95% t "
+            f"<h1>Ablation study</h1><p>Variants: {html.escape(study['variants'])}; "
+            f"{html.escape(seeds_text(study))}. Every number is a mean over training runs [95% t "
             "interval over runs]; “vs CRATE” columns are differences over runs (Welch's t, "
             "Holm-adjusted p in the answer); reference "
             "losses are nats/token of count-based models on the same validation targets.</p>"

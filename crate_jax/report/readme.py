@@ -40,7 +40,13 @@ from crate_jax.report.answer import answer_markdown, answer_sentences
 from crate_jax.report.controls import controls_markdown
 from crate_jax.report.floor_gap import floor_gap_cells
 from crate_jax.report.study_report import not_a_study
-from crate_jax.report.text import interval_text, markdown_rows, reference_text, training_text
+from crate_jax.report.text import (
+    interval_text,
+    markdown_rows,
+    reference_text,
+    seeds_text,
+    training_text,
+)
 
 BLOCKS = ("facts", "answer", "controls", "table", "floor", "truth")
 
@@ -60,7 +66,7 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
     train, interp = config["train"], config["interp"]
     seeds = max(len(r) for r in runs.values())
     text = (f"Study: {len(runs)} variants x {seeds} seed{'s' if seeds > 1 else ''} "
-            f"({_seed_text(study)}); "
+            f"({seeds_text(study)}); "
             f"{train['num_steps']} steps of {train['batch_size']} x {train['seq_len']} tokens "
             f"per run; {interp['neurons_per_layer']} neurons per site and layer scored with "
             f"`{summary['explainer']}` on {summary['evaluation_tokens']:,} held-out tokens"
@@ -97,22 +103,6 @@ def _in_window_text(row: dict) -> str:
     return (f" (conditioned on whole documents; {first['floor_in_window']:.3f} on the "
             f"{first['in_window_fraction']:.0%} of targets whose document starts in their window, "
             "the floor a model that sees the window can reach)")
-
-
-def _seed_text(study: dict) -> str:
-    """`seeds 0-4` or, where variants have seeds of their own, each variant's."""
-    per_variant = study.get("variant_seeds") or {}
-    spans = {name: _span(seeds) for name, seeds in per_variant.items()}
-    if len(set(spans.values())) <= 1:
-        return f"seeds {next(iter(spans.values()), study.get('seeds', '?'))}"
-    return "seeds " + ", ".join(f"{span} for {name}" for name, span in spans.items())
-
-
-def _span(seeds: list[int]) -> str:
-    ordered = sorted(seeds)
-    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 2:
-        return f"{ordered[0]}-{ordered[-1]}"
-    return ",".join(map(str, ordered))
 
 
 def compact_table(rows: list[dict]) -> str:

@@ -29,6 +29,23 @@ def interval_text(stats: dict | None, key: str = "mean") -> str:
     return f"{stats[key]:.3f} [{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]"
 
 
+def seeds_text(study: dict) -> str:
+    """`seeds 0-4` or, where variants have seeds of their own, each variant's: from a study's
+    `study.json`, for the README and the page."""
+    per_variant = study.get("variant_seeds") or {}
+    spans = {name: _span(seeds) for name, seeds in per_variant.items()}
+    if len(set(spans.values())) <= 1:
+        return f"seeds {next(iter(spans.values()), study.get('seeds', '?'))}"
+    return "seeds " + ", ".join(f"{span} for {name}" for name, span in spans.items())
+
+
+def _span(seeds: list[int]) -> str:
+    ordered = sorted(seeds)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)) and len(ordered) > 2:
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ",".join(map(str, ordered))
+
+
 def reference_text(row: dict, key: str) -> str:
     value = (row.get("references") or {}).get(key)
     return "n/a" if value is None else f"{value:.3f}"
