@@ -44,3 +44,13 @@ def test_benchmark_reports_every_column_and_its_provenance(tmp_path):
     table = finished.stdout
     assert "| variant |" in table and "| gpt2 |" in table
     assert "n/a on cpu" in table
+
+
+def test_statistics_calibration_runs_and_tables_both_procedures():
+    """The calibration the README quotes, at a size of seconds: a table with a row per run count."""
+    command = [sys.executable, "benchmarks/statistics_calibration.py", "--runs=3",
+               "--replicates=20", "--bootstrap_samples=50", "--neurons=32"]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    rows = [line for line in finished.stdout.splitlines() if line.startswith("| 3 |")]
+    assert len(rows) == 1 and rows[0].count("%") == 4
