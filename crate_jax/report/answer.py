@@ -137,7 +137,8 @@ def answer_sentences(rows: list[dict]) -> list[str]:
 
 
 def _resolution(comparisons: list[dict]) -> str:
-    """`; ... detectable with 80% power: 0.03-0.11`: what "no detectable change" can mean."""
+    """`; with 5 runs a side, differences of 0.06 to 0.21 or more are detected with 80% power`:
+    what "no detectable change" can mean for these comparisons."""
     judged = [c[key] for c in comparisons for key in COMPARED
               if c[key] and math.isfinite(c[key].get("detectable", math.nan))]
     if not judged:
