@@ -99,13 +99,16 @@ def activation_mass_shares(activations: np.ndarray, labels: np.ndarray) -> np.nd
 
 
 def feature_selectivity(activations: np.ndarray, labels: np.ndarray,
-                        aurocs: np.ndarray | None = None) -> np.ndarray:
+                        aurocs: np.ndarray | None = None,
+                        shares: np.ndarray | None = None) -> np.ndarray:
     """`[neurons, features]`: `min(2 AUROC - 1, (share - p) / (1 - p))` (module docstring); 0
-    for a constant neuron, NaN for a feature on no token or on every token."""
+    for a constant neuron, NaN for a feature on no token or on every token. `aurocs` and
+    `shares` (`feature_aurocs`, `activation_mass_shares`) are computed when not given."""
     if aurocs is None:
         aurocs = feature_aurocs(activations, labels)
+    if shares is None:
+        shares = activation_mass_shares(activations, labels)
     base_rate = labels.mean(axis=0, dtype=np.float64)
-    shares = activation_mass_shares(activations, labels)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = (shares - base_rate) / (1.0 - base_rate)
     precision[np.isnan(shares).all(axis=1)] = 0.0  # no mass above the mean: on no feature
@@ -123,8 +126,8 @@ def layer_ground_truth(activations: np.ndarray, labels: np.ndarray,
     `features`, recovery and each neuron's best feature.
     """
     aurocs = feature_aurocs(activations, labels)
-    selectivity = feature_selectivity(activations, labels, aurocs)
     shares = activation_mass_shares(activations, labels)
+    selectivity = feature_selectivity(activations, labels, aurocs, shares)
     positives = labels.sum(axis=0)
     judged_feature = ((positives >= MIN_JUDGED_TOKENS)
                       & (labels.shape[0] - positives >= MIN_JUDGED_TOKENS))

@@ -111,26 +111,29 @@ def ground_truth_by_site(truth: dict | None) -> dict[str, dict[str, float]]:
         entries = list(layers.values())
         if not entries:
             continue
-        spearman = [(_number(e["score_vs_truth"].get("spearman")), e["score_vs_truth"]["n"])
-                    for e in entries if e.get("score_vs_truth") and e["score_vs_truth"].get("n")]
-        spearman = [(r, n) for r, n in spearman if math.isfinite(r)]
-        weight = sum(n for _, n in spearman)
+        spearman = [(_number(e["score_vs_truth"].get("spearman")), e["score_vs_truth"].get("n", 0))
+                    for e in entries if e.get("score_vs_truth")]
         best: dict[str, float] = {}
         for entry in entries:
             for name, feature in entry.get("features", {}).items():
                 best[name] = max(best.get(name, -math.inf), _number(feature.get("auroc")))
         selectivity = [(_number(e.get("mean_selectivity")), e.get("judged_neurons", 0))
                        for e in entries]
-        selectivity = [(s, n) for s, n in selectivity if math.isfinite(s) and n]
-        judged = sum(n for _, n in selectivity)
         pooled[site] = {
             "recovery": (sum(a >= threshold for a in best.values()) / len(best) if best
                          else math.nan),
-            "mean_selectivity": (sum(s * n for s, n in selectivity) / judged if judged
-                                 else math.nan),
+            "mean_selectivity": _weighted_mean(selectivity),
             "too_few_firing": sum(e.get("too_few_firing", 0) for e in entries),
-            "spearman": sum(r * n for r, n in spearman) / weight if weight else math.nan}
+            "spearman": _weighted_mean(spearman)}
     return pooled
+
+
+def _weighted_mean(pairs: list[tuple[float, int]]) -> float:
+    """`sum(value * weight) / sum(weight)` over the finite values of positive weight; NaN if
+    there are none."""
+    kept = [(value, weight) for value, weight in pairs if math.isfinite(value) and weight]
+    total = sum(weight for _, weight in kept)
+    return sum(value * weight for value, weight in kept) / total if total else math.nan
 
 
 def neuron_statistics(run_dir: Path, site: str, layer: int) -> dict[int, dict[str, float]]:
