@@ -191,7 +191,7 @@ def answer_markdown(rows: list[dict]) -> str:
     """`## Answer`: the short table of differences, then one sentence per compared variant."""
     header, body = answer_cells(rows)
     table = markdown_rows(header, body) + "\n" if body else ""
-    gains = any(c[key] for c in answer_rows(rows) for key in GAINS)
+    gains = any(f"{_NAMES[key]} vs CRATE" in header for key in GAINS)  # columns shown
     return ("## Answer\n\nDifference from CRATE on each site both have, over training runs: "
             "mean [95% Welch t interval over runs], p = Holm-adjusted p over every comparison "
             f"in this table; a change is detected where p < {FAMILY_ERROR:g}."
