@@ -103,8 +103,14 @@ def get_config(arg=None):
         quantile_bins=5,         # Anthropic-style bins of the per-sequence max activation
         per_bin=4,
         eps=1e-3,                # |a| <= eps counts as zero in the near-zero sparsity columns
-        explainer="token_lookup",  # token_lookup (offline, deterministic) | llm
+        explainer="token_lookup",  # the headline scores' explainer: token_lookup | ngram
+                                 # (offline, deterministic) | llm | truth (planted corpus's
+                                 # control: names the neuron's best planted feature)
+        compared_explainers="",  # comma-separated further explainers, each scored the same way
+                                 # (interp/explainers/<name>/) and checked against the truth
         lookup_tokens=10,        # tokens listed by a token_lookup explanation
+        ngram_patterns=10,       # patterns in an ngram explanation
+        ngram_context=8,         # preceding tokens an ngram pattern may name
         random_baseline=True,    # also score each neuron with another neuron's explanation
         token_table_entries=2**20,  # token reference: per-token sums kept per site and layer
                                  # (token ids x sampled neurons, 8 bytes each while streaming;

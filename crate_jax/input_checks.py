@@ -16,11 +16,13 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from crate_jax.interp.evaluate import requested_sites
-from crate_jax.interp.explanations.backends import make_backend
+from crate_jax.interp.explanations.backends import explainer_kinds, make_backend
 from crate_jax.interp.explanations.llm_backend import SimulationMode
 from crate_jax.interp.explanations.splits import check_record_protocol
+from crate_jax.interp.explanations.truth_control import PlantedLabels
 from crate_jax.layout import RunLayout
 from crate_jax.model import ConfigError, model_from_config
 from crate_jax.train.metrics import read_metrics
@@ -94,11 +96,16 @@ _INTERP_RULES: dict[str, Rule] = {
     "interp.per_bin": _integer(0),
     "interp.eps": _number(0),
     "interp.lookup_tokens": _COUNT,
+    "interp.ngram_patterns": _COUNT,
+    "interp.ngram_context": _COUNT,
     "interp.token_table_entries": _COUNT,
     "interp.workers": _COUNT,
     "interp.bootstrap_samples": _COUNT,
     "interp.seed": _SEED,
 }
+
+# Checking `truth`'s config needs no labels yet: the data are prepared later.
+_NO_LABELS_NEEDED = PlantedLabels(np.zeros((0, 0), bool), [])
 
 _LLM_RULES: dict[str, Rule] = {
     "interp.llm.timeout_s": _number(0, low_open=True),
@@ -196,13 +203,20 @@ def _check_interp(config, model) -> None:
                           f"{config.model.max_len}; lower interp.seq_len")
     check_record_protocol(interp.protocol, interp.top_k, interp.random_k)
     requested_sites(config, model)
-    if interp.explainer == "llm":
+    kinds = explainer_kinds(interp)
+    if "llm" in kinds:
         _check_rules(config, _LLM_RULES)
         modes = typing.get_args(SimulationMode)
         if interp.llm.simulator_mode not in modes:
             raise ConfigError(f"interp.llm.simulator_mode={interp.llm.simulator_mode!r} is not "
                               f"one of {', '.join(modes)}")
-    make_backend(interp)  # the explainer's name and its needs (interp.llm.model), offline
+    if "truth" in kinds and config.data.source != "planted":
+        raise ConfigError(f"interp.explainer={interp.explainer!r}, interp.compared_explainers="
+                          f"{interp.compared_explainers!r}: 'truth' is the planted corpus's "
+                          f"control; it needs data.source='planted', not "
+                          f"{config.data.source!r}")
+    for kind in kinds:  # each one's needs (interp.llm.model), offline
+        make_backend(interp, kind, truth=_NO_LABELS_NEEDED)
 
 
 def _check_rules(config, rules: dict[str, Rule]) -> None:

@@ -12,9 +12,12 @@ or moved here once. A run's workdir (`RunLayout`):
     metrics.jsonl, tensorboard/    training and validation metrics
     interp/                        the `interp` stage:
         inputs.json                what everything below was computed from (`freshness`)
-        records/<site>/layer_<l>.jsonl, layer_<l>_statistics.npz, layer_<l>_token_means.npz
+        records/<site>/layer_<l>.jsonl, layer_<l>_statistics.npz, layer_<l>_token_means.npz,
+                    layer_<l>_positions.npz
         sparsity.json
-        scores/<site>/layer_<l>/   explanations.jsonl, scores.jsonl (`LayerScoresLayout`)
+        scores/<site>/layer_<l>/   explanations.jsonl, scores.jsonl (`LayerScoresLayout`) of
+                                   `interp.explainer`
+        explainers/<kind>/<site>/layer_<l>/  the same, of each `interp.compared_explainers`
         summary.json, report.md, ground_truth.json (planted corpus only)
     interp.stale-<N>/              an `interp/` whose inputs changed, moved aside
 
@@ -165,6 +168,11 @@ class RunLayout:
         """Per-neuron max, firing frequency and moments, for the neurons of `records`."""
         return self.records_dir / site / f"{_layer(layer)}_statistics.npz"
 
+    def record_positions(self, site: str, layer: int) -> Path:
+        """Where each record of `records` starts in the evaluation text (`records.attach_starts`):
+        what the planted truth of a record's tokens is looked up by."""
+        return self.records_dir / site / f"{_layer(layer)}_positions.npz"
+
     def token_means(self, site: str, layer: int) -> Path:
         """Per-token activation sums and counts of the layer's sampled neurons outside their
         records, whence the token reference's predictions (`interp/activations/token_means.py`)."""
@@ -179,8 +187,18 @@ class RunLayout:
     def scores_dir(self) -> Path:
         return self.interp / "scores"
 
-    def layer_scores(self, site: str, layer: int) -> LayerScoresLayout:
-        return LayerScoresLayout(self.scores_dir / site / _layer(layer))
+    def explainer_scores_dir(self, explainer: str | None = None) -> Path:
+        """`scores_dir` for the headline explainer (None), else that compared explainer's."""
+        return self.scores_dir if explainer is None else self.interp / "explainers" / explainer
+
+    def compared_explainers(self) -> list[str]:
+        """The compared explainers with a scores folder, sorted by name."""
+        folder = self.interp / "explainers"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+    def layer_scores(self, site: str, layer: int,
+                     explainer: str | None = None) -> LayerScoresLayout:
+        return LayerScoresLayout(self.explainer_scores_dir(explainer) / site / _layer(layer))
 
     def scores(self, site: str, layer: int) -> Path:
         return self.layer_scores(site, layer).scores
@@ -197,13 +215,15 @@ class RunLayout:
         return sorted(_layer_number(path.name) for path in folder.glob(_layer("*"))
                       if path.is_dir())
 
-    def score_files(self, site: str | None = None) -> list[tuple[str, int, Path]]:
+    def score_files(self, site: str | None = None,
+                    explainer: str | None = None) -> list[tuple[str, int, Path]]:
         """`(site, layer, scores.jsonl)` of every scored layer of `site` (None: of every site),
         in the order of their paths (`layer_10` before `layer_2`): the order the report pools
-        neurons in, so its bootstrap intervals stay the same."""
+        neurons in, so its bootstrap intervals stay the same); of the headline explainer (None)
+        or of a compared one."""
         pattern = f"{'*' if site is None else site}/{_layer('*')}/{_SCORES_FILE}"
         return [(path.parent.parent.name, _layer_number(path.parent.name), path)
-                for path in sorted(self.scores_dir.glob(pattern))]
+                for path in sorted(self.explainer_scores_dir(explainer).glob(pattern))]
 
     @property
     def summary(self) -> Path:

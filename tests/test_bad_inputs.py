@@ -102,6 +102,8 @@ BAD_VALUES = [
     # crate has ista, attn and resid sites
     ("interp.sites", "mlp", InterpretabilityError, "interp.sites asks for mlp"),
     ("interp.explainer", "llm", ConfigError, "interp.llm.model"),  # an llm without a model
+    # the truth control needs the planted corpus (configs/crate.py reads stdlib)
+    ("interp.compared_explainers", "ngram,truth", ConfigError, "'truth' is the planted"),
     ("stages", "trian", ConfigError, "config.stages='trian': unknown stage"),
 ]
 
@@ -130,6 +132,8 @@ def test_bad_config_values_fail_before_any_work(key, value, error, named, tmp_pa
     ("seed", -1), ("interp.num_sequences", 0), ("interp.seq_len", 0), ("interp.window", 0),
     ("interp.batch_size", 0), ("interp.top_k", -1), ("interp.workers", 0),
     ("interp.bootstrap_samples", 0), ("interp.eps", -1.0), ("interp.explainer", "gpt"),
+    ("interp.compared_explainers", "gpt"), ("interp.ngram_patterns", 0),
+    ("interp.ngram_context", 0),
     ("interp.llm.max_retries", -1), ("interp.llm.max_concurrency", 0),
     ("interp.llm.timeout_s", 0.0), ("interp.llm.simulator_mode", "chat"),
 ])

@@ -58,7 +58,8 @@ def test_evaluation_writes_records_scores_summary_and_report(prepared, trained, 
     line = json.loads((interp / "scores" / "ista" / "layer_0" / "scores.jsonl")
                       .read_text().splitlines()[0])
     assert set(line["scores"]) | set(line["failures"]) == {
-        "top_and_random", "random_only", "top_only", "anthropic"}
+        "top_and_random", "random_only", "top_only", "anthropic", "detection",
+        "detection_auroc", "fuzzing"}
     assert line["explanation"].startswith(("fires on:", "never fires"))
 
 

@@ -27,10 +27,11 @@ from crate_jax.interp.activations.capture import (
     mine_records,
     read_records,
 )
-from crate_jax.interp.explanations.backends import make_backend
+from crate_jax.interp.explanations.backends import explainer_kinds, make_backend
 from crate_jax.interp.explanations.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.explanations.splits import check_record_protocol
 from crate_jax.interp.explanations.token_reference import TokenReference
+from crate_jax.interp.explanations.truth_control import PlantedLabels
 from crate_jax.interp.freshness import claim_outputs, interp_inputs
 from crate_jax.interp.ground_truth import (
     MIN_JUDGED_TOKENS,
@@ -38,6 +39,7 @@ from crate_jax.interp.ground_truth import (
     capture_all_neurons,
     layer_ground_truth,
     loss_above_floor,
+    score_validity,
     score_vs_truth,
 )
 from crate_jax.interp.run_summary import layer_summary, markdown_report
@@ -97,44 +99,55 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
         write_json_atomically(layout.sparsity, sparsity)
     sparsity = _read_json(layout.sparsity)
 
-    explainer, simulator = make_backend(interp)
-    summary_sites: dict = {}
-    top_and_random: dict = {}
+    truth = read_planted_truth(layout.data_dir)
+    labels = (PlantedLabels(truth["labels"][:sequences.size], truth["features"])
+              if truth is not None else None)
+    kinds = explainer_kinds(interp)
+    scored: dict = {}  # {kind: {(site, layer): {neuron: scores}}}
+    layer_summaries: dict = {}  # {kind: {site: {layer: summary}}}
     entries: list[dict] = []
-    for site in sites:
-        summary_sites[site] = {}
-        for layer in range(model.config.num_layers):
-            neurons = read_records(layout.records(site, layer))
-            layer_dir = layout.layer_scores(site, layer).directory
-            layer_dir.mkdir(parents=True, exist_ok=True)
-            explanations = explain_layer(neurons, explainer, layer_dir, interp.workers,
-                                         record_protocol=interp.protocol,
-                                         retry_failed=interp.retry_failed)
-            scores = score_layer(neurons, explanations, simulator, layer_dir,
-                                 random_baseline=interp.random_baseline, seed=interp.seed,
-                                 layer=layer, workers=interp.workers,
-                                 record_protocol=interp.protocol,
-                                 retry_failed=interp.retry_failed,
-                                 reference=TokenReference(layout.token_means(site, layer), decode))
-            entries.extend(scores.values())
-            top_and_random[site, layer] = {index: entry["scores"].get("top_and_random")
-                                           for index, entry in scores.items()}
-            summary_sites[site][str(layer)] = layer_summary(
-                scores, sparsity[site][str(layer)], samples=interp.bootstrap_samples,
-                seed=interp.seed)
-            _say(f"interp: {site} layer {layer}: {len(scores)} neurons scored")
+    for number, kind in enumerate(kinds):
+        explainer, simulator, judge = make_backend(interp, kind, labels)
+        headline = number == 0
+        scored[kind], layer_summaries[kind] = {}, {}
+        for site in sites:
+            layer_summaries[kind][site] = {}
+            for layer in range(model.config.num_layers):
+                neurons = read_records(layout.records(site, layer),
+                                       layout.record_positions(site, layer))
+                layer_dir = layout.layer_scores(site, layer,
+                                                None if headline else kind).directory
+                layer_dir.mkdir(parents=True, exist_ok=True)
+                explanations = explain_layer(neurons, explainer, layer_dir, interp.workers,
+                                             record_protocol=interp.protocol,
+                                             retry_failed=interp.retry_failed)
+                reference = TokenReference(layout.token_means(site, layer), decode)
+                scores = score_layer(neurons, explanations, simulator, layer_dir,
+                                     random_baseline=interp.random_baseline, seed=interp.seed,
+                                     layer=layer, workers=interp.workers,
+                                     record_protocol=interp.protocol,
+                                     retry_failed=interp.retry_failed,
+                                     reference=reference if headline else None, judge=judge)
+                if headline:
+                    entries.extend(scores.values())
+                scored[kind][site, layer] = {index: entry["scores"]
+                                             for index, entry in scores.items()}
+                layer_summaries[kind][site][str(layer)] = layer_summary(
+                    scores, sparsity[site][str(layer)], samples=interp.bootstrap_samples,
+                    seed=interp.seed)
+                _say(f"interp: {kind}: {site} layer {layer}: {len(scores)} neurons scored")
     check_failures(entries, interp)
 
-    truth = read_planted_truth(layout.data_dir)
     if truth is not None:
         _say("interp: ground truth of the planted features")
         ground_truth = planted_ground_truth(model, params, sequences, sites, interp.batch_size,
-                                            truth, top_and_random, tokenizer.end_of_text)
+                                            truth, scored, kinds[0], tokenizer.end_of_text)
         write_json_atomically(layout.ground_truth, ground_truth)
     elapsed = time.perf_counter() - started
     summary = {"variant": config.variant, "size": config.size, "checkpoint_step": step,
                "explainer": interp.explainer, "seed": interp.seed,
-               "evaluation_tokens": int(sequences.size), "sites": summary_sites,
+               "evaluation_tokens": int(sequences.size), "sites": layer_summaries[kinds[0]],
+               "compared_explainers": {kind: layer_summaries[kind] for kind in kinds[1:]},
                "config": config.interp.to_dict(), "versions": package_versions(),
                "seconds_this_run": elapsed, "neurons_scored": len(entries)}
     write_json_atomically(layout.summary, summary)
@@ -163,13 +176,15 @@ def check_failures(entries: list[dict], interp) -> None:
 
 
 def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch_size: int,
-                         truth: dict, top_and_random: dict, end_of_text: int) -> dict:
+                         truth: dict, scored: dict, headline: str, end_of_text: int) -> dict:
     """`ground_truth.json`: per site and layer, how the neurons encode the planted features
-    (recovery, each neuron's selectivity; `ground_truth.layer_ground_truth`), and how each
-    layer's explanation scores rank against that truth.
+    (recovery, each neuron's selectivity; `ground_truth.layer_ground_truth`) and how the
+    headline explainer's top-and-random scores rank against that truth; per explainer, site
+    and score, that rank correlation over the site's neurons (`validity`).
 
-    `truth` is the data's planted validation truth; the evaluation sequences are the first
-    validation tokens, so its first `sequences.size` label rows describe them in order.
+    `scored`: `{explainer: {(site, layer): {neuron: {score: value}}}}`. `truth` is the data's
+    planted validation truth; the evaluation sequences are the first validation tokens, so its
+    first `sequences.size` label rows describe them in order.
     """
     labels = truth["labels"][:sequences.size]
     names = [str(name) for name in truth["features"]]
@@ -183,8 +198,16 @@ def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch
         result["sites"][site] = {}
         for layer in range(model.config.num_layers):
             entry = layer_ground_truth(activations[site][layer], labels, names)
-            entry["score_vs_truth"] = score_vs_truth(entry, top_and_random[site, layer])
+            entry["score_vs_truth"] = score_vs_truth(
+                entry, {index: scores.get("top_and_random")
+                        for index, scores in scored[headline][site, layer].items()})
             result["sites"][site][str(layer)] = entry
+    result["validity"] = {
+        kind: {site: score_validity(result["sites"][site],
+                                    {str(layer): by_layer[site, layer]
+                                     for layer in range(model.config.num_layers)})
+               for site in sites}
+        for kind, by_layer in scored.items()}
     return result
 
 

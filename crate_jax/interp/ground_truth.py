@@ -176,8 +176,41 @@ def score_vs_truth(layer_truth: dict, scores: dict[int, float]) -> dict:
     are left out, as are neurons too few firing to judge, whose selectivity is None).
     """
     selectivity = layer_truth["neurons"]["selectivity"]
-    pairs = [(score, selectivity[neuron]) for neuron, score in scores.items()
-             if score is not None and math.isfinite(score) and selectivity[neuron] is not None]
+    return _spearman([(score, selectivity[neuron]) for neuron, score in scores.items()
+                      if score is not None and math.isfinite(score)
+                      and selectivity[neuron] is not None])
+
+
+# What a score is checked against: each neuron's selectivity for its most selective feature
+# (the truth measure above) and that feature's AUROC (recall-like only).
+VALIDITY_MEASURES = {"selectivity": "selectivity", "best_auroc": "best_auroc"}
+
+
+def score_validity(site_truth: dict[str, dict],
+                   scores: dict[str, dict[int, dict]]) -> dict[str, dict]:
+    """How each score of one explainer tracks the truth over one site's neurons, all layers
+    pooled: `{score: {measure: {"spearman", "n"}}}` (`VALIDITY_MEASURES`).
+
+    `site_truth`: `{layer: layer_ground_truth(...)}`; `scores`: `{layer: {neuron: {score:
+    value}}}`. Neurons too few firing to judge, and scores that are None or NaN, are left out.
+    """
+    names = sorted({name for by_neuron in scores.values() for neuron_scores in by_neuron.values()
+                    for name in neuron_scores})
+    result = {}
+    for name in names:
+        result[name] = {}
+        for measure, field in VALIDITY_MEASURES.items():
+            pairs = [(value, site_truth[layer]["neurons"][field][neuron])
+                     for layer, by_neuron in scores.items()
+                     for neuron, neuron_scores in by_neuron.items()
+                     if (value := neuron_scores.get(name)) is not None and math.isfinite(value)
+                     and site_truth[layer]["neurons"][field][neuron] is not None]
+            result[name][measure] = _spearman(pairs)
+    return result
+
+
+def _spearman(pairs: list[tuple[float, float]]) -> dict:
+    """`{"spearman", "n"}` of (x, y) pairs; NaN with fewer than 3 or a constant side."""
     result = {"n": len(pairs), "spearman": math.nan}
     if len(pairs) >= 3:
         values = np.asarray(pairs, np.float64)

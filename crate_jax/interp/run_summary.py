@@ -12,10 +12,10 @@ import math
 
 import numpy as np
 
-from crate_jax.interp.explanations.neuron_scoring import PROTOCOL_OF_SPLIT
+from crate_jax.interp.explanations.neuron_scoring import SCORES
 from crate_jax.statistics import neuron_interval
 
-SPLITS = tuple(PROTOCOL_OF_SPLIT)
+SPLITS = SCORES
 
 
 def mean_with_confidence_interval(scores: list[float], *, samples: int, seed: int) -> dict:
@@ -47,8 +47,8 @@ def layer_summary(scores: dict[int, dict], sparsity: dict, *, samples: int, seed
         if baseline:
             summary["baseline"][split] = mean_with_confidence_interval(baseline,
                                                                        samples=samples, seed=seed)
-        with_reference = [e for e in entries
-                          if "token_reference_scores" in e and split not in e["failures"]]
+        with_reference = [e for e in entries if split in e.get("token_reference_scores", {})
+                          and split not in e["failures"]]
         if with_reference:
             reference = [_number(e["token_reference_scores"].get(split)) for e in with_reference]
             summary["token_reference"][split] = mean_with_confidence_interval(
@@ -85,24 +85,29 @@ def markdown_report(summary: dict) -> str:
              f"tokens; seed {summary['seed']}; scores are Pearson r between simulated and true "
              "activations, mean [95% bootstrap CI] over neurons; NaN = constant simulation.", "",
              "| site | layer | neurons | top-and-random | random-only | top-only | anthropic "
+             "| detection | detection AUROC | fuzzing "
              "| random baseline (t&r) | token reference (t&r) | explanation > reference (t&r) "
              "| NaN scores | zeros | L0/token | dead |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for site, layers in summary["sites"].items():
         for layer, entry in layers.items():
             splits, sparsity = entry["splits"], entry["sparsity"]
-            nans = sum(splits[s]["n_nan"] for s in SPLITS)
+            nans = sum(splits[s]["n_nan"] for s in SPLITS if s in splits)
             above = entry.get("explanation_above_token_reference", {}).get("top_and_random")
             lines.append(
                 f"| {site} | {layer} | {entry['neurons']} | "
-                + " | ".join(_cell(splits[s]) for s in SPLITS)
+                + " | ".join(_cell(splits.get(s, {})) for s in SPLITS)
                 + f" | {_cell(entry['baseline'].get('top_and_random', {}))}"
                 f" | {_cell(entry.get('token_reference', {}).get('top_and_random', {}))}"
                 f" | {_count(above)}"
                 f" | {nans} | "
                 f"{sparsity['zero_fraction']:.3f} | {sparsity['mean_l0']:.1f} | "
                 f"{sparsity['dead_neurons']} |")
-    lines += ["", "Token reference: each held-out token predicted by its mean activation on the "
+    lines += ["", "Detection and fuzzing (after EleutherAI's delphi, `judging`): balanced "
+              "accuracy of the explanation's yes/no judgements of held-out 32-token contexts "
+              "(does the neuron fire here; are the highlighted tokens its firing ones), 0.5 "
+              "= chance; detection AUROC from the simulator's graded answer.",
+              "", "Token reference: each held-out token predicted by its mean activation on the "
               "evaluation text outside the neuron's records, scored the same way: a "
               "context-free per-token reference (not a bound: the scored top records are "
               "chosen for high activations, the means are not); the next column counts the "

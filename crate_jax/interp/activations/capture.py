@@ -17,7 +17,12 @@ import numpy as np
 
 from crate_jax.atomic_files import atomic_path
 from crate_jax.interp.activations.miner import RecordMiner
-from crate_jax.interp.activations.records import NeuronRecord, from_json, to_json
+from crate_jax.interp.activations.records import (
+    NeuronRecord,
+    attach_starts,
+    from_json,
+    to_json,
+)
 from crate_jax.interp.activations.sparsity import SparsityCounter
 from crate_jax.interp.activations.token_means import TokenMeans, frequent_token_ids
 from crate_jax.layout import RunLayout
@@ -111,6 +116,10 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
             for record in miner.neuron_records(layer, range(len(indices)), decode):
                 record.neuron_id.neuron_index = int(indices[record.neuron_id.neuron_index])
                 file.write(to_json(record) + "\n")
+        # Where each record starts in the evaluation text (not a field of OpenAI's records).
+        positions = layout.record_positions(site, layer)
+        with atomic_path(positions) as temporary, open(temporary, "wb") as file:
+            np.savez(file, neuron_index=indices, **miner.record_starts())
         # Per-neuron max and firing frequency (not fields of OpenAI's NeuronRecord) with the
         # moments, for the chosen neurons in file order.
         statistics = layout.record_statistics(site, layer)
@@ -124,8 +133,14 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
             for site in sites}
 
 
-def read_records(path: Path) -> list[NeuronRecord]:
+def read_records(path: Path, positions: Path | None = None) -> list[NeuronRecord]:
+    """The records of one (site, layer); with `positions` (`layout.record_positions`), each
+    record knows where it starts in the evaluation text (`records.attach_starts`)."""
     with open(path) as file:
-        return [from_json(line) for line in file if line.strip()]
+        neurons = [from_json(line) for line in file if line.strip()]
+    if positions is not None:
+        with np.load(positions) as arrays:
+            attach_starts(neurons, dict(arrays))
+    return neurons
 
 

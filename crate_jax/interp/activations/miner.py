@@ -286,6 +286,21 @@ class RecordMiner:
             covered.append((tokens[real].ravel()[first], values[real].ravel()[first]))
         return covered
 
+    def record_starts(self) -> dict[str, np.ndarray]:
+        """Where each neuron's records start in the evaluation text (`sequence * seq_len` plus
+        the window's first position; -1 for no record), in the order `neuron_records` lists
+        them: `top` `[N, top_k]`, `random` `[N, random_k]`, `bins` `[N, bins, per_bin]`."""
+
+        def starts(sequence: np.ndarray, centre: np.ndarray) -> np.ndarray:
+            first = sequence * self.seq_len + window_starts(centre, self.seq_len, self.window)
+            return np.where(sequence >= 0, first, -1)
+
+        random = self.random_records()
+        binned = starts(self._binned.sequence, self._binned.centre)  # [per_bin, bins, N]
+        return {"top": starts(self._top.sequence, self._top.centre).T,
+                "random": starts(random["sequence"], random["centre"]).T,
+                "bins": binned.transpose(2, 1, 0)}
+
     def neuron_records(self, layer_index: int, neuron_indices: Iterable[int],
                        decode: Callable[[int], str]) -> Iterator[NeuronRecord]:
         """One `NeuronRecord` per neuron index; `decode(token_id)` gives a token's text (called

@@ -12,13 +12,21 @@ import json
 import math
 from typing import Any
 
+import numpy as np
+
 
 @dataclasses.dataclass
 class ActivationRecord:
-    """`tokens[i]` (decoded text of one token) and the neuron's activation on it."""
+    """`tokens[i]` (decoded text of one token) and the neuron's activation on it.
+
+    `start`, where known, is the position of `tokens[0]` in the evaluation text (row-major over
+    its sequences). It is not one of OpenAI's fields, so it is not written with the record (it
+    lives in `layer_<l>_positions.npz`, see `attach_starts`).
+    """
 
     tokens: list[str]
     activations: list[float]
+    start: int | None = dataclasses.field(default=None, metadata={"json": False})
 
 
 @dataclasses.dataclass
@@ -51,6 +59,43 @@ class NeuronRecord:
         return max_activation(self.most_positive_activation_records)
 
 
+class ShownTokens(list):
+    """A record's tokens as a simulator or judge is given them: a list of token texts, plus
+    the evaluation-text position of the first (`start`, None where unknown). Only the truth
+    control reads `start` (to look up the planted features of these tokens); every other
+    backend sees a plain list of strings, and never the activations."""
+
+    def __init__(self, tokens, start: int | None = None):
+        super().__init__(tokens)
+        self.start = start
+
+
+def shown_tokens(record: ActivationRecord) -> ShownTokens:
+    return ShownTokens(record.tokens, record.start)
+
+
+def attach_starts(neurons: list[NeuronRecord], positions: dict[str, np.ndarray]) -> None:
+    """Sets `start` on every record of `neurons` from a `layer_<l>_positions.npz`'s arrays:
+    `neuron_index` `[N]`, `top` `[N, top_k]`, `random` `[N, random_k]`, `bins`
+    `[N, bins, per_bin]`, each a start position or -1 for no record (the records lists skip
+    those, in the same order)."""
+    row = {int(n): k for k, n in enumerate(positions["neuron_index"])}
+    for neuron in neurons:
+        k = row[neuron.neuron_id.neuron_index]
+        groups = [(neuron.most_positive_activation_records, positions["top"][k]),
+                  (neuron.random_sample, positions["random"][k])]
+        for records, starts in zip(neuron.random_sample_by_quantile or [], positions["bins"][k],
+                                   strict=False):
+            groups.append((records, starts))
+        for records, starts in groups:
+            real = [int(s) for s in starts if s >= 0]
+            if len(real) != len(records):
+                raise ValueError(f"neuron {neuron.neuron_id.neuron_index}: {len(records)} "
+                                 f"records but {len(real)} positions")
+            for record, start in zip(records, real, strict=True):
+                record.start = start
+
+
 def max_activation(records: list[ActivationRecord]) -> float:
     """The largest activation in `records` (0.0 if there are none): the scale an explanation's
     0-10 activations are given in. Computed over the explanation records only, as OpenAI's
@@ -77,7 +122,8 @@ def from_json(text: str) -> Any:
 
 def _tagged(value: Any) -> Any:
     if dataclasses.is_dataclass(value):
-        fields = {f.name: _tagged(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        fields = {f.name: _tagged(getattr(value, f.name)) for f in dataclasses.fields(value)
+                  if f.metadata.get("json", True)}
         return {"dataclass_name": type(value).__name__, **fields}
     if isinstance(value, (list, tuple)):
         return [_tagged(item) for item in value]

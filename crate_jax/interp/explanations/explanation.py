@@ -53,6 +53,29 @@ class Simulator(Protocol):
         ...
 
 
+class Judge(Protocol):
+    """Delphi-style yes/no scoring of an explanation (detection and fuzzing, `judging.py`).
+
+    Each method returns one value per context; `value >= threshold` is the judge's "yes". A
+    yes/no judge returns 0.0 or 1.0 (threshold 1.0); a graded judge (a simulator's predictions,
+    an LLM's probability of "yes") returns more values, so AUROC can be computed from them.
+    Raises `SimulationFailure` for unparsable output, `BackendError` when unreachable.
+    """
+
+    threshold: float
+
+    def detect(self, explanation: Explanation,
+               contexts: Sequence[Sequence[str]]) -> list[float]:
+        """Does the neuron fire anywhere in each context (tokens shown, nothing highlighted)?"""
+        ...
+
+    def fuzz(self, explanation: Explanation, contexts: Sequence[Sequence[str]],
+             highlighted: Sequence[Sequence[bool]]) -> list[float]:
+        """Are the highlighted tokens of each context (`highlighted[i][j]` marks token j of
+        context i) the ones the explanation says the neuron fires on?"""
+        ...
+
+
 def normalized_activations(activations: Sequence[float], max_activation: float) -> list[int]:
     """Activations mapped to integers 0-10 relative to `max_activation`; negatives become 0.
 

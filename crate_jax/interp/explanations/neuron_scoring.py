@@ -21,13 +21,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from crate_jax.interp.activations.capture import InterpretabilityError
-from crate_jax.interp.activations.records import ActivationRecord, NeuronRecord, max_activation
+from crate_jax.interp.activations.records import (
+    ActivationRecord,
+    NeuronRecord,
+    max_activation,
+    shown_tokens,
+)
 from crate_jax.interp.explanations.explanation import (
     Explainer,
     Explanation,
+    Judge,
     SimulationFailure,
     Simulator,
 )
+from crate_jax.interp.explanations.judging import JUDGED_SCORES, judge_scores
 from crate_jax.interp.explanations.scoring import correlation_score
 from crate_jax.interp.explanations.splits import (
     ANTHROPIC_SPLIT,
@@ -43,6 +50,10 @@ if TYPE_CHECKING:  # token_reference imports this module
 
 PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_only": "openai",
                      ANTHROPIC_SPLIT: "anthropic"}
+
+
+# Every score of a scores.jsonl line: the simulation splits, then detection and fuzzing.
+SCORES = (*PROTOCOL_OF_SPLIT, *JUDGED_SCORES)
 
 
 def protocol_splits(protocol: str) -> list[str]:
@@ -167,13 +178,28 @@ def _simulate_and_score(explanation_entry: dict, groups: dict[str, list[Activati
                     for s in splits}, {}
     explanation = Explanation(**explanation_entry)
     try:
-        simulated = {g: simulator.simulate(explanation, [r.tokens for r in groups[g]])
+        simulated = {g: simulator.simulate(explanation, [shown_tokens(r) for r in groups[g]])
                      for g in needed}
     except SimulationFailure as failure:
         return {}, {s: str(failure) for s in splits}, {}
     scores = split_scores(groups, simulated, splits)
     # Stored unrounded, so a score can be recomputed exactly from the file.
     return scores, {}, {g: [[float(v) for v in seq] for seq in simulated[g]] for g in needed}
+
+
+def _judged(judge: Judge | None, explanation_entry: dict, neuron: NeuronRecord,
+            record_protocol: str, seed: int) -> tuple[dict, dict]:
+    """(scores, failures) of detection and fuzzing for the OpenAI-protocol explanation."""
+    if judge is None:
+        return {}, {}
+    if "failure" in explanation_entry:
+        return {}, {s: f"explanation failed: {explanation_entry['failure']}"
+                    for s in JUDGED_SCORES}
+    try:
+        return judge_scores(judge, Explanation(**explanation_entry), neuron, record_protocol,
+                            seed), {}
+    except SimulationFailure as failure:
+        return {}, {s: str(failure) for s in JUDGED_SCORES}
 
 
 def split_scores(groups: dict[str, list[ActivationRecord]], predicted: dict[str, list],
@@ -192,9 +218,12 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                 simulator: Simulator, out_dir: Path, *, random_baseline: bool, seed: int,
                 layer: int, workers: int = 1, record_protocol: str = "default",
                 retry_failed: bool = False,
-                reference: TokenReference | None = None) -> dict[int, dict]:
+                reference: TokenReference | None = None,
+                judge: Judge | None = None) -> dict[int, dict]:
     """Scores of every neuron (and of the random baseline, and the token reference's where a
-    `reference` is given: `token_reference_scores`), reusing those already on file.
+    `reference` is given: `token_reference_scores`), reusing those already on file. With a
+    `judge`, detection and fuzzing of the OpenAI-protocol explanation join the scores
+    (`judging`).
 
     With `retry_failed`, a neuron is rescored when a split of its own failed or when its random
     baseline lacks a split (the partner's explanation or a baseline simulation failed): a
@@ -203,9 +232,11 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
     partners = baseline_partners([n.neuron_id.neuron_index for n in neurons], seed, layer)
     with_baseline = random_baseline and len(partners) > 1
 
+    scored = set(PROTOCOL_OF_SPLIT) | (set(JUDGED_SCORES) if judge is not None else set())
+
     def failed(entry: dict) -> bool:
         return bool(entry["failures"]) or (
-            with_baseline and set(entry.get("baseline_scores", {})) != set(PROTOCOL_OF_SPLIT))
+            with_baseline and set(entry.get("baseline_scores", {})) != scored)
 
     def score(neuron: NeuronRecord) -> dict:
         index = neuron.neuron_id.neuron_index
@@ -219,6 +250,10 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
             entry["scores"].update(scores)
             entry["failures"].update(failures)
             entry["simulations"][protocol] = simulations
+        judged, failures = _judged(judge, explanations[index]["openai"], neuron, record_protocol,
+                                   seed)
+        entry["scores"].update(judged)
+        entry["failures"].update(failures)
         if with_baseline:
             partner = partners[index]
             baseline = {}
@@ -226,6 +261,8 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                 scores, _, _ = _simulate_and_score(explanations[partner][protocol],
                                                    groups[protocol], simulator, protocol)
                 baseline.update(scores)
+            baseline.update(_judged(judge, explanations[partner]["openai"], neuron,
+                                    record_protocol, seed)[0])
             entry["baseline_partner"] = partner
             entry["baseline_scores"] = baseline
         if reference is not None:

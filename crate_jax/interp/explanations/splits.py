@@ -74,7 +74,8 @@ def peak_snippet(record: ActivationRecord, radius: int = SNIPPET_RADIUS) -> Acti
     peak = max(range(len(record.activations)), key=lambda i: (record.activations[i], -i))
     start, stop = max(0, peak - radius), min(len(record.tokens), peak + radius + 1)
     return ActivationRecord(tokens=record.tokens[start:stop],
-                            activations=record.activations[start:stop])
+                            activations=record.activations[start:stop],
+                            start=None if record.start is None else record.start + start)
 
 
 def held_out_records(neuron: NeuronRecord, protocol: str,
