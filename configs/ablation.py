@@ -60,6 +60,13 @@ def get_config(arg=None):
         # score a random network already gets, beside every trained score.
         controls=True,
     )
+    # Every run is also explained by the context-aware `ngram` explainer and the `truth` control
+    # (planted corpus only), each scored like the headline `token_lookup` and checked against
+    # the planted truth: the report's validity table.
+    if corpus == "planted":
+        config.interp.compared_explainers = "ngram,truth"
+    else:
+        config.interp.compared_explainers = "ngram"
     if a_a:
         config.study.variants = "crate,crate_copy=crate"
         config.study.variant_seeds = {"crate_copy": "5,6,7,8,9"}
