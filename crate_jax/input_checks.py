@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from crate_jax.data.sources import is_planted
 from crate_jax.interp.evaluate import requested_sites
 from crate_jax.interp.explanations.backends import explainer_kinds, make_backend
 from crate_jax.interp.explanations.llm_backend import SimulationMode
@@ -210,7 +211,7 @@ def _check_interp(config, model) -> None:
         if interp.llm.simulator_mode not in modes:
             raise ConfigError(f"interp.llm.simulator_mode={interp.llm.simulator_mode!r} is not "
                               f"one of {', '.join(modes)}")
-    if "truth" in kinds and config.data.source != "planted":
+    if "truth" in kinds and not is_planted(config.data.source):
         raise ConfigError(f"interp.explainer={interp.explainer!r}, interp.compared_explainers="
                           f"{interp.compared_explainers!r}: 'truth' is the planted corpus's "
                           f"control; it needs data.source='planted', not "

@@ -694,6 +694,36 @@ def test_planted_study_reports_the_floor_gap_and_ground_truth_from_its_runs(tmp_
     # The study's own untrained controls stand beside the trained numbers.
     assert "ista/recovery/untrained" in rows["crate"]
     assert "ista/mean_selectivity/untrained" in rows["crate"]
+    _check_validity(tmp_path, truths["crate_seed0"], markdown, blocks["validity"])
+
+
+def _check_validity(workdir, truth, markdown, block):
+    """Each measure's correlation with the truth, recomputed from the run's own files: the
+    compared explainer's scores.jsonl and ground_truth.json's per-neuron selectivity."""
+    import json
+
+    from scipy import stats
+
+    validity = json.loads((workdir / "report" / "ablation.json").read_text())["validity"]
+    pairs = []
+    for layer, entry in truth["sites"]["ista"].items():
+        path = (workdir / "runs" / "crate_seed0" / "interp" / "explainers" / "ngram" / "ista"
+                / f"layer_{layer}" / "scores.jsonl")
+        for line in path.read_text().splitlines():
+            score = json.loads(line)["scores"]["fuzzing"]
+            selectivity = entry["neurons"]["selectivity"][json.loads(line)["neuron"]]
+            if score is not None and selectivity is not None:
+                pairs.append((score, selectivity))
+    expected = stats.spearmanr(*zip(*pairs, strict=True))[0]
+    (entry,) = [e for e in validity["entries"] if (e["explainer"], e["score"], e["measure"],
+                e["variant"], e["site"]) == ("ngram", "fuzzing", "selectivity", "crate", "ista")]
+    assert entry["trained"]["mean"] == pytest.approx(expected) and entry["neurons"] == len(pairs)
+    assert entry["untrained"] is not None  # the controls are checked against the truth too
+    explainers = {e["explainer"] for e in validity["entries"]}
+    assert explainers == {"token_lookup", "ngram", "truth"}
+    assert validity["best"]["explainer"] != "truth"  # a control, never the chosen measure
+    assert markdown.index("## Which measure tracks the truth") < markdown.index("## Answer")
+    assert "Best-tracking measure: **" in block and "| ngram fuzzing |" in block
 
 
 # -- one report pipeline, with the settings the study saved; the study from an installed copy --

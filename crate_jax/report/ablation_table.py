@@ -36,6 +36,7 @@ from crate_jax.report.text import (
     reference_text,
     training_text,
 )
+from crate_jax.report.validity import validity_markdown
 from crate_jax.statistics import run_difference, run_interval
 
 SITES = NEURON_SITES
@@ -212,20 +213,23 @@ def _flat(row: dict) -> dict[str, object]:
     return flat
 
 
-def write_table(rows: list[dict], out_dir: Path) -> None:
-    """`ablation.json` (the answer and the nested rows), `ablation.csv` (one column per number,
-    one row per variant) and `ablation.md` (the answer, then the wide table)."""
+def write_table(rows: list[dict], out_dir: Path, validity: dict | None = None) -> None:
+    """`ablation.json` (the answer, the nested rows and which measure tracks the truth:
+    `validity.validity_report`), `ablation.csv` (one column per number, one row per variant)
+    and `ablation.md` (the validity table, the answer, then the wide table)."""
     report = ReportLayout(Path(out_dir))
     report.directory.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(report.ablation_json,
-                          json.dumps({"answer": answer_json(rows), "variants": rows}, indent=2))
+    saved = {"answer": answer_json(rows), "variants": rows}
+    if validity is not None:
+        saved["validity"] = validity
+    write_text_atomically(report.ablation_json, json.dumps(saved, indent=2))
     flat = [_flat(row) for row in rows]
     columns = list(dict.fromkeys(key for row in flat for key in row))
     with atomic_path(report.ablation_csv) as temporary, open(temporary, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(flat)
-    write_text_atomically(report.ablation_markdown, markdown_table(rows))
+    write_text_atomically(report.ablation_markdown, markdown_table(rows, validity=validity))
 
 
 def _left_out_text(row: dict, site: str) -> str:
@@ -270,10 +274,12 @@ def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[Cell]]]:
     return header, body
 
 
-def markdown_table(rows: list[dict], *, answer_last: bool = False) -> str:
-    """The answer to the ablations (short table and one sentence each), the controls of the
-    scores, then the wide table: every variant with its reference losses, scores, neurons left
-    out and differences.
+def markdown_table(rows: list[dict], *, answer_last: bool = False,
+                   validity: dict | None = None) -> str:
+    """Which measure tracks the truth (`validity`, where given) and the answer on it, the
+    answer to the ablations on the headline measure (short table and one sentence each), the
+    controls of the scores, then the wide table: every variant with its reference losses,
+    scores, neurons left out and differences.
     `answer_last=True` puts the answer after the wide table (for a terminal, where the last
     lines are the ones read)."""
     wide = ("## All variants\n\n"
@@ -281,6 +287,8 @@ def markdown_table(rows: list[dict], *, answer_last: bool = False) -> str:
             "nats/token on the same validation targets; “undertrained”: the run's validation "
             "loss does not beat the bigram reference.\n\n" + markdown_rows(*wide_table_cells(rows)))
     answer = answer_markdown(rows)
+    if validity:
+        answer = f"{validity_markdown(validity)}\n{answer}"
     controls = controls_markdown(rows)
     answer = f"{controls}\n{answer}" if answer_last and controls else answer
     wide = f"{controls}\n{wide}" if controls and not answer_last else wide

@@ -50,7 +50,8 @@ def compared_variants(rows: list[dict]) -> list[tuple[str, str]]:
     return [(label, v) for label, v in ABLATIONS if v in present] + copies
 
 
-def _undertrained(rows: list[dict], variant: str) -> list[str]:
+def undertrained_runs(rows: list[dict], variant: str) -> list[str]:
+    """The undertrained runs of CRATE and of `variant`: any makes their comparison moot."""
     by_variant = {row["variant"]: row for row in rows}
     return (by_variant[REFERENCE_VARIANT].get("undertrained_runs", [])
             + by_variant[variant].get("undertrained_runs", []))
@@ -77,7 +78,7 @@ def answer_rows(rows: list[dict]) -> list[dict]:
                                     **{key: dict(d) if d else None
                                        for key, d in differences.items()}})
     family = [(c, key) for c in comparisons for key in COMPARED
-              if c[key] and not _undertrained(rows, c["variant"])
+              if c[key] and not undertrained_runs(rows, c["variant"])
               and math.isfinite(c[key].get("p_value", math.nan))]
     for (comparison, key), adjusted in zip(
             family, holm_adjusted([c[key]["p_value"] for c, key in family]), strict=True):
@@ -116,7 +117,7 @@ def answer_sentences(rows: list[dict]) -> list[str]:
         row = by_variant[variant]
         name = "A/A check" if label == COPY_LABEL else f"Ablation {label}"
         opening = f"{name} ({variant} vs crate):"
-        undertrained = _undertrained(rows, variant)
+        undertrained = undertrained_runs(rows, variant)
         if undertrained:
             verb = "does" if len(undertrained) == 1 else "do"
             sentences.append(f"{opening} no conclusion, {', '.join(undertrained)} {verb} not "

@@ -45,13 +45,13 @@ def _value(scores: dict | None, split: str) -> float:
     return math.nan if value is None else float(value)
 
 
-def neuron_scores(run_dir: Path, splits: tuple[str, ...]) -> dict:
+def neuron_scores(run_dir: Path, splits: tuple[str, ...], explainer: str | None = None) -> dict:
     """`{site: {split: {"neuron": [(layer, index)], "score": [...], "token_reference": [...],
     "other_neuron": [...]}}}`, one value per neuron of every layer of one run (NaN where the
     number is missing), in step: a neuron whose split failed is left out of all of them, as the
-    score table leaves it out."""
+    score table leaves it out. Of the headline explainer, or of compared `explainer`."""
     lists: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for site, layer, path in RunLayout(run_dir).score_files():
+    for site, layer, path in RunLayout(run_dir).score_files(explainer=explainer):
         for entry in score_entries(path):
             for split in splits:
                 if split in entry["failures"]:

@@ -20,7 +20,9 @@ each block, and nothing else:
   features hold the rest (`floor_gap`);
 - `truth`: ground truth per variant and site (planted corpus), each beside the untrained
   controls': recovery over the site's layers, selectivity and the neurons too few firing to
-  judge, and the explanation score's rank correlation with selectivity.
+  judge, and the explanation score's rank correlation with selectivity;
+- `validity`: which measure (explainer x score) tracks the planted truth across neurons, the
+  best-tracking one, and the ablations' answer on it and on the others (`validity`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from absl import app, flags
 
 from crate_jax.atomic_files import write_text_atomically
 from crate_jax.layout import RunLayout, StudyLayout
-from crate_jax.report.ablation_table import SITES, build_table, study_runs
+from crate_jax.report.ablation_table import SITES, build_table, study_controls, study_runs
 from crate_jax.report.answer import answer_markdown, answer_sentences
 from crate_jax.report.controls import controls_markdown
 from crate_jax.report.floor_gap import floor_gap_cells
@@ -47,8 +49,9 @@ from crate_jax.report.text import (
     seeds_text,
     training_text,
 )
+from crate_jax.report.validity import validity_markdown, validity_report
 
-BLOCKS = ("facts", "answer", "controls", "table", "floor", "truth")
+BLOCKS = ("facts", "answer", "controls", "table", "floor", "truth", "validity")
 
 
 def _marker(block: str, end: str) -> str:
@@ -69,7 +72,8 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
             f"({seeds_text(study)}); "
             f"{train['num_steps']} steps of {train['batch_size']} x {train['seq_len']} tokens "
             f"per run; {interp['neurons_per_layer']} neurons per site and layer scored with "
-            f"`{summary['explainer']}` on {summary['evaluation_tokens']:,} held-out tokens"
+            f"`{summary['explainer']}`{_compared_text(summary)} on "
+            f"{summary['evaluation_tokens']:,} held-out tokens"
             + ("; every run's untrained control (its step 0) scored the same way"
                if study.get("controls") else "")
             + f"; JAX {versions.get('jax', '?')}, Python {versions.get('python', '?')}.")
@@ -93,6 +97,12 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
                 "is unchecked."
     return text + (" Every number is a mean over training runs [95% t interval over runs]: "
                    "the run, not the neuron, is the unit of replication.")
+
+
+def _compared_text(summary: dict) -> str:
+    """` (and by ngram, truth)`: the compared explainers of a run, where it has any."""
+    compared = list(summary.get("compared_explainers", {}))
+    return f" (and by {', '.join(f'`{kind}`' for kind in compared)})" if compared else ""
 
 
 def _in_window_text(row: dict) -> str:
@@ -185,6 +195,17 @@ def study_rows(workdir: Path) -> list[dict]:
     return build_table(workdir)
 
 
+def study_validity(workdir: Path, rows: list[dict]) -> dict | None:
+    """The study report's validity section (`report/ablation.json`), rebuilt where the report
+    has none (`validity.validity_report`)."""
+    report = StudyLayout(workdir).report.ablation_json
+    if report.exists():
+        saved = json.loads(report.read_text())
+        if isinstance(saved, dict) and "validity" in saved:
+            return saved["validity"]
+    return validity_report(rows, study_runs(workdir), study_controls(workdir))
+
+
 def study_blocks(workdir: str | Path) -> dict[str, str]:
     """`{block: markdown}` for every README block, from the study in `workdir`."""
     workdir = Path(workdir)
@@ -197,7 +218,10 @@ def study_blocks(workdir: str | Path) -> dict[str, str]:
     return {"facts": _wrapped(facts_text(workdir, rows)), "answer": _wrapped(answer.strip()),
             "controls": _wrapped(controls),
             "table": compact_table(rows).strip(), "floor": floor,
-            "truth": _wrapped(truth_table(rows).strip())}
+            "truth": _wrapped(truth_table(rows).strip()),
+            "validity": (_wrapped(validity_markdown(study_validity(workdir, rows),
+                                                    heading=False).strip())
+                         or "(no planted corpus: no truth to check the measures against)")}
 
 
 def replace_blocks(text: str, blocks: dict[str, str]) -> str:

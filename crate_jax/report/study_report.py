@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from crate_jax.layout import StudyLayout
-from crate_jax.report.ablation_table import build_table, write_table
+from crate_jax.report.ablation_table import build_table, study_controls, study_runs, write_table
 from crate_jax.report.page import write_page
 from crate_jax.report.plots import write_plots
+from crate_jax.report.validity import validity_report
 
 
 def not_a_study(workdir: str | None) -> str | None:
@@ -29,6 +30,7 @@ def write_study_report(workdir: str | Path) -> tuple[list[dict], Path]:
     from the study's runs; returns the table's rows and the page's path."""
     report = StudyLayout(workdir).report
     rows = build_table(workdir)
-    write_table(rows, report.directory)
+    validity = validity_report(rows, study_runs(workdir), study_controls(workdir))
+    write_table(rows, report.directory, validity)
     figures = write_plots(workdir, report.directory)
     return rows, write_page(rows, workdir, report.directory, figures)
