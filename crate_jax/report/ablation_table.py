@@ -40,10 +40,11 @@ from crate_jax.report.validity import validity_markdown
 from crate_jax.statistics import run_difference, run_interval
 
 SITES = NEURON_SITES
-REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic")
+REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic", "detection", "fuzzing")
 GROUND_TRUTH = ("recovery", "mean_selectivity", "spearman")
 UNTRAINED_TRUTH = ("recovery", "mean_selectivity")  # also shown for the untrained controls
-_SHORT_SPLIT = {"top_and_random": "t&r", "random_only": "r-o", "anthropic": "anth"}
+_SHORT_SPLIT = {"top_and_random": "t&r", "random_only": "r-o", "anthropic": "anth",
+                "detection": "det", "fuzzing": "fuzz"}
 _TRUTH_HEADER = {"recovery": "recovery (any layer)", "mean_selectivity": "selectivity",
                  "spearman": "score vs truth ρ"}
 

@@ -34,6 +34,11 @@ from crate_jax.report.floor_gap import EXPLANATION as FLOOR_EXPLANATION
 from crate_jax.report.floor_gap import floor_gap_cells
 from crate_jax.report.run_files import neuron_statistics, score_lines
 from crate_jax.report.text import Cell, seeds_text
+from crate_jax.report.validity import (
+    VALIDITY_EXPLANATION,
+    best_measure_sentences,
+    validity_cells,
+)
 
 NEURONS_PER_SITE = 2  # the best and the worst explained firing neuron of each site, per variant
 MIN_FIRING_TOKENS = 5
@@ -152,6 +157,12 @@ def _chosen_neurons(run_dir: Path, variant: str) -> list[str]:
     return panels
 
 
+def _bold(sentence: str) -> str:
+    """A sentence with its markdown `**bold**` as HTML, everything else escaped."""
+    parts = html.escape(sentence).split("**")
+    return "".join(f"<strong>{part}</strong>" if k % 2 else part for k, part in enumerate(parts))
+
+
 def _warning_html(rows: list[dict]) -> str:
     runs = [run for row in rows for run in row.get("runs", []) if run.get("undertrained")]
     if not runs:
@@ -174,9 +185,10 @@ def _section_html(title: str, explanation: str, cells: tuple[list[str], list[lis
 
 
 def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
-               figures: list[Path]) -> Path:
+               figures: list[Path], validity: dict | None = None) -> Path:
     """Writes `index.html` into `out_dir` (beside the figures) from the report's `rows`
-    (`ablation_table.build_table`); returns its path."""
+    (`ablation_table.build_table`) and `validity` (`validity.validity_report`); returns its
+    path."""
     study = json.loads(StudyLayout(workdir).manifest.read_text())
     viewer = "".join(panel for variant, runs in study_runs(workdir).items()
                      for panel in _chosen_neurons(runs[0][1], variant))
@@ -193,7 +205,11 @@ def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
             "Holm-adjusted p in the answer); reference "
             "losses are nats/token of count-based models on the same validation targets.</p>"
             f"{_warning_html(rows)}"
-            f'<h2>Answer</h2>{answer}<div id="answer">{sentences}</div>'
+            + _section_html("Which measure tracks the truth", VALIDITY_EXPLANATION,
+                            validity_cells(validity), "validity-table")
+            + "".join(f"<p>{_bold(sentence)}</p>"
+                      for sentence in best_measure_sentences(validity))
+            + f'<h2>Answer</h2>{answer}<div id="answer">{sentences}</div>'
             + _section_html("Loss above the entropy floor", FLOOR_EXPLANATION,
                             floor_gap_cells(rows), "floor-gap-table")
             + _section_html("Controls", CONTROLS_EXPLANATION, controls_cells(rows),

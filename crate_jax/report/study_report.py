@@ -33,4 +33,4 @@ def write_study_report(workdir: str | Path) -> tuple[list[dict], Path]:
     validity = validity_report(rows, study_runs(workdir), study_controls(workdir))
     write_table(rows, report.directory, validity)
     figures = write_plots(workdir, report.directory)
-    return rows, write_page(rows, workdir, report.directory, figures)
+    return rows, write_page(rows, workdir, report.directory, figures, validity)

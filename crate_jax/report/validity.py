@@ -189,11 +189,19 @@ def validity_report(rows: list[dict], runs: dict[str, list[tuple[str, Path]]],
             "answers": measure_comparisons(rows, runs, summaries)}
 
 
-def validity_markdown(report: dict | None, *, heading: bool = True) -> str:
-    """The validity table, the best-tracking measure with its reason, and the ablations'
-    answer on it and on every other measure; "" without a report."""
+VALIDITY_EXPLANATION = (
+    "Each cell: the Spearman correlation, across a site's neurons (layers pooled), between a "
+    "measure (explainer x score) and the neuron's selectivity for its best planted feature (0: "
+    "chance, 1: a perfect single-feature detector), mean over runs; `truth` is the control "
+    "that names the right feature by construction. Intervals over runs, and the untrained "
+    "controls' per pair, are in ablation.json.")
+
+
+def validity_cells(report: dict | None) -> tuple[list[str], list[list[str]]]:
+    """The validity table's header and cells (one row per measure, one column per (variant,
+    site) pair), shared by `ablation.md`, the page and the README; empty without a report."""
     if not report:
-        return ""
+        return [], []
     pairs = list(dict.fromkeys((e["variant"], e["site"]) for e in report["entries"]))
     selectivity = {(e["explainer"], e["score"], e["variant"], e["site"]): e
                    for e in report["entries"] if e["measure"] == "selectivity"}
@@ -208,27 +216,35 @@ def validity_markdown(report: dict | None, *, heading: bool = True) -> str:
         cells += [f"{summary['at_goal']}/{summary['pairs']}", _number(summary["mean"]),
                   _number(summary["untrained_mean"]), _number(summary["auroc_mean"])]
         body.append(cells)
-    lines = ["## Which measure tracks the truth\n" if heading else "",
-             "Each cell: the Spearman correlation, across a site's neurons (layers pooled), "
-             "between a measure (explainer x score) and the neuron's selectivity for its best "
-             "planted feature (0: chance, 1: a perfect single-feature detector), mean over "
-             "runs; `truth` is the control that names the right feature by construction. "
-             "Intervals over runs, and the untrained controls' per pair, are in ablation.json.\n",
-             markdown_rows(header, body)]
-    best = report["best"]
-    if best is not None:
-        lines.append(
-            f"Best-tracking measure: **{measure_name(best['explainer'], best['score'])}**, "
-            f"correlation ≥ {GOAL_CORRELATION:g} in {best['at_goal']} of {best['pairs']} "
-            f"(variant, site) pairs, the most of any real measure (then: the highest mean), "
-            f"mean {best['mean']:.2f}, lowest {best['lowest']:.2f}. The goal, "
-            f"{math.ceil(GOAL_SHARE * best['pairs'] - 1e-9)} of {best['pairs']}, is "
-            f"{'met' if best['at_goal'] >= GOAL_SHARE * best['pairs'] - 1e-9 else 'not met'}."
-            "\n")
+    return header, body
+
+
+def best_measure_sentences(report: dict | None) -> list[str]:
+    """The best-tracking measure with its reason, and the ablations' answer on it."""
+    best = (report or {}).get("best")
+    if best is None:
+        return []
+    goal = math.ceil(GOAL_SHARE * best["pairs"] - 1e-9)
+    sentences = [
+        f"Best-tracking measure: **{measure_name(best['explainer'], best['score'])}**, "
+        f"correlation ≥ {GOAL_CORRELATION:g} in {best['at_goal']} of {best['pairs']} "
+        "(variant, site) pairs, the most of any real measure (then: the highest mean), mean "
+        f"{best['mean']:.2f}, lowest {best['lowest']:.2f}. The goal, {goal} of "
+        f"{best['pairs']}, is {'met' if best['at_goal'] >= goal else 'not met'}."]
     answers = {(a["explainer"], a["score"]): a for a in report["answers"]}
-    if best is not None and (best["explainer"], best["score"]) in answers:
-        chosen = answers[best["explainer"], best["score"]]
-        lines.append(f"On it: {_answer_text(chosen)}\n")
+    if (best["explainer"], best["score"]) in answers:
+        sentences.append(f"On it: {_answer_text(answers[best['explainer'], best['score']])}")
+    return sentences
+
+
+def validity_markdown(report: dict | None, *, heading: bool = True) -> str:
+    """The validity table, the best-tracking measure with its reason, and the ablations'
+    answer on it and on every other measure; "" without a report."""
+    if not report:
+        return ""
+    lines = ["## Which measure tracks the truth\n" if heading else "",
+             VALIDITY_EXPLANATION + "\n", markdown_rows(*validity_cells(report))]
+    lines += [sentence + "\n" for sentence in best_measure_sentences(report)]
     lines.append(_others_table(report["answers"]))
     return "\n".join(line for line in lines if line)
 
