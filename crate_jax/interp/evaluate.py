@@ -1,9 +1,12 @@
 """`evaluate_interpretability(config, workdir)`: the interpretability stage of a run.
 
 Restores the trained parameters from the run's last checkpoint, mines records and sparsity for
-every neuron site (`interp/records/`), explains, simulates and scores the chosen neurons, each
-beside its token reference (`interp/scores/<site>/layer_<l>/`), and writes `interp/summary.json`
-and `interp/report.md`.
+every neuron site (`interp/records/`), explains and scores the chosen neurons with
+`interp.explainer` (`interp/scores/<site>/layer_<l>/`, each beside its token reference) and
+with each of `interp.compared_explainers` (`interp/explainers/<kind>/...`): simulation scores,
+detection and fuzzing (`judging`). On a planted corpus it checks every explainer's scores
+against the ground truth (`ground_truth.json`). It writes `interp/summary.json` and
+`interp/report.md`.
 Each step reuses what is already on disk, so rerunning after an interruption resumes, as long
 as `interp/inputs.json` says it was computed from the same inputs (`freshness`); neurons whose
 explanation or simulation failed are retried (`interp.retry_failed`).
