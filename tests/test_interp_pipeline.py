@@ -109,3 +109,29 @@ def test_evaluation_without_a_checkpoint_or_with_a_missing_site_is_a_clear_error
     config = _interp_config(prepared, sites="mlp")
     with pytest.raises(InterpretabilityError, match="asks for mlp, which this model does not"):
         evaluate_interpretability(config, workdir)
+
+
+def test_ngram_explains_natural_text_beside_the_headline_explainer(prepared, trained, tmp_path):
+    """The stdlib corpus (BPE tokens): `ngram` as the headline explainer, `token_lookup`
+    compared beside it; both get every score, in their own folders."""
+    workdir = copy_run(trained, tmp_path, "run")
+    config = _interp_config(prepared, sites="ista", neurons_per_layer=8, explainer="ngram",
+                            compared_explainers="token_lookup")
+    summary = evaluate_interpretability(config, workdir)
+    assert summary["explainer"] == "ngram"
+    assert set(summary["compared_explainers"]) == {"token_lookup"}
+    for folder, starts in ((workdir / "interp" / "scores", ("fires on:", "never fires")),
+                           (workdir / "interp" / "explainers" / "token_lookup",
+                            ("fires on:", "never fires"))):
+        lines = [json.loads(line) for line in
+                 (folder / "ista" / "layer_0" / "scores.jsonl").read_text().splitlines()]
+        assert len(lines) == 8
+        assert all(line["explanation"].startswith(starts) for line in lines)
+        assert all({"top_and_random", "detection", "fuzzing"} <= set(line["scores"])
+                   | set(line["failures"]) for line in lines)
+    # Patterns name tokens of the text as the tokenizer decodes them (leading spaces kept).
+    explanations = [json.loads(line)["openai"] for line in
+                    (workdir / "interp" / "scores" / "ista" / "layer_0" / "explanations.jsonl")
+                    .read_text().splitlines()]
+    assert any(e["details"]["patterns"] for e in explanations)
+    assert not (workdir / "interp" / "ground_truth.json").exists()  # natural text: no truth
