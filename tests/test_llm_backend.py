@@ -34,6 +34,7 @@ from crate_jax.interp.explanations.llm_backend import (
     placeholder_prompt,
 )
 from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient, RequestRejected
+from crate_jax.interp.explanations.neuron_scoring import SCORES
 
 pytest_plugins = ["llm_fixtures"]  # the `gguf_model`, `llama_server` and `client` fixtures
 
@@ -344,11 +345,12 @@ def test_evaluation_with_the_llm_backend_records_failures_and_resumes_after_a_de
                         (layer_dir / "explanations.jsonl").read_text().splitlines()]
         assert explained["openai"].get("text") or explained["openai"].get("failure")
         (scored,) = [json.loads(x) for x in (layer_dir / "scores.jsonl").read_text().splitlines()]
-        splits = {"top_and_random", "random_only", "top_only", "anthropic"}
+        splits = set(SCORES)  # the simulation splits, detection and fuzzing
         assert set(scored["scores"]) | set(scored["failures"]) == splits
         assert not set(scored["scores"]) & set(scored["failures"])
         if summary is None:
             assert set(scored["failures"]) == splits
             continue
         entry = summary["sites"]["ista"][layer]["splits"]
-        assert sum(entry[s]["n"] + entry[s]["n_nan"] + entry[s]["n_failed"] for s in splits) == 4
+        assert sum(entry[s]["n"] + entry[s]["n_nan"] + entry[s]["n_failed"]
+                   for s in splits) == len(splits)
