@@ -54,3 +54,49 @@ def test_statistics_calibration_runs_and_tables_both_procedures():
     assert finished.returncode == 0, finished.stderr[-2000:]
     rows = [line for line in finished.stdout.splitlines() if line.startswith("| 3 |")]
     assert len(rows) == 1 and rows[0].count("%") == 4
+
+
+def test_interp_speed_tables_every_explainer_on_a_planted_run(tmp_path):
+    """A one-run planted study (10 training steps, a few records per neuron), then the interp
+    benchmark on 4 neurons per site and layer: a row per explainer, every rate positive."""
+    from configs import ablation
+    from crate_jax.study import run_study
+
+    config = ablation.get_config()
+    config.data.source = "planted:300"
+    config.train.update(dict(num_steps=10, batch_size=8, seq_len=64, warmup_steps=2,
+                             log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
+                             progress_bar=False))
+    config.interp.update(dict(num_sequences=8, seq_len=64, window=16, top_k=4, random_k=4,
+                              quantile_bins=2, per_bin=2, neurons_per_layer=8,
+                              bootstrap_samples=100))
+    config.study.update(dict(variants="crate", seeds="0", controls=False))
+    run_study(config, tmp_path / "study")
+
+    out = tmp_path / "interp_speed.json"
+    command = [sys.executable, "benchmarks/interp_speed.py",
+               f"--run={tmp_path / 'study' / 'runs' / 'crate_seed0'}", "--neurons=4",
+               f"--json_out={out}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+
+    record = json.loads(out.read_text())
+    assert record["sites"] == ["attn", "ista", "resid"]
+    assert record["interp"]["lookup_tokens"] == config.interp.lookup_tokens
+    assert record["machine"]["cpu_count"] >= 1 and "python" in record["versions"]
+    kinds = ("token_lookup", "ngram", "truth")
+    assert [row["kind"] for row in record["results"]] == list(kinds)
+    for row in record["results"]:
+        assert row["neurons"] == 3 * 2 * 4  # sites x layers x neurons
+        assert row["explanation_failures"] == 0
+        for block in ("explain", "simulation", "detection_fuzzing"):
+            assert row[f"{block}_neurons_per_second"] > 0
+            assert row[f"{block}_neurons_per_second"] == (
+                row["neurons"] / row[f"{block}_seconds"])
+    rows = [line for line in finished.stdout.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| kind | explain neurons/s | simulation neurons/s |")
+    for kind in kinds:
+        cells = next(line for line in rows if line.startswith(f"| {kind} |")).split("|")[2:5]
+        assert all(float(cell.replace(",", "")) > 0 for cell in cells)
