@@ -13,9 +13,13 @@ from crate_jax.interp.activations.miner import RecordMiner
 from crate_jax.interp.activations.records import attach_starts, shown_tokens
 from crate_jax.interp.explanations.judging import (
     CONTEXT_TOKENS,
+    DETECTION_CONTEXT,
+    NEGATIVES_PER_KIND,
     SimulatorJudge,
     auroc,
     balanced_accuracy,
+    firing_level,
+    fuzzed_windows,
     judge_scores,
     judged_contexts,
 )
@@ -84,9 +88,13 @@ def test_records_know_where_they_start_in_the_evaluation_text():
 def test_a_perfect_explanation_detects_and_fuzzes_perfectly_another_neurons_at_chance():
     _, _, (x_neuron, y_neuron, _) = _neurons()
     judge = SimulatorJudge(TokenLookupSimulator())
-    kinds = [c.kind for c in judged_contexts(x_neuron, "default")]
-    assert kinds.count("activating") >= 10 and kinds.count("random") >= 10
-    assert kinds.count("hard") == 0  # ' x' always fires: no context holds it without firing
+    contexts = judged_contexts(x_neuron, "default", seed=0)
+    kinds = [c.kind for c in contexts]
+    assert kinds.count("activating") >= 10 and kinds.count("random") == NEGATIVES_PER_KIND
+    assert kinds.count("hard") == 0  # ' x' always fires: it is never a silent target
+    assert all(c.record.tokens[-1] == " x" for c in contexts if c.kind == "activating")
+    assert all(len(c.record.tokens) == DETECTION_CONTEXT for c in contexts
+               if c.kind != "activating")
     own = judge_scores(judge, _token_lookup(x_neuron), x_neuron, "default", seed=0)
     assert own == {"detection": 1.0, "detection_auroc": 1.0, "fuzzing": 1.0}
     other = judge_scores(judge, _token_lookup(y_neuron), x_neuron, "default", seed=0)
@@ -98,9 +106,12 @@ def test_contexts_are_held_out_and_the_right_length():
     for neuron in neurons:
         seen = {(r.start, len(r.tokens)) for r in explanation_records(neuron, "openai")}
         seen_positions = {s + k for s, n in seen for k in range(n)}
-        for context in judged_contexts(neuron, "default"):
-            assert len(context.record.tokens) <= CONTEXT_TOKENS
-            span = range(context.record.start, context.record.start + len(context.record.tokens))
+        level, _ = firing_level(neuron, "default")
+        contexts = [c.record for c in judged_contexts(neuron, "default", seed=0)]
+        contexts += fuzzed_windows(neuron, "default", level)
+        for context in contexts:
+            assert len(context.tokens) <= CONTEXT_TOKENS
+            span = range(context.start, context.start + len(context.tokens))
             assert seen_positions.isdisjoint(span)
 
 
@@ -109,9 +120,9 @@ def test_hard_negatives_hold_a_firing_token_in_another_context():
     # Fires on ' x' only inside the feature's scope: ' x' elsewhere is a hard negative.
     activations = (10.0 * ((tokens == X) & feature))[..., None].astype(np.float32)
     (neuron,) = _mined(activations, tokens)
-    contexts = judged_contexts(neuron, "default")
+    contexts = judged_contexts(neuron, "default", seed=0)
     hard = [c for c in contexts if c.kind == "hard"]
-    assert hard and all(" x" in c.record.tokens for c in hard)
+    assert hard and all(c.record.tokens[-1] == " x" for c in hard)
     scores = judge_scores(SimulatorJudge(TokenLookupSimulator()), _token_lookup(neuron), neuron,
                           "default", seed=0)
     assert scores["detection"] < 0.9  # the token list says yes to every hard negative
@@ -141,3 +152,16 @@ def test_balanced_accuracy_and_auroc_need_both_kinds_of_case():
     assert math.isnan(balanced_accuracy(yes, np.ones(4, bool)))
     assert auroc(np.asarray([3.0, 1.0, 1.0, 0.0]), yes) == 0.875
     assert math.isnan(auroc(np.zeros(2), np.zeros(2, bool)))
+
+
+def test_a_neuron_that_is_never_zero_still_has_silent_targets():
+    """A residual-like coordinate: 5 everywhere, 8 on ' x'. Measured from its mean, it fires
+    on ' x' only; measured from 0 (every token at >= 10% of the max) it would never be silent."""
+    tokens, _, _ = _neurons()
+    activations = (5.0 + 3.0 * (tokens == X))[..., None].astype(np.float32)
+    (neuron,) = _mined(activations, tokens)
+    kinds = [c.kind for c in judged_contexts(neuron, "default", seed=0)]
+    assert kinds.count("random") == NEGATIVES_PER_KIND and kinds.count("activating") >= 10
+    scores = judge_scores(SimulatorJudge(TokenLookupSimulator()), _token_lookup(neuron), neuron,
+                          "default", seed=0)
+    assert scores == {"detection": 1.0, "detection_auroc": 1.0, "fuzzing": 1.0}

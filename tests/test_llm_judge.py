@@ -32,15 +32,17 @@ MARKS = [[False, True, True, False], [True, False, False], [False, False, True]]
 
 # ---------------------------------------------------------------- offline: prompts and parsing
 
-def test_detection_prompt_shows_the_explanation_and_numbered_contexts():
+def test_detection_prompt_shows_the_explanation_and_numbered_contexts_last_token_marked():
     messages = detection_prompt("cats", CONTEXTS)
     assert messages[0]["role"] == "system" and "0 if it does not" in messages[0]["content"]
+    assert "last token of each example is marked" in messages[0]["content"]
     roles = [message["role"] for message in messages[1:]]
     assert roles == ["user", "assistant"] * ((len(roles) - 1) // 2) + ["user"]
     request = messages[-1]["content"]
     assert request.startswith("Explanation: cats\n")
-    assert "Example 1: My cat sleeps\\n\nExample 2: Dogs bark.\nExample 3: The cat.\n" in request
-    assert "list of 3 numbers" in request and "<<" not in request
+    assert ("Example 1: My cat sleeps<<\\n>>\nExample 2: Dogs bark<<.>>\n"
+            "Example 3: The cat<<.>>\n") in request
+    assert "list of 3 numbers" in request
     for shot, answer in zip(messages[1:-1:2], messages[2:-1:2], strict=True):
         shown = len(re.findall(r"^Example \d+:", shot["content"], re.MULTILINE))
         assert len(parse_judgements(answer["content"], shown)) == shown
@@ -93,13 +95,13 @@ def _examples(request: str) -> list[str]:
 
 
 def _answers_cat(request: str) -> str:
-    """A chatty but correct judge of "cats": detection says whether an example mentions a cat;
-    fuzzing whether every marked run is a cat."""
+    """A chatty but correct judge of "cats": whether every marked run (detection's last token,
+    fuzzing's highlights) is a cat."""
     answers = []
     for example in _examples(request):
         marked = re.findall(r"<<(.*?)>>", example)
-        answers.append(int(all(run.strip() == "cat" for run in marked)) if marked
-                       else int("cat" in example))
+        answers.append(int(bool(marked) and all(run.strip().startswith("cat")
+                                                for run in marked)))
     return f"My answer: {answers}"
 
 
@@ -110,7 +112,8 @@ def _stub_client(stub: OpenAIStub) -> OpenAICompatibleClient:
 def test_a_correctly_answered_batch_gives_the_answered_values():
     with OpenAIStub(chat=_answers_cat) as stub:
         judge = LLMJudge(_stub_client(stub))
-        detected = judge.detect(Explanation("cats"), CONTEXTS)
+        detected = judge.detect(Explanation("cats"), [["My", " cat"], ["Dogs", " bark"],
+                                                      ["The", " cat"]])
         fuzzed = judge.fuzz(Explanation("cats"), CONTEXTS,
                             [[False, True, False, False], [True, False, False],
                              [False, True, False]])
@@ -123,7 +126,7 @@ def test_a_correctly_answered_batch_gives_the_answered_values():
 
 def test_more_contexts_than_a_batch_go_out_in_several_requests_and_come_back_in_order():
     contexts = [["A", f" cat{i}" if i % 3 == 0 else f" dog{i}"] for i in range(2 * BATCH_SIZE + 2)]
-    texts = ["".join(context) for context in contexts]
+    texts = ["".join(context[:-1]) + f"<<{context[-1]}>>" for context in contexts]
     expected = [1.0 if i % 3 == 0 else 0.0 for i in range(len(contexts))]
     with OpenAIStub(chat=_answers_cat) as stub:
         assert LLMJudge(_stub_client(stub)).detect(Explanation("cats"), contexts) == expected

@@ -3,7 +3,8 @@
 The stage resumes from whatever it finds in `interp/`, which is only right while the inputs are
 the same: the checkpoint (its step and a hash of its parameters), the tokenizer and data that
 turned tokens into the text of the records, the model config, the interp settings that change
-what is computed and the rule the records are mined by (`miner.RECORDS_VERSION`). When any
+what is computed, the rule the records are mined by (`miner.RECORDS_VERSION`) and the rule
+detection and fuzzing judge by (`judging.JUDGING_VERSION`). When any
 of them differs (or outputs exist without an `inputs.json`) the whole folder is moved aside to
 `interp.stale-<N>/`, never deleted, and the stage starts afresh. `inputs.json` is written before
 any other output, so the outputs of a crashed run are always described by the file beside them
@@ -22,6 +23,7 @@ import numpy as np
 
 from crate_jax.atomic_files import move_aside, write_json_atomically
 from crate_jax.interp.activations.miner import RECORDS_VERSION
+from crate_jax.interp.explanations.judging import JUDGING_VERSION
 from crate_jax.layout import RunLayout
 from crate_jax.model import model_identity
 
@@ -53,7 +55,7 @@ def interp_inputs(config, checkpoint_step: int, params, data_manifest: dict) -> 
               "tokenizer_fingerprint": data_manifest.get("tokenizer_fingerprint"),
               "data_fingerprint": data_manifest.get("fingerprint"),
               "model": model_identity(config.model.to_dict()), "interp": settings,
-              "records_version": RECORDS_VERSION}
+              "records_version": RECORDS_VERSION, "judging_version": JUDGING_VERSION}
     return json.loads(json.dumps(inputs))  # as it reads back from the file: lists, not tuples
 
 

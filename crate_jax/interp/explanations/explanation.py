@@ -57,16 +57,19 @@ class Judge(Protocol):
     """Delphi-style yes/no scoring of an explanation (detection and fuzzing, `judging.py`).
 
     Each method returns one value per context; `value >= threshold` is the judge's "yes". A
-    yes/no judge returns 0.0 or 1.0 (threshold 1.0); a graded judge (a simulator's predictions,
-    an LLM's probability of "yes") returns more values, so AUROC can be computed from them.
-    Raises `SimulationFailure` for unparsable output, `BackendError` when unreachable.
+    yes/no judge returns 0.0 or 1.0 (threshold 1.0); a graded judge (`graded`: a simulator's
+    predictions on the 0-10 scale) returns more values, so AUROC can be computed from them,
+    and has threshold None: "yes" from the neuron's firing level on that scale
+    (`judging.firing_level`). Raises `SimulationFailure` for unparsable output,
+    `BackendError` when unreachable.
     """
 
-    threshold: float
+    threshold: float | None
+    graded: bool
 
     def detect(self, explanation: Explanation,
                contexts: Sequence[Sequence[str]]) -> list[float]:
-        """Does the neuron fire anywhere in each context (tokens shown, nothing highlighted)?"""
+        """Does the neuron fire on the last token of each context?"""
         ...
 
     def fuzz(self, explanation: Explanation, contexts: Sequence[Sequence[str]],

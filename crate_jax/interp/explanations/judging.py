@@ -3,41 +3,47 @@
 EleutherAI's delphi (Paulo et al. 2024, "Automatically Interpreting Millions of Features in
 Large Language Models") scores an explanation by asking a judge, shown only the explanation:
 
-- detection: "does the neuron fire anywhere in this context?", over activating contexts from
-  every activation quantile and non-activating ones; balanced accuracy (and AUROC where the
-  judge's answer is graded);
+- detection: "does the neuron fire here?", over activating contexts from every activation
+  quantile and non-activating ones (random, and hard negatives); balanced accuracy, and AUROC
+  where the judge's answer is graded;
 - fuzzing: "are the highlighted tokens the ones it fires on?", over activating contexts with
   their firing tokens highlighted and the same contexts with as many other tokens highlighted;
   balanced accuracy.
 
 Both are cheaper than simulation (one yes/no per context instead of a number per token) and
-need no calibrated activations. Here every context is cut from the held-out records of the
+need no calibrated activations. Every context here is cut from the held-out records of the
 OpenAI protocol (`splits.held_out_records`: top and random records the explanation did not
 see) and from the quantile-bin records, which that explanation never sees; every record lies in
 a sequence of its own (`miner`), so no judged token was shown to the explainer.
 
-Definitions, and where they depart from delphi's defaults (32-token contexts, 50 activating
-contexts drawn from 10 quantiles, 50 random non-activating ones, wrong highlights on random
-tokens):
-- A token fires when its activation is at least `FIRING_LEVEL` on the explanation's 0-10 scale
-  (10 = the largest activation in the explanation records): the level from which OpenAI's
-  discretisation shows it as non-zero. Delphi's latents are SAE latents, exactly 0 when off;
-  neurons are not, so "fires" needs a level, and this one is the scale every explainer and
-  simulator here already speaks.
-- Contexts are `CONTEXT_TOKENS` = 32 tokens (delphi's). An activating context is the window of a
-  held-out top or bin record around its peak (`CONTEXT_BEFORE_PEAK` tokens before it, as the
-  model reads left to right), kept if the peak fires; the bins span the activation range as
-  delphi's quantiles do. Non-activating contexts are the two 32-token halves of every held-out
-  record in which no token fires: "hard" where one holds a token the neuron fires on in the
-  explanation records (that token in another context: the negatives a token list cannot
-  reject), "random" otherwise. Every context is used, none sampled: with 20 held-out records and
-  20 bin records per neuron there are about 30 activating and 30-60 non-activating contexts,
-  fewer than delphi's 50 + 50; more would need more mined records.
-- Wrong fuzzing highlights: as many tokens as the context has firing ones, drawn (seeded by
-  seed, neuron and context) from its non-firing tokens.
+Definitions, and where they depart from delphi's (32-token contexts judged "anywhere in it",
+50 activating contexts from 10 quantiles, 50 random non-activating ones, wrong fuzzing
+highlights on random tokens):
+- A token fires when its activation is at least `FIRING_SHARE` of the way from the neuron's
+  mean (over the whole evaluation text) to the largest activation in the explanation records.
+  Delphi's latents are SAE latents, exactly 0 when off; neurons are not (a residual coordinate
+  is never 0), so "fires" needs a level, and measuring it from the mean is what the truth
+  measure does too (`ground_truth`). A graded judge (a simulator, whose 0-10 scale puts 10 at
+  that largest activation) says yes from the same level on its scale.
+- Detection asks about one target token: the context is the `DETECTION_CONTEXT` tokens ending
+  at it (what a causal model has read when it fires there). Delphi asks whether the latent
+  fires anywhere in 32 tokens; for the planted corpus's frequent features (a determiner or noun
+  every few tokens) almost no 32-token context is silent, so that question had no negatives:
+  on a trained CRATE's ISTA code 62% of neurons, and 96% of its residual coordinates, had no
+  non-activating context at all. Activating targets are the peaks of the held-out top and bin
+  records (the bins span the activation range, as delphi's quantiles do), where they fire.
+  Non-activating targets are drawn (seeded) from the held-out records' silent tokens: up to
+  `NEGATIVES_PER_KIND` "hard" ones, whose token is one the neuron fires on in the explanation
+  records (that token in another context: what a token list cannot reject), and as many
+  "random" ones.
+- Fuzzing keeps delphi's question on `CONTEXT_TOKENS` = 32-token windows around the peaks of
+  the held-out top and bin records; wrong highlights are as many of the window's silent tokens
+  as it has firing ones, drawn (seeded by seed, neuron and context).
+- With 10 held-out top records and 20 bin records per neuron there are at most 30 activating
+  targets and fuzzed contexts, fewer than delphi's 50; more would need more mined records.
 
-Judges (`explanation.Judge`): an offline simulator is its own judge (`SimulatorJudge`: the
-largest simulated activation in a context, "yes" from `FIRING_LEVEL`); an LLM answers
+Judges (`explanation.Judge`): an offline simulator is its own judge (`SimulatorJudge`: its
+simulated activation on the target token, or on the highlighted ones); an LLM answers
 delphi-style prompts (`llm_judge`).
 """
 
@@ -63,9 +69,15 @@ from crate_jax.interp.explanations.explanation import (
 )
 from crate_jax.interp.explanations.splits import explanation_records, held_out_records
 
-CONTEXT_TOKENS = 32
-CONTEXT_BEFORE_PEAK = 24
-FIRING_LEVEL = 1.0
+# Which contexts detection and fuzzing judge; `interp/inputs.json` carries it, so scores judged
+# by an older rule are recomputed, not reused. 2: detection of one target token, firing measured
+# from the neuron's mean (1: any token of a 32-token context, firing measured from 0).
+JUDGING_VERSION = 2
+CONTEXT_TOKENS = 32  # a fuzzed context
+CONTEXT_BEFORE_PEAK = 24  # tokens of it before the peak: the model reads left to right
+DETECTION_CONTEXT = 16  # a detection context: the target token and the 15 before it
+FIRING_SHARE = 0.1  # of the way from the neuron's mean to its largest explained activation
+NEGATIVES_PER_KIND = 25  # hard and random non-activating detection targets, at most
 JUDGED_SCORES = ("detection", "detection_auroc", "fuzzing")
 
 
@@ -79,11 +91,11 @@ class JudgedContext:
 
 
 class SimulatorJudge:
-    """An offline simulator as a graded judge: detection is the largest simulated activation
-    in the context, fuzzing the mean simulated activation on the highlighted tokens; "yes"
-    from `FIRING_LEVEL`, the level at which a token counts as firing."""
+    """An offline simulator as a graded judge: detection is the simulated activation of the
+    context's last token, fuzzing the mean simulated activation on the highlighted tokens; "yes"
+    from the neuron's firing level on the simulator's 0-10 scale (`threshold` None)."""
 
-    threshold = FIRING_LEVEL
+    threshold = None
     graded = True
 
     def __init__(self, simulator: Simulator):
@@ -91,7 +103,7 @@ class SimulatorJudge:
 
     def detect(self, explanation: Explanation, contexts) -> list[float]:
         simulated = self.simulator.simulate(explanation, contexts)
-        return [max(values, default=0.0) for values in simulated]
+        return [values[-1] if len(values) else 0.0 for values in simulated]
 
     def fuzz(self, explanation: Explanation, contexts, highlighted) -> list[float]:
         simulated = self.simulator.simulate(explanation, contexts)
@@ -100,16 +112,22 @@ class SimulatorJudge:
                 for values, marks in zip(simulated, highlighted, strict=True)]
 
 
-def firing_level(neuron: NeuronRecord, record_protocol: str) -> float:
-    """The activation from which a token fires: `FIRING_LEVEL` on the 0-10 scale of the
-    explanation records (inf when they never exceed 0: nothing fires)."""
+def firing_level(neuron: NeuronRecord, record_protocol: str) -> tuple[float, float]:
+    """`(activation, level on the explanation's 0-10 scale)` from which a token fires (module
+    docstring); both inf when the explanation records never rise above the neuron's mean."""
     scale = max_activation(explanation_records(neuron, "openai", record_protocol))
-    return FIRING_LEVEL * scale / MAX_NORMALIZED_ACTIVATION if scale > 0 else math.inf
+    mean = neuron.mean if neuron.mean is not None and math.isfinite(neuron.mean) else 0.0
+    if scale <= mean or scale <= 0:
+        return math.inf, math.inf
+    level = mean + FIRING_SHARE * (scale - mean)
+    return level, MAX_NORMALIZED_ACTIVATION * level / scale
 
 
-def judged_contexts(neuron: NeuronRecord, record_protocol: str) -> list[JudgedContext]:
-    """Detection's contexts for `neuron` (module docstring), in a fixed order."""
-    level = firing_level(neuron, record_protocol)
+def judged_contexts(neuron: NeuronRecord, record_protocol: str,
+                    seed: int) -> list[JudgedContext]:
+    """Detection's contexts for `neuron` (module docstring): each ends at its target token;
+    activating ones first, then hard, then random, in a fixed order."""
+    level, _ = firing_level(neuron, record_protocol)
     explained = explanation_records(neuron, "openai", record_protocol)
     fired_on = {token for record in explained
                 for token, value in zip(record.tokens, record.activations, strict=True)
@@ -119,14 +137,21 @@ def judged_contexts(neuron: NeuronRecord, record_protocol: str) -> list[JudgedCo
             for record in records]
     contexts = []
     for record in held["top"] + bins:
-        window = _peak_window(record)
-        if window.activations and max(window.activations) >= level:
-            contexts.append(JudgedContext(window, "activating"))
-    for record in held["top"] + bins + held["random"]:
-        for half in _pieces(record):
-            if half.activations and max(half.activations) < level:
-                kind = "hard" if fired_on.intersection(half.tokens) else "random"
-                contexts.append(JudgedContext(half, kind))
+        if record.activations and max(record.activations) >= level:
+            contexts.append(JudgedContext(_ending_at(record, int(np.argmax(record.activations))),
+                                          "activating"))
+    silent = {"hard": [], "random": []}
+    for number, record in enumerate(held["top"] + bins + held["random"]):
+        for position in range(DETECTION_CONTEXT - 1, len(record.tokens)):  # a full context
+            if record.activations[position] < level:
+                kind = "hard" if record.tokens[position] in fired_on else "random"
+                silent[kind].append((number, position, record))
+    rng = np.random.default_rng([seed, neuron.neuron_id.neuron_index])
+    for kind in ("hard", "random"):
+        chosen = rng.permutation(len(silent[kind]))[:NEGATIVES_PER_KIND]
+        for k in np.sort(chosen):  # in the records' order
+            _, position, record = silent[kind][k]
+            contexts.append(JudgedContext(_ending_at(record, position), kind))
     return contexts
 
 
@@ -135,30 +160,42 @@ def judge_scores(judge: Judge, explanation: Explanation, neuron: NeuronRecord,
     """`{detection, detection_auroc, fuzzing}` of one explanation of `neuron`; NaN where a
     score is undefined (no activating or no non-activating context; AUROC of a yes/no judge).
     Raises what the judge raises (`SimulationFailure`, `BackendError`)."""
-    contexts = judged_contexts(neuron, record_protocol)
+    level, scale_level = firing_level(neuron, record_protocol)
+    threshold = scale_level if judge.threshold is None else judge.threshold
+    contexts = judged_contexts(neuron, record_protocol, seed)
     firing = np.asarray([c.kind == "activating" for c in contexts], bool)
     values = np.asarray(judge.detect(explanation, [shown_tokens(c.record) for c in contexts]),
                         np.float64) if contexts else np.zeros(0)
-    result = {"detection": balanced_accuracy(values >= judge.threshold, firing),
+    result = {"detection": balanced_accuracy(values >= threshold, firing),
               "detection_auroc": (auroc(values, firing) if getattr(judge, "graded", False)
                                   else math.nan)}
-    level = firing_level(neuron, record_protocol)
     shown, marks, truth = [], [], []
-    for number, context in enumerate(c for c in contexts if c.kind == "activating"):
-        fires = np.asarray(context.record.activations) >= level
+    for number, window in enumerate(fuzzed_windows(neuron, record_protocol, level)):
+        fires = np.asarray(window.activations) >= level
         quiet = np.flatnonzero(~fires)
         rng = np.random.default_rng([seed, neuron.neuron_id.neuron_index, number])
         wrong = np.zeros_like(fires)
         wrong[rng.permutation(quiet)[:int(fires.sum())]] = True
         for highlighted, correct in ((fires, True), (wrong, False)):
             if highlighted.any():
-                shown.append(shown_tokens(context.record))
+                shown.append(shown_tokens(window))
                 marks.append(highlighted.tolist())
                 truth.append(correct)
     fuzzed = (np.asarray(judge.fuzz(explanation, shown, marks), np.float64) if shown
               else np.zeros(0))
-    result["fuzzing"] = balanced_accuracy(fuzzed >= judge.threshold, np.asarray(truth, bool))
+    result["fuzzing"] = balanced_accuracy(fuzzed >= threshold, np.asarray(truth, bool))
     return result
+
+
+def fuzzed_windows(neuron: NeuronRecord, record_protocol: str,
+                   level: float) -> list[ActivationRecord]:
+    """Fuzzing's contexts: the `CONTEXT_TOKENS`-token window around the peak of each held-out
+    top and bin record whose peak fires."""
+    held = held_out_records(neuron, "openai", record_protocol)
+    bins = [record for records in (neuron.random_sample_by_quantile or [])
+            for record in records]
+    return [_peak_window(record) for record in held["top"] + bins
+            if record.activations and max(record.activations) >= level]
 
 
 def balanced_accuracy(said_yes: np.ndarray, is_yes: np.ndarray) -> float:
@@ -194,8 +231,7 @@ def _peak_window(record: ActivationRecord) -> ActivationRecord:
     return _slice(record, start, start + CONTEXT_TOKENS)
 
 
-def _pieces(record: ActivationRecord) -> list[ActivationRecord]:
-    """The record cut into consecutive `CONTEXT_TOKENS`-token contexts (the last may be
-    shorter)."""
-    return [_slice(record, start, start + CONTEXT_TOKENS)
-            for start in range(0, len(record.tokens), CONTEXT_TOKENS)]
+def _ending_at(record: ActivationRecord, position: int) -> ActivationRecord:
+    """The `DETECTION_CONTEXT` tokens of the record that end at `position` (fewer near its
+    start)."""
+    return _slice(record, max(0, position + 1 - DETECTION_CONTEXT), position + 1)

@@ -5,9 +5,11 @@ in our own words:
 
 * The judge reads an explanation and `BATCH_SIZE` numbered contexts (`Example 1: ...`), each the
   concatenation of its tokens on one line, and answers with a list of 0s and 1s, one per context.
-* Detection asks whether the neuron fires anywhere in each context; fuzzing shows each context
-  with some tokens between `<<` and `>>` (consecutive marked tokens share one pair, as in delphi)
-  and asks whether every marked token is one the explanation says the neuron fires on.
+* Detection asks whether the neuron fires on each context's last token, shown between `<<` and
+  `>>` (`judging` explains why the target is one token, not delphi's whole context); fuzzing
+  shows each context with some tokens between `<<` and `>>` (consecutive marked tokens share one
+  pair, as in delphi) and asks whether every marked token is one the explanation says the
+  neuron fires on.
 * A system message states the task, then two worked examples (user turn, assistant answer)
   show the format, then the batch itself. Temperature 0.
 * Contexts are shuffled (seeded) before they are cut into batches, as delphi shuffles its
@@ -49,9 +51,11 @@ _ROLE = ("You are a careful linguistics researcher studying one neuron of a lang
          "pronouns\" or \"words about the weather\", and a few numbered text examples.")
 _ANSWER_FORMAT = ("Answer each example in order. Reply with only a list of 0s and 1s, one per "
                   "example, and nothing else.")
-_DETECTION_TASK = (f"{_ROLE}\n\nFor each example, answer 1 if the neuron responds somewhere in "
-                   "it (the example contains what the explanation describes) and 0 if it does "
-                   f"not. Any number of them, from none to all, may be 1.\n\n{_ANSWER_FORMAT}")
+_DETECTION_TASK = (f"{_ROLE}\n\nThe last token of each example is marked between "
+                   f"{HIGHLIGHT_OPEN} and {HIGHLIGHT_CLOSE}. For each example, answer 1 if the "
+                   "neuron responds to that marked token, read in the context before it (it is "
+                   "what the explanation describes), and 0 if it does not. Any number of them, "
+                   f"from none to all, may be 1.\n\n{_ANSWER_FORMAT}")
 _FUZZING_TASK = (f"{_ROLE}\n\nIn each example some tokens are marked between "
                  f"{HIGHLIGHT_OPEN} and {HIGHLIGHT_CLOSE}. Some examples are marked where the "
                  "neuron responds, others at random: all, none or some of them may be marked "
@@ -65,14 +69,15 @@ _FUZZING_TASK = (f"{_ROLE}\n\nIn each example some tokens are marked between "
 _WEATHER = "words about the weather, such as \"rain\" or \"snow\""
 _YEARS = "years written as four digits"
 _DETECTION_SHOTS = [
-    (_WEATHER, [["We", " stayed", " in", " because", " of", " the", " rain", "."],
-                ["She", " paid", " the", " bill", " and", " left", "."],
-                ["Snow", " is", " expected", " tomorrow", " in", " the", " north", "."]],
+    (_WEATHER, [["We", " stayed", " in", " because", " of", " the", " rain"],
+                ["She", " paid", " the", " bill", " and", " left"],
+                ["Snow", " is", " expected", " tomorrow", " in", " the", " north", " and",
+                 " more", " snow"]],
      "[1, 0, 1]"),
-    (_YEARS, [["Sales", " in", " 2019", " were", " high", "."],
-              ["He", " scored", " 24", " points", "."],
-              ["The", " bridge", " opened", " in", " 1932", "."],
-              ["Call", " me", " after", " lunch", "."]],
+    (_YEARS, [["Sales", " in", " 2019"],
+              ["He", " scored", " 24"],
+              ["The", " bridge", " opened", " in", " 1932"],
+              ["Back", " in", " 1932", " we", " called"]],
      "[1, 0, 1, 0]"),
 ]
 _FUZZING_SHOTS = [
@@ -132,10 +137,16 @@ def _messages(task: str, shots: Sequence[tuple[str, list[str], str]], explanatio
 
 def detection_prompt(explanation: str,
                      contexts: Sequence[Sequence[str]]) -> list[dict[str, str]]:
-    """The chat messages asking, for each of `contexts` (one batch), whether the neuron fires."""
-    shots = [(text, [context_text(c) for c in shot], answer)
+    """The chat messages asking, for each of `contexts` (one batch), whether the neuron fires
+    on its last token (marked)."""
+    shots = [(text, [context_text(c, _last_marked(c)) for c in shot], answer)
              for text, shot, answer in _DETECTION_SHOTS]
-    return _messages(_DETECTION_TASK, shots, explanation, [context_text(c) for c in contexts])
+    return _messages(_DETECTION_TASK, shots, explanation,
+                     [context_text(c, _last_marked(c)) for c in contexts])
+
+
+def _last_marked(tokens: Sequence[str]) -> list[bool]:
+    return [False] * (len(tokens) - 1) + [True] if tokens else []
 
 
 def fuzzing_prompt(explanation: str, contexts: Sequence[Sequence[str]],
