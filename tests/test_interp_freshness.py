@@ -16,7 +16,7 @@ from crate_jax.data.tokenizer import TokenizerError
 from crate_jax.interp.activations.capture import InterpretabilityError
 from crate_jax.interp.activations.records import ActivationRecord, NeuronId, NeuronRecord
 from crate_jax.interp.evaluate import evaluate_interpretability
-from crate_jax.interp.explanations.neuron_scoring import explain_layer
+from crate_jax.interp.explanations.neuron_scoring import SCORES, explain_layer
 from crate_jax.interp.explanations.token_lookup import TokenLookupExplainer
 from crate_jax.train.loop import train_and_evaluate
 
@@ -179,8 +179,8 @@ def test_the_report_reads_the_last_line_per_neuron_and_leaves_a_cut_file_alone(t
 
 class _Script:
     """Answers to chat requests that the test switches: `empty` (no explanation at all), `prose`
-    (explanations, but simulations that are not lists of numbers) or `good` (a number per
-    token)."""
+    (explanations, but simulations and judgements that are not lists of numbers) or `good` (a
+    number per token, a 0 or 1 per judged example)."""
 
     mode = "empty"
 
@@ -188,10 +188,13 @@ class _Script:
         if self.mode == "empty":
             return ""
         simulation = re.search(r"Tokens \(\d+\): (.*)\n\nPredict", prompt)
-        if simulation is None:
+        judged = re.search(r"Reply with a list of (\d+) numbers? \(0 or 1\)", prompt)
+        if simulation is None and judged is None:
             return "short tokens"
         if self.mode == "prose":
             return "I cannot tell."
+        if judged is not None:
+            return json.dumps([k % 2 for k in range(int(judged.group(1)))])
         return json.dumps([len(token) % 11 for token in json.loads(simulation.group(1))])
 
 
@@ -233,7 +236,6 @@ def test_failed_neurons_are_retried_on_rerun_and_a_stage_where_all_failed_stops(
     assert len(scores) == 6  # explanation failed, simulations failed, scored
     for entry in scores[-2:]:
         assert not entry["failures"]
-        assert set(entry["scores"]) == set(entry["baseline_scores"]) == {
-            "top_and_random", "random_only", "top_only", "anthropic"}
+        assert set(entry["scores"]) == set(entry["baseline_scores"]) == set(SCORES)
     for entry in summary["sites"]["ista"].values():
         assert all(split["n_failed"] == 0 for split in entry["splits"].values())

@@ -22,6 +22,7 @@ from crate_jax.interp.explanations.judging import (
     fuzzed_windows,
     judge_scores,
     judged_contexts,
+    judgement_cases,
 )
 from crate_jax.interp.explanations.neuron_scoring import split_scores
 from crate_jax.interp.explanations.splits import explanation_records, held_out_records
@@ -69,6 +70,10 @@ def _neurons():
     return tokens, feature, _mined(activations, tokens)
 
 
+def _cases(neuron):
+    return judgement_cases(neuron, "default", seed=0)
+
+
 def _token_lookup(neuron):
     records = explanation_records(neuron, "openai")
     return TokenLookupExplainer().explain(records, max(max(r.activations) for r in records))
@@ -95,9 +100,9 @@ def test_a_perfect_explanation_detects_and_fuzzes_perfectly_another_neurons_at_c
     assert all(c.record.tokens[-1] == " x" for c in contexts if c.kind == "activating")
     assert all(len(c.record.tokens) == DETECTION_CONTEXT for c in contexts
                if c.kind != "activating")
-    own = judge_scores(judge, _token_lookup(x_neuron), x_neuron, "default", seed=0)
+    own = judge_scores(judge, _token_lookup(x_neuron), _cases(x_neuron))
     assert own == {"detection": 1.0, "detection_auroc": 1.0, "fuzzing": 1.0}
-    other = judge_scores(judge, _token_lookup(y_neuron), x_neuron, "default", seed=0)
+    other = judge_scores(judge, _token_lookup(y_neuron), _cases(x_neuron))
     assert abs(other["detection"] - 0.5) <= 0.1 and abs(other["fuzzing"] - 0.5) <= 0.1
 
 
@@ -123,8 +128,8 @@ def test_hard_negatives_hold_a_firing_token_in_another_context():
     contexts = judged_contexts(neuron, "default", seed=0)
     hard = [c for c in contexts if c.kind == "hard"]
     assert hard and all(c.record.tokens[-1] == " x" for c in hard)
-    scores = judge_scores(SimulatorJudge(TokenLookupSimulator()), _token_lookup(neuron), neuron,
-                          "default", seed=0)
+    scores = judge_scores(SimulatorJudge(TokenLookupSimulator()), _token_lookup(neuron),
+                          _cases(neuron))
     assert scores["detection"] < 0.9  # the token list says yes to every hard negative
 
 
@@ -142,7 +147,7 @@ def test_the_truth_control_of_a_neuron_that_is_a_feature_scores_one():
                  for name, records in groups.items()}
     score = split_scores(groups, predicted, ["top_and_random"])["top_and_random"]
     assert score == pytest.approx(1.0)
-    scores = judge_scores(SimulatorJudge(simulator), explanation, feature_neuron, "default", 0)
+    scores = judge_scores(SimulatorJudge(simulator), explanation, _cases(feature_neuron))
     assert scores == {"detection": 1.0, "detection_auroc": 1.0, "fuzzing": 1.0}
 
 
@@ -162,6 +167,6 @@ def test_a_neuron_that_is_never_zero_still_has_silent_targets():
     (neuron,) = _mined(activations, tokens)
     kinds = [c.kind for c in judged_contexts(neuron, "default", seed=0)]
     assert kinds.count("random") == NEGATIVES_PER_KIND and kinds.count("activating") >= 10
-    scores = judge_scores(SimulatorJudge(TokenLookupSimulator()), _token_lookup(neuron), neuron,
-                          "default", seed=0)
+    scores = judge_scores(SimulatorJudge(TokenLookupSimulator()), _token_lookup(neuron),
+                          _cases(neuron))
     assert scores == {"detection": 1.0, "detection_auroc": 1.0, "fuzzing": 1.0}

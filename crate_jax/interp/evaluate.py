@@ -31,7 +31,7 @@ from crate_jax.interp.activations.capture import (
     read_records,
 )
 from crate_jax.interp.explanations.backends import explainer_kinds, make_backend
-from crate_jax.interp.explanations.neuron_scoring import explain_layer, score_layer
+from crate_jax.interp.explanations.neuron_scoring import PROTOCOLS, explain_layer, score_layer
 from crate_jax.interp.explanations.splits import check_record_protocol
 from crate_jax.interp.explanations.token_reference import TokenReference
 from crate_jax.interp.explanations.truth_control import PlantedLabels
@@ -106,31 +106,37 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     labels = (PlantedLabels(truth["labels"][:sequences.size], truth["features"])
               if truth is not None else None)
     kinds = explainer_kinds(interp)
-    scored: dict = {}  # {kind: {(site, layer): {neuron: scores}}}
-    layer_summaries: dict = {}  # {kind: {site: {layer: summary}}}
+    backends = {kind: make_backend(interp, kind, labels) for kind in kinds}
+    scored: dict = {kind: {} for kind in kinds}  # {kind: {(site, layer): {neuron: scores}}}
+    layer_summaries: dict = {kind: {site: {} for site in sites} for kind in kinds}
     entries: list[dict] = []
-    for number, kind in enumerate(kinds):
-        explainer, simulator, judge = make_backend(interp, kind, labels)
-        headline = number == 0
-        scored[kind], layer_summaries[kind] = {}, {}
-        for site in sites:
-            layer_summaries[kind][site] = {}
-            for layer in range(model.config.num_layers):
-                neurons = read_records(layout.records(site, layer),
-                                       layout.record_positions(site, layer))
+    for site in sites:
+        for layer in range(model.config.num_layers):
+            neurons = read_records(layout.records(site, layer),
+                                   layout.record_positions(site, layer))
+            cases: dict = {}  # each neuron's detection and fuzzing cases, for every explainer
+            for kind in kinds:
+                explainer, simulator, judge = backends[kind]
+                headline = kind == kinds[0]
                 layer_dir = layout.layer_scores(site, layer,
                                                 None if headline else kind).directory
                 layer_dir.mkdir(parents=True, exist_ok=True)
+                # A compared explainer is there to be checked against the truth, on the OpenAI
+                # protocol's scores, detection and fuzzing: the Anthropic protocol, the
+                # other-neuron baseline and the token reference are the headline's only.
+                protocols = PROTOCOLS if headline else ("openai",)
                 explanations = explain_layer(neurons, explainer, layer_dir, interp.workers,
                                              record_protocol=interp.protocol,
-                                             retry_failed=interp.retry_failed)
-                reference = TokenReference(layout.token_means(site, layer), decode)
+                                             retry_failed=interp.retry_failed,
+                                             protocols=protocols)
+                reference = (TokenReference(layout.token_means(site, layer), decode)
+                             if headline else None)
                 scores = score_layer(neurons, explanations, simulator, layer_dir,
-                                     random_baseline=interp.random_baseline, seed=interp.seed,
-                                     layer=layer, workers=interp.workers,
+                                     random_baseline=interp.random_baseline and headline,
+                                     seed=interp.seed, layer=layer, workers=interp.workers,
                                      record_protocol=interp.protocol,
-                                     retry_failed=interp.retry_failed,
-                                     reference=reference if headline else None, judge=judge)
+                                     retry_failed=interp.retry_failed, reference=reference,
+                                     judge=judge, protocols=protocols, cases=cases)
                 if headline:
                     entries.extend(scores.values())
                 scored[kind][site, layer] = {index: entry["scores"]

@@ -36,6 +36,8 @@ def layer_summary(scores: dict[int, dict], sparsity: dict, *, samples: int, seed
     summary = {"neurons": len(entries), "sparsity": sparsity, "splits": {}, "baseline": {},
                "token_reference": {}, "explanation_above_token_reference": {}}
     for split in SPLITS:
+        if entries and not any(split in e["scores"] or split in e["failures"] for e in entries):
+            continue  # not scored here (a compared explainer's Anthropic split)
         values = [math.nan if e["scores"].get(split) is None else e["scores"][split]
                   for e in entries if split not in e["failures"]]
         summary["splits"][split] = {

@@ -53,7 +53,6 @@ import dataclasses
 import math
 
 import numpy as np
-from scipy import stats
 
 from crate_jax.interp.activations.records import (
     ActivationRecord,
@@ -107,8 +106,7 @@ class SimulatorJudge:
 
     def fuzz(self, explanation: Explanation, contexts, highlighted) -> list[float]:
         simulated = self.simulator.simulate(explanation, contexts)
-        return [float(np.mean([v for v, marked in zip(values, marks, strict=True) if marked]))
-                if any(marks) else 0.0
+        return [float(np.asarray(values)[np.asarray(marks, bool)].mean()) if any(marks) else 0.0
                 for values, marks in zip(simulated, highlighted, strict=True)]
 
 
@@ -140,35 +138,42 @@ def judged_contexts(neuron: NeuronRecord, record_protocol: str,
         if record.activations and max(record.activations) >= level:
             contexts.append(JudgedContext(_ending_at(record, int(np.argmax(record.activations))),
                                           "activating"))
-    silent = {"hard": [], "random": []}
-    for number, record in enumerate(held["top"] + bins + held["random"]):
-        for position in range(DETECTION_CONTEXT - 1, len(record.tokens)):  # a full context
-            if record.activations[position] < level:
-                kind = "hard" if record.tokens[position] in fired_on else "random"
-                silent[kind].append((number, position, record))
+    silent: dict[str, list[tuple[ActivationRecord, int]]] = {"hard": [], "random": []}
+    for record in held["top"] + bins + held["random"]:
+        # Targets with a full context before them, where the neuron is silent.
+        quiet = np.flatnonzero(np.asarray(record.activations[DETECTION_CONTEXT - 1:])
+                               < level) + DETECTION_CONTEXT - 1
+        for position in quiet.tolist():
+            kind = "hard" if record.tokens[position] in fired_on else "random"
+            silent[kind].append((record, position))
     rng = np.random.default_rng([seed, neuron.neuron_id.neuron_index])
     for kind in ("hard", "random"):
         chosen = rng.permutation(len(silent[kind]))[:NEGATIVES_PER_KIND]
-        for k in np.sort(chosen):  # in the records' order
-            _, position, record = silent[kind][k]
+        for k in np.sort(chosen).tolist():  # in the records' order
+            record, position = silent[kind][k]
             contexts.append(JudgedContext(_ending_at(record, position), kind))
     return contexts
 
 
-def judge_scores(judge: Judge, explanation: Explanation, neuron: NeuronRecord,
-                 record_protocol: str, seed: int) -> dict[str, float]:
-    """`{detection, detection_auroc, fuzzing}` of one explanation of `neuron`; NaN where a
-    score is undefined (no activating or no non-activating context; AUROC of a yes/no judge).
-    Raises what the judge raises (`SimulationFailure`, `BackendError`)."""
+@dataclasses.dataclass(frozen=True)
+class JudgementCases:
+    """What a judge is asked about one neuron, and the true answers: the same for every
+    explanation of it (its own, another neuron's, every explainer's), so built once.
+    `detection`: contexts ending at their target; `fuzzing`: contexts with `marks`;
+    `scale_level`: the firing level on the explanation's 0-10 scale."""
+
+    detection: list
+    detection_truth: np.ndarray  # [contexts] bool: the target fires
+    fuzzing: list
+    marks: list[list[bool]]
+    fuzzing_truth: np.ndarray  # [contexts] bool: the marks are the firing tokens
+    scale_level: float
+
+
+def judgement_cases(neuron: NeuronRecord, record_protocol: str, seed: int) -> JudgementCases:
+    """Detection's and fuzzing's cases for `neuron` (module docstring)."""
     level, scale_level = firing_level(neuron, record_protocol)
-    threshold = scale_level if judge.threshold is None else judge.threshold
     contexts = judged_contexts(neuron, record_protocol, seed)
-    firing = np.asarray([c.kind == "activating" for c in contexts], bool)
-    values = np.asarray(judge.detect(explanation, [shown_tokens(c.record) for c in contexts]),
-                        np.float64) if contexts else np.zeros(0)
-    result = {"detection": balanced_accuracy(values >= threshold, firing),
-              "detection_auroc": (auroc(values, firing) if getattr(judge, "graded", False)
-                                  else math.nan)}
     shown, marks, truth = [], [], []
     for number, window in enumerate(fuzzed_windows(neuron, record_protocol, level)):
         fires = np.asarray(window.activations) >= level
@@ -181,10 +186,27 @@ def judge_scores(judge: Judge, explanation: Explanation, neuron: NeuronRecord,
                 shown.append(shown_tokens(window))
                 marks.append(highlighted.tolist())
                 truth.append(correct)
-    fuzzed = (np.asarray(judge.fuzz(explanation, shown, marks), np.float64) if shown
-              else np.zeros(0))
-    result["fuzzing"] = balanced_accuracy(fuzzed >= threshold, np.asarray(truth, bool))
-    return result
+    return JudgementCases(
+        detection=[shown_tokens(c.record) for c in contexts],
+        detection_truth=np.asarray([c.kind == "activating" for c in contexts], bool),
+        fuzzing=shown, marks=marks, fuzzing_truth=np.asarray(truth, bool),
+        scale_level=scale_level)
+
+
+def judge_scores(judge: Judge, explanation: Explanation,
+                 cases: JudgementCases) -> dict[str, float]:
+    """`{detection, detection_auroc, fuzzing}` of one explanation on a neuron's `cases`; NaN
+    where a score is undefined (no activating or no silent case; AUROC of a yes/no judge).
+    Raises what the judge raises (`SimulationFailure`, `BackendError`)."""
+    threshold = cases.scale_level if judge.threshold is None else judge.threshold
+    detected = (np.asarray(judge.detect(explanation, cases.detection), np.float64)
+                if cases.detection else np.zeros(0))
+    fuzzed = (np.asarray(judge.fuzz(explanation, cases.fuzzing, cases.marks), np.float64)
+              if cases.fuzzing else np.zeros(0))
+    return {"detection": balanced_accuracy(detected >= threshold, cases.detection_truth),
+            "detection_auroc": (auroc(detected, cases.detection_truth)
+                                if getattr(judge, "graded", False) else math.nan),
+            "fuzzing": balanced_accuracy(fuzzed >= threshold, cases.fuzzing_truth)}
 
 
 def fuzzed_windows(neuron: NeuronRecord, record_protocol: str,
@@ -207,12 +229,12 @@ def balanced_accuracy(said_yes: np.ndarray, is_yes: np.ndarray) -> float:
 
 def auroc(values: np.ndarray, is_yes: np.ndarray) -> float:
     """P(a yes case's value > a no case's), ties counted half; NaN without both kinds."""
-    positives, negatives = int(is_yes.sum()), int((~is_yes).sum())
-    if not positives or not negatives:
+    yes, no = values[is_yes], values[~is_yes]
+    if not yes.size or not no.size:
         return math.nan
-    ranks = stats.rankdata(values)
-    return float((ranks[is_yes].sum() - positives * (positives + 1) / 2)
-                 / (positives * negatives))
+    # All pairs: a few dozen cases a side, faster than ranking.
+    return float(((yes[:, None] > no[None, :]).sum() + 0.5 * (yes[:, None] == no[None, :]).sum())
+                 / (yes.size * no.size))
 
 
 def _slice(record: ActivationRecord, start: int, stop: int) -> ActivationRecord:

@@ -34,7 +34,12 @@ from crate_jax.interp.explanations.explanation import (
     SimulationFailure,
     Simulator,
 )
-from crate_jax.interp.explanations.judging import JUDGED_SCORES, judge_scores
+from crate_jax.interp.explanations.judging import (
+    JUDGED_SCORES,
+    JudgementCases,
+    judge_scores,
+    judgement_cases,
+)
 from crate_jax.interp.explanations.scoring import correlation_score
 from crate_jax.interp.explanations.splits import (
     ANTHROPIC_SPLIT,
@@ -131,16 +136,20 @@ def _complete(neurons: list[NeuronRecord], work: Callable[[NeuronRecord], dict],
     return done
 
 
+PROTOCOLS = ("openai", "anthropic")
+
+
 def explanation_failed(entry: dict) -> bool:
     """Whether either protocol's explanation of this `explanations.jsonl` entry failed."""
-    return any("failure" in entry.get(protocol, {}) for protocol in ("openai", "anthropic"))
+    return any("failure" in entry.get(protocol, {}) for protocol in PROTOCOLS)
 
 
 def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Path,
                   workers: int = 1, *, record_protocol: str = "default",
-                  retry_failed: bool = False) -> dict[int, dict]:
-    """Explanations of every neuron (both protocols), reusing those already on file (except
-    failed ones with `retry_failed`).
+                  retry_failed: bool = False,
+                  protocols: tuple[str, ...] = PROTOCOLS) -> dict[int, dict]:
+    """Explanations of every neuron (by each of `protocols`), reusing those already on file
+    (except failed ones with `retry_failed`).
 
     `record_protocol` (`interp.protocol`) picks the records each explanation is shown
     (see `splits`)."""
@@ -148,7 +157,7 @@ def explain_layer(neurons: list[NeuronRecord], explainer: Explainer, out_dir: Pa
     def explain(neuron: NeuronRecord) -> dict:
         index = neuron.neuron_id.neuron_index
         entry = {"neuron": index}
-        for protocol in ("openai", "anthropic"):
+        for protocol in protocols:
             records = explanation_records(neuron, protocol, record_protocol)
             try:
                 explanation = explainer.explain(records, max_activation(records))
@@ -187,8 +196,8 @@ def _simulate_and_score(explanation_entry: dict, groups: dict[str, list[Activati
     return scores, {}, {g: [[float(v) for v in seq] for seq in simulated[g]] for g in needed}
 
 
-def _judged(judge: Judge | None, explanation_entry: dict, neuron: NeuronRecord,
-            record_protocol: str, seed: int) -> tuple[dict, dict]:
+def _judged(judge: Judge | None, explanation_entry: dict,
+            cases: JudgementCases) -> tuple[dict, dict]:
     """(scores, failures) of detection and fuzzing for the OpenAI-protocol explanation."""
     if judge is None:
         return {}, {}
@@ -196,8 +205,7 @@ def _judged(judge: Judge | None, explanation_entry: dict, neuron: NeuronRecord,
         return {}, {s: f"explanation failed: {explanation_entry['failure']}"
                     for s in JUDGED_SCORES}
     try:
-        return judge_scores(judge, Explanation(**explanation_entry), neuron, record_protocol,
-                            seed), {}
+        return judge_scores(judge, Explanation(**explanation_entry), cases), {}
     except SimulationFailure as failure:
         return {}, {s: str(failure) for s in JUDGED_SCORES}
 
@@ -219,11 +227,15 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
                 layer: int, workers: int = 1, record_protocol: str = "default",
                 retry_failed: bool = False,
                 reference: TokenReference | None = None,
-                judge: Judge | None = None) -> dict[int, dict]:
+                judge: Judge | None = None,
+                protocols: tuple[str, ...] = PROTOCOLS,
+                cases: dict[int, JudgementCases] | None = None) -> dict[int, dict]:
     """Scores of every neuron (and of the random baseline, and the token reference's where a
     `reference` is given: `token_reference_scores`), reusing those already on file. With a
     `judge`, detection and fuzzing of the OpenAI-protocol explanation join the scores
-    (`judging`).
+    (`judging`), on each neuron's cases from `cases` (filled here where missing: a caller
+    that scores several explainers passes one dict, so the cases are built once). Only the
+    splits of `protocols` are scored (their explanations must be on file).
 
     With `retry_failed`, a neuron is rescored when a split of its own failed or when its random
     baseline lacks a split (the partner's explanation or a baseline simulation failed): a
@@ -232,7 +244,9 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
     partners = baseline_partners([n.neuron_id.neuron_index for n in neurons], seed, layer)
     with_baseline = random_baseline and len(partners) > 1
 
-    scored = set(PROTOCOL_OF_SPLIT) | (set(JUDGED_SCORES) if judge is not None else set())
+    cases = {} if cases is None else cases
+    scored = ({split for protocol in protocols for split in protocol_splits(protocol)}
+              | (set(JUDGED_SCORES) if judge is not None else set()))
 
     def failed(entry: dict) -> bool:
         return bool(entry["failures"]) or (
@@ -241,28 +255,29 @@ def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],
     def score(neuron: NeuronRecord) -> dict:
         index = neuron.neuron_id.neuron_index
         groups = {protocol: held_out_records(neuron, protocol, record_protocol)
-                  for protocol in ("openai", "anthropic")}
+                  for protocol in protocols}
         entry = {"neuron": index, "scores": {}, "failures": {}, "simulations": {},
                  "explanation": explanations[index].get("openai", {}).get("text")}
-        for protocol in ("openai", "anthropic"):
+        for protocol in protocols:
             scores, failures, simulations = _simulate_and_score(
                 explanations[index][protocol], groups[protocol], simulator, protocol)
             entry["scores"].update(scores)
             entry["failures"].update(failures)
             entry["simulations"][protocol] = simulations
-        judged, failures = _judged(judge, explanations[index]["openai"], neuron, record_protocol,
-                                   seed)
+        if judge is not None and index not in cases:
+            cases[index] = judgement_cases(neuron, record_protocol, seed)
+        judged, failures = _judged(judge, explanations[index]["openai"], cases.get(index))
         entry["scores"].update(judged)
         entry["failures"].update(failures)
         if with_baseline:
             partner = partners[index]
             baseline = {}
-            for protocol in ("openai", "anthropic"):
+            for protocol in protocols:
                 scores, _, _ = _simulate_and_score(explanations[partner][protocol],
                                                    groups[protocol], simulator, protocol)
                 baseline.update(scores)
-            baseline.update(_judged(judge, explanations[partner]["openai"], neuron,
-                                    record_protocol, seed)[0])
+            baseline.update(_judged(judge, explanations[partner]["openai"],
+                                    cases.get(index))[0])
             entry["baseline_partner"] = partner
             entry["baseline_scores"] = baseline
         if reference is not None:
