@@ -4,12 +4,16 @@ Reads a finished run's mined records (`interp/records/`) and, for each explainer
 `interp.evaluate` does per neuron: (a) explaining it under both protocols (`explain_layer`),
 (b) simulating and scoring every split of both protocols on the held-out records
 (`neuron_scoring._simulate_and_score`), (c) detection and fuzzing of the OpenAI-protocol
-explanation (`judging.judge_scores`). The interp settings (`lookup_tokens`, `ngram_patterns`,
-`ngram_context`, `protocol`, `seed`) are the run's own, from its `config.json`; keys the run
-predates take `configs/crate.py`'s defaults. Each block is one pass over every chosen neuron
-(all sites and layers) of one kind, repeated `--repeats` times; a rate is neurons / the median
-pass. The stage also scores each neuron's random baseline (another neuron's explanation), which
-repeats (b) and (c) once more per neuron; this benchmark times the neuron's own explanation only.
+explanation (`judging.judge_scores`) on each neuron's cases, and, once for all kinds, (d)
+building those cases (`judging.judgement_cases`: the stage builds them once per neuron for
+every explainer). The stage explains and simulates a compared explainer (every kind but the
+headline) under the OpenAI protocol only, which (a) and (b) here time under both. The interp
+settings (`lookup_tokens`, `ngram_patterns`, `ngram_context`, `protocol`, `seed`) are the
+run's own, from its `config.json`; keys the run predates take `configs/crate.py`'s defaults.
+Each block is one pass over every chosen neuron (all sites and layers) of one kind, repeated
+`--repeats` times; a rate is neurons / the median pass. The stage also scores the headline
+explainer's random baseline (another neuron's explanation), which repeats (b) and (c) once
+more per neuron; this benchmark times the neuron's own explanation only.
 Nothing is written to the run.
 
     python benchmarks/interp_speed.py --run=runs/ablation/runs/crate_seed0 --neurons=64 \
@@ -40,7 +44,11 @@ from crate_jax.interp.activations.capture import read_records
 from crate_jax.interp.activations.records import NeuronRecord, max_activation
 from crate_jax.interp.explanations.backends import make_backend
 from crate_jax.interp.explanations.explanation import Explanation, SimulationFailure
-from crate_jax.interp.explanations.judging import judge_scores
+from crate_jax.interp.explanations.judging import (
+    JudgementCases,
+    judge_scores,
+    judgement_cases,
+)
 from crate_jax.interp.explanations.neuron_scoring import _simulate_and_score
 from crate_jax.interp.explanations.splits import explanation_records, held_out_records
 from crate_jax.interp.explanations.truth_control import PlantedLabels
@@ -105,8 +113,12 @@ def median_seconds(block: Callable[[], object], repeats: int) -> tuple[float, ob
     return statistics.median(seconds), result
 
 
+def build_cases(neurons: list[NeuronRecord], interp) -> list[JudgementCases]:
+    return [judgement_cases(neuron, interp.protocol, interp.seed) for neuron in neurons]
+
+
 def measure(kind: str, neurons: list[NeuronRecord], interp, truth: PlantedLabels | None,
-            repeats: int) -> dict:
+            cases: list[JudgementCases], repeats: int) -> dict:
     """Median seconds of each block over `neurons` for explainer `kind`, and neurons/s."""
     explainer, simulator, judge = make_backend(interp, kind, truth)
     record_protocol = interp.protocol
@@ -136,13 +148,12 @@ def measure(kind: str, neurons: list[NeuronRecord], interp, truth: PlantedLabels
 
     def judge_all(explained: list[dict]) -> int:
         failed = 0
-        for neuron, entry in zip(neurons, explained, strict=True):
+        for neuron_cases, entry in zip(cases, explained, strict=True):
             if "failure" in entry["openai"]:
                 failed += 1
                 continue
             try:
-                judge_scores(judge, Explanation(**entry["openai"]), neuron, record_protocol,
-                             interp.seed)
+                judge_scores(judge, Explanation(**entry["openai"]), neuron_cases)
             except SimulationFailure:
                 failed += 1
         return failed
@@ -195,12 +206,16 @@ def main(argv: list[str]) -> None:
               "interp": {key: interp[key] for key in ("protocol", "lookup_tokens",
                                                       "ngram_patterns", "ngram_context", "seed")},
               "results": []}
+    cases_s, cases = median_seconds(lambda: build_cases(neurons, interp), _REPEATS.value)
+    record["cases_neurons_per_second"] = len(neurons) / cases_s
     for kind in _KINDS.value:
-        record["results"].append(measure(kind, neurons, interp, truth, _REPEATS.value))
+        record["results"].append(measure(kind, neurons, interp, truth, cases, _REPEATS.value))
         print(f"measured {kind}", file=sys.stderr, flush=True)
     print(f"run {layout.workdir}, sites {', '.join(sites)}, at most {_NEURONS.value} neurons per "
           f"site and layer; median of {_REPEATS.value} passes\n")
     print(markdown_table(record["results"]))
+    print(f"\ndetection and fuzzing cases (built once per neuron for every kind): "
+          f"{record['cases_neurons_per_second']:,.1f} neurons/s")
     print(f"\nmachine: {record['machine']}\nversions: {record['versions']}", flush=True)
     if _JSON_OUT.value:
         out = Path(_JSON_OUT.value)

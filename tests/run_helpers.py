@@ -40,6 +40,19 @@ def interp_config(prepared: Path, interp: dict, num_steps: int = TRAINED_STEPS):
     return config
 
 
+def miniature_study(config, **study):
+    """`config` (a study, `configs/ablation.py`) with a budget of seconds per run and the
+    `study` settings given."""
+    config.train.update(dict(num_steps=10, batch_size=8, seq_len=64, warmup_steps=2,
+                             log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
+                             progress_bar=False))
+    config.interp.update(dict(num_sequences=8, seq_len=64, window=16, top_k=4, random_k=4,
+                              quantile_bins=2, per_bin=2, neurons_per_layer=8,
+                              bootstrap_samples=100))
+    config.study.update(study)
+    return config
+
+
 def workdir_with_data(prepared: Path, tmp_path: Path, name: str = "run") -> Path:
     """A fresh workdir holding a copy of the prepared tokenizer and token arrays."""
     workdir = tmp_path / name

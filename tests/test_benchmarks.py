@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from run_helpers import REPO
+from run_helpers import REPO, miniature_study
 
 from configs import gpt2
 from crate_jax.model import ModelConfig
@@ -64,14 +64,8 @@ def test_interp_speed_tables_every_explainer_on_a_planted_run(tmp_path):
 
     config = ablation.get_config()
     config.data.source = "planted:300"
-    config.train.update(dict(num_steps=10, batch_size=8, seq_len=64, warmup_steps=2,
-                             log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
-                             progress_bar=False))
-    config.interp.update(dict(num_sequences=8, seq_len=64, window=16, top_k=4, random_k=4,
-                              quantile_bins=2, per_bin=2, neurons_per_layer=8,
-                              bootstrap_samples=100))
-    config.study.update(dict(variants="crate", seeds="0", controls=False))
-    run_study(config, tmp_path / "study")
+    run_study(miniature_study(config, variants="crate", seeds="0", controls=False),
+              tmp_path / "study")
 
     out = tmp_path / "interp_speed.json"
     command = [sys.executable, "benchmarks/interp_speed.py",
@@ -88,6 +82,7 @@ def test_interp_speed_tables_every_explainer_on_a_planted_run(tmp_path):
     assert record["machine"]["cpu_count"] >= 1 and "python" in record["versions"]
     kinds = ("token_lookup", "ngram", "truth")
     assert [row["kind"] for row in record["results"]] == list(kinds)
+    assert record["cases_neurons_per_second"] > 0
     for row in record["results"]:
         assert row["neurons"] == 3 * 2 * 4  # sites x layers x neurons
         assert row["explanation_failures"] == 0

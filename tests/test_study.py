@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from run_helpers import REPO, with_data, workdir_with_data
+from run_helpers import REPO, miniature_study, with_data, workdir_with_data
 
 from configs import ablation
 from crate_jax.model import ConfigError
@@ -15,19 +15,7 @@ from crate_jax.study import run_configs, run_study
 
 def _study(prepared, **study):
     """A miniature natural-text study on the session's prepared stdlib tokens."""
-    return _miniature(with_data(ablation.get_config("stdlib"), prepared), **study)
-
-
-def _miniature(config, **study):
-    """`config` (a study) with a budget of seconds per run."""
-    config.train.update(dict(num_steps=10, batch_size=8, seq_len=64, warmup_steps=2,
-                             log_every=5, eval_every=10, eval_batches=2, checkpoint_every=10,
-                             progress_bar=False))
-    config.interp.update(dict(num_sequences=8, seq_len=64, window=16, top_k=4, random_k=4,
-                              quantile_bins=2, per_bin=2, neurons_per_layer=8,
-                              bootstrap_samples=100))
-    config.study.update(study)
-    return config
+    return miniature_study(with_data(ablation.get_config("stdlib"), prepared), **study)
 
 
 def test_every_run_shares_the_study_settings_and_keeps_its_ablation_keys(prepared):
@@ -659,7 +647,7 @@ def test_planted_study_reports_the_floor_gap_and_ground_truth_from_its_runs(tmp_
     config = ablation.get_config()
     assert config.data.source == "planted" and config.model.vocab_size == 128
     config.data.source = "planted:300"
-    run_study(_miniature(config, variants="crate,standard_attention", seeds="0"), tmp_path)
+    run_study(miniature_study(config, variants="crate,standard_attention", seeds="0"), tmp_path)
     names = ("crate_seed0", "standard_attention_seed0")
     truths = {name: json.loads((tmp_path / "runs" / name / "interp" / "ground_truth.json")
                                .read_text()) for name in names}
