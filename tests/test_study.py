@@ -710,6 +710,11 @@ def _check_validity(workdir, truth, markdown, block):
     explainers = {e["explainer"] for e in validity["entries"]}
     assert explainers == {"token_lookup", "ngram", "truth"}
     assert validity["best"]["explainer"] != "truth"  # a control, never the chosen measure
+    # One Holm family over every measure's comparisons (here all undertrained: no p_holm at
+    # all, so nothing is concluded on any measure).
+    comparisons = [c for answer in validity["answers"] for c in answer["comparisons"]]
+    assert {a["explainer"] for a in validity["answers"]} == {"token_lookup", "ngram"}
+    assert comparisons and not any("p_holm" in c for c in comparisons)
     assert markdown.index("## Which measure tracks the truth") < markdown.index("## Answer")
     assert "Best-tracking measure: **" in block and "| ngram fuzzing |" in block
 

@@ -14,9 +14,11 @@ is stated on first. The `truth` control is a ceiling, not a candidate: it names 
 feature by construction.
 
 The answer on a measure compares ablations A and B (and any A/A copy) with CRATE on each shared
-site, by Welch's t over runs of the per-run mean score (`statistics.run_difference`), with
-Holm's procedure over that measure's comparisons (each measure is its own family: the
-measures are alternatives to choose between, not claims made together).
+site, by Welch's t over runs of the per-run mean score (`statistics.run_difference`). Holm's
+procedure runs over every comparison of every real measure together: the table shows them side
+by side, and a reader who picks the measure that shows a change must not get a 5% error per
+measure. The best-tracking measure is chosen by its correlation with the truth, never by its
+differences, and its sentence quotes the same family's p values.
 """
 
 from __future__ import annotations
@@ -135,8 +137,9 @@ def best_measure(summaries: list[dict]) -> dict | None:
 def measure_comparisons(rows: list[dict], runs: dict[str, list[tuple[str, Path]]],
                         summaries: list[dict]) -> list[dict]:
     """Per real measure, the answer's comparisons on it: `{"explainer", "score", "comparisons":
-    [{"label", "variant", "site", **run_difference, "p_holm"}]}` (Holm within the measure;
-    comparisons with an undertrained run are listed without `p_holm`: they conclude nothing).
+    [{"label", "variant", "site", **run_difference, "p_holm"}]}` (Holm over every measure's
+    comparisons; those with an undertrained run are listed without `p_holm`: they conclude
+    nothing).
     `rows`: the ablation table's rows (which variants are compared, which are undertrained)."""
     if REFERENCE_VARIANT not in runs:
         return []
@@ -168,11 +171,12 @@ def measure_comparisons(rows: list[dict], runs: dict[str, list[tuple[str, Path]]
                 if ours and theirs:
                     comparisons.append({"label": label, "variant": variant, "site": site,
                                         **run_difference(ours, theirs)})
-        judged = [c for c in comparisons if not undertrained_runs(rows, c["variant"])]
-        for comparison, adjusted in zip(judged, holm_adjusted([c["p_value"] for c in judged]),
-                                        strict=True):
-            comparison["p_holm"] = adjusted
         result.append({"explainer": explainer, "score": score, "comparisons": comparisons})
+    judged = [c for answer in result for c in answer["comparisons"]
+              if not undertrained_runs(rows, c["variant"])]
+    for comparison, adjusted in zip(judged, holm_adjusted([c["p_value"] for c in judged]),
+                                    strict=True):
+        comparison["p_holm"] = adjusted
     return result
 
 
@@ -268,7 +272,7 @@ def _answer_text(answer: dict) -> str:
 
 
 def _others_table(answers: list[dict]) -> str:
-    """Every real measure's differences from CRATE, `*` where Holm (within the measure)
+    """Every real measure's differences from CRATE, `*` where Holm (over the whole table)
     detects them."""
     columns = list(dict.fromkeys((c["label"], c["variant"], c["site"])
                                  for a in answers for c in a["comparisons"]))
@@ -287,8 +291,10 @@ def _others_table(answers: list[dict]) -> str:
             star = "*" if comparison.get("p_holm", math.nan) < FAMILY_ERROR else ""
             cells.append(f"{comparison['difference']:+.3f}{star}")
         body.append(cells)
+    family = sum("p_holm" in c for a in answers for c in a["comparisons"])
     return ("Each measure's difference from CRATE (variant − crate, mean over runs; `*`: Holm "
-            f"p < {FAMILY_ERROR:g} within the measure):\n\n" + markdown_rows(header, body))
+            f"p < {FAMILY_ERROR:g} over all {family} differences of this table):\n\n"
+            + markdown_rows(header, body))
 
 
 def _rho_text(entry: dict | None) -> str:
