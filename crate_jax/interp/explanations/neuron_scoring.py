@@ -57,6 +57,7 @@ PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_o
                      ANTHROPIC_SPLIT: "anthropic"}
 
 
+PROTOCOLS = ("openai", "anthropic")
 # Every score of a scores.jsonl line: the simulation splits, then detection and fuzzing.
 SCORES = (*PROTOCOL_OF_SPLIT, *JUDGED_SCORES)
 
@@ -134,9 +135,6 @@ def _complete(neurons: list[NeuronRecord], work: Callable[[NeuronRecord], dict],
         _append(path, entry)
         done[entry["neuron"]] = entry
     return done
-
-
-PROTOCOLS = ("openai", "anthropic")
 
 
 def explanation_failed(entry: dict) -> bool:
