@@ -170,3 +170,21 @@ def test_a_neuron_that_is_never_zero_still_has_silent_targets():
     scores = judge_scores(SimulatorJudge(TokenLookupSimulator()), _token_lookup(neuron),
                           _cases(neuron))
     assert scores == {"detection": 1.0, "detection_auroc": 1.0, "fuzzing": 1.0}
+
+
+def test_record_positions_that_do_not_fit_their_records_are_a_clear_error(tmp_path):
+    from crate_jax.interp.activations.capture import InterpretabilityError, read_records
+    from crate_jax.interp.activations.records import to_json
+
+    _, _, neurons = _neurons()
+    records = tmp_path / "interp" / "records" / "ista" / "layer_0.jsonl"
+    records.parent.mkdir(parents=True)
+    records.write_text("".join(to_json(n) + "\n" for n in neurons))
+    positions = records.with_name("layer_0_positions.npz")
+    np.savez(positions, neuron_index=np.arange(3), top=np.full((3, 20), -1),
+             random=np.full((3, 20), -1), bins=np.full((3, 5, 4), -1))
+    with pytest.raises(InterpretabilityError, match="does not describe the records"):
+        read_records(records, positions)
+    positions.write_bytes(b"not an npz")
+    with pytest.raises(InterpretabilityError, match="does not describe the records"):
+        read_records(records, positions)

@@ -139,8 +139,14 @@ def read_records(path: Path, positions: Path | None = None) -> list[NeuronRecord
     with open(path) as file:
         neurons = [from_json(line) for line in file if line.strip()]
     if positions is not None:
-        with np.load(positions) as arrays:
-            attach_starts(neurons, dict(arrays))
+        try:
+            with np.load(positions) as arrays:
+                attach_starts(neurons, dict(arrays))
+        except (OSError, ValueError, KeyError) as error:
+            raise InterpretabilityError(
+                f"{positions} does not describe the records of {path} ({error}); move "
+                f"{path.parent.parent.parent} aside (its whole interp/ folder) to mine them "
+                "again") from None
     return neurons
 
 
