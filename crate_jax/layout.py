@@ -21,7 +21,8 @@ or moved here once. A run's workdir (`RunLayout`):
         summary.json, report.md, ground_truth.json (planted corpus only)
     interp.stale-<N>/              an `interp/` whose inputs changed, moved aside
 
-A study's workdir (`StudyLayout`):
+Both hold `.lock`, the lock of their one writer (`lock_file`). A study's workdir
+(`StudyLayout`):
 
     data/                          the token arrays every run shares (copied into each run)
     config.json                    the study's config, saved before any run: the report's settings
@@ -46,6 +47,12 @@ CHECKPOINTS_DIR = "checkpoints"
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
 _SCORES_FILE = "scores.jsonl"
+
+
+def lock_file(workdir: str | Path) -> Path:
+    """`<workdir>/.lock`: whoever holds it is the workdir's one writer (`workdir_lock`); a run's
+    and a study's workdir alike."""
+    return Path(workdir) / ".lock"
 
 
 def _layer(layer: int) -> str:

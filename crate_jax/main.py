@@ -44,6 +44,7 @@ from crate_jax.study import run_configs, run_study
 from crate_jax.train.checkpoints import CheckpointError
 from crate_jax.train.loop import TrainingError, train_and_evaluate
 from crate_jax.train.metrics import MetricsError
+from crate_jax.workdir_lock import WorkdirInUse, hold_workdir
 
 _CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for every artifact of the run "
@@ -65,7 +66,7 @@ STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability, "stu
 # Failures with a message written for the user: printed as one line, no traceback.
 _USER_ERRORS = (ConfigError, SourceError, DataPreparationError, TokenizerError, CheckpointError,
                 TrainingError, InterpretabilityError, BackendError, MetricsError, WorkdirError,
-                DistributedError)
+                DistributedError, WorkdirInUse)
 
 
 def stage_names(stages: str) -> list[str]:
@@ -103,10 +104,12 @@ def main(argv: list[str]) -> None:
             print(joined, flush=True)
         names = stage_names(config.stages)
         check_before_any_work(config, _WORKDIR.value, names)
-        for position, stage in enumerate(names):
-            result = STAGES[stage](config, _WORKDIR.value)
-            if isinstance(result, dict) and result.get("status") == "interrupted":
-                _exit_interrupted(stage, names[position + 1:], result.get("signal"))
+        # One writer per workdir, for the whole run (in a job: the job, through process 0).
+        with hold_workdir(_WORKDIR.value, enabled=jax.process_index() == 0):
+            for position, stage in enumerate(names):
+                result = STAGES[stage](config, _WORKDIR.value)
+                if isinstance(result, dict) and result.get("status") == "interrupted":
+                    _exit_interrupted(stage, names[position + 1:], result.get("signal"))
     except _USER_ERRORS as error:
         sys.exit(f"FATAL: {error}")
 

@@ -33,6 +33,7 @@ from crate_jax.model import ConfigError, model_from_config, neuron_sites
 from crate_jax.report.ablation_table import markdown_table
 from crate_jax.report.study_report import write_study_report
 from crate_jax.train.loop import save_initial_state, train_and_evaluate
+from crate_jax.workdir_lock import hold_workdir
 
 SHARED_SECTIONS = ("data", "train", "mesh", "interp")  # and model.vocab_size, set by the corpus
 RUN_STAGES = ("train", "interp")  # what each run of the study goes through
@@ -185,17 +186,20 @@ def run_study(config, workdir: str | Path) -> dict:
     for index, (name, run) in enumerate(runs.items(), start=1):
         run_layout = _with_study_data(study, study.run(name))
         print(f"study: run {index}/{len(runs)}: {name}", flush=True)
-        trained = train_and_evaluate(run, run_layout.workdir)
-        if trained["status"] == "interrupted":  # saved; the rerun resumes this run
-            return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
-                    "interrupted_run": name}
-        evaluate_interpretability(run, run_layout.workdir)
+        # Each run's own lock too: `--workdir=<study>/runs/<name>` from elsewhere is refused.
+        with hold_workdir(run_layout.workdir):
+            trained = train_and_evaluate(run, run_layout.workdir)
+            if trained["status"] == "interrupted":  # saved; the rerun resumes this run
+                return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
+                        "interrupted_run": name}
+            evaluate_interpretability(run, run_layout.workdir)
         manifest["runs"][name] = _manifest_entry(run, configs, run_layout, study)
         if controls:
             control = _with_study_data(study, study.control(name))
             print(f"study: untrained control {index}/{len(runs)}: {name}", flush=True)
-            save_initial_state(run, control.workdir)
-            evaluate_interpretability(run, control.workdir)  # the run's own config object
+            with hold_workdir(control.workdir):
+                save_initial_state(run, control.workdir)
+                evaluate_interpretability(run, control.workdir)  # the run's own config object
             manifest["controls"][name] = _manifest_entry(run, configs, control, study)
     write_text_atomically(study.manifest, json.dumps(manifest, indent=2))
     rows, page = write_study_report(study.workdir)

@@ -23,6 +23,7 @@ from run_helpers import (
 )
 
 from crate_jax.distributed import DistributedError, JobSpec, job_spec
+from crate_jax.layout import lock_file
 from crate_jax.train.checkpoints import Checkpointer
 from crate_jax.train.loop import train_and_evaluate
 from crate_jax.train.metrics import read_metrics
@@ -117,8 +118,11 @@ def test_two_processes_train_as_one_and_a_single_process_resumes_their_checkpoin
         assert record["loss"] == pytest.approx(single[record["split"], record["step"]], rel=1e-5)
     for split in ("train", "validation"):
         assert len(os.listdir(workdir / "tensorboard" / split)) == 1
-    assert sorted(p.name for p in workdir.iterdir()) == sorted(
-        p.name for p in one_process_run.iterdir())
+    # The same files as one process's run, and the lock the job held through process 0
+    # (released: it names no holder).
+    assert sorted(p.name for p in workdir.iterdir() if p != lock_file(workdir)) == sorted(
+        p.name for p in one_process_run.iterdir() if p != lock_file(one_process_run))
+    assert lock_file(workdir).read_text() == ""
     assert json.loads((workdir / "run_info.json").read_text())["process_count"] == 2
     # The 2-process checkpoint resumes in one process (this one: `THREE_STEP_ARGS` as a config,
     # which saves a process start), and training goes on.

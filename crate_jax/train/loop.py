@@ -217,6 +217,13 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
                 _say(f"stopped by signal at step {step}; checkpoint saved, rerun the same "
                      "command to resume", is_main, progress)
                 break
+        if stop.requested and summary["status"] != "interrupted":
+            # Asked during the last step or the final evaluation and save: the run is complete
+            # and saved, but the request stands; the stages after this one must not start.
+            summary["status"] = "interrupted"
+            summary["signal"] = stop.signal
+            _say(f"stopped by signal at the last step ({step}); the run is complete and saved",
+                 is_main, progress)
         progress.close()
         summary["step"] = step
     if jax.process_count() > 1:  # every process: replicas that drifted apart show here

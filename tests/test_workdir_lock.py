@@ -1,0 +1,82 @@
+"""One writer per workdir, and a stop request honoured wherever it arrives: the CLI as users run
+it, real processes, real signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from run_helpers import REPO, run_main
+
+from crate_jax.layout import lock_file
+from crate_jax.workdir_lock import WorkdirInUse, hold_workdir
+
+_HOLD = ("import sys, time\n"
+         "from crate_jax.workdir_lock import hold_workdir\n"
+         "with hold_workdir(sys.argv[1]):\n"
+         "    print('held', flush=True)\n"
+         "    time.sleep(120)\n")
+
+
+def test_a_second_run_on_a_held_workdir_is_one_fatal_line_naming_the_holder(prepared,
+                                                                             tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    with hold_workdir(workdir):
+        finished = run_main(workdir, prepared, "--config.train.num_steps=2")
+    assert finished.returncode == 1
+    last = finished.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"FATAL: --workdir={workdir} is in use by pid {os.getpid()} on host "
+                           f"{socket.gethostname()}")
+    assert "Traceback" not in finished.stderr
+    # Refused before any work: nothing but the lock file in the workdir.
+    assert sorted(p.name for p in workdir.iterdir()) == [lock_file(workdir).name]
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirInUse, match=f"in use by pid {holder.pid} on host"):
+            with hold_workdir(tmp_path):
+                pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    with hold_workdir(tmp_path):  # kill -9 released it: the OS lock died with the process
+        assert lock_file(tmp_path).read_text().startswith(f"pid {os.getpid()} ")
+    assert lock_file(tmp_path).read_text() == ""  # released: no holder named
+    with hold_workdir(tmp_path, enabled=False):  # a job's other processes take no lock
+        pass
+
+
+def test_sigterm_during_the_last_step_stops_before_the_next_stage(prepared, tmp_path):
+    """A stop asked for at the last step (its log line, evaluation and save) is honoured: the
+    run is complete and saved, `interp` does not start, and the exit says interrupted."""
+    workdir = tmp_path / "run"
+    process = run_main(workdir, prepared, "--config.train.num_steps=4",
+                       "--config.train.eval_every=2", "--config.train.log_every=2",
+                       "--config.train.checkpoint_every=2", "--config.interp.num_sequences=8",
+                       "--config.interp.neurons_per_layer=4", "--config.stages=train,interp",
+                       wait=False)
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("step 4 | loss"):
+                process.send_signal(signal.SIGTERM)
+                break
+        output.extend(process.stdout)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    text = "".join(output)
+    assert process.returncode == 128 + signal.SIGTERM, text[-3000:]
+    assert "stopped by signal at the last step (4)" in text
+    assert "train: interrupted; not run: interp" in text
+    assert not (workdir / "interp").exists()
