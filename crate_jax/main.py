@@ -24,6 +24,7 @@ machine with the same --workdir.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 
@@ -105,13 +106,55 @@ def main(argv: list[str]) -> None:
         names = stage_names(config.stages)
         check_before_any_work(config, _WORKDIR.value, names)
         # One writer per workdir, for the whole run (in a job: the job, through process 0).
-        with hold_workdir(_WORKDIR.value, enabled=jax.process_index() == 0):
+        with hold_workdir(_WORKDIR.value, enabled=jax.process_index() == 0), \
+                _stopped_by_signals(enabled=jax.process_count() == 1) as stopped:
             for position, stage in enumerate(names):
+                stopped.stage, stopped.skipped = stage, names[position + 1:]
                 result = STAGES[stage](config, _WORKDIR.value)
                 if isinstance(result, dict) and result.get("status") == "interrupted":
                     _exit_interrupted(stage, names[position + 1:], result.get("signal"))
     except _USER_ERRORS as error:
         sys.exit(f"FATAL: {error}")
+    except _StopRequested as stop:
+        _exit_interrupted(stop.where.stage, stop.where.skipped, stop.signum)
+
+
+class _StopRequested(BaseException):
+    """SIGTERM or SIGINT outside the training loop (data preparation, interp, a study's
+    report): raised where the process is, so that the stage ends at once. Finished work is on
+    disk already (atomic writes, per-neuron appends), as it would be after kill -9."""
+
+    def __init__(self, signum: int, where: _Stage):
+        super().__init__(signum)
+        self.signum, self.where = signum, where
+
+
+class _Stage:
+    """Which stage is running, and which would follow: what the stop line names."""
+
+    stage = ""
+    skipped: list[str] = []
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(enabled: bool):
+    """SIGTERM and SIGINT end any stage with one line and 128 + the signal's number (the
+    training loop installs its own handlers while it runs: it saves a checkpoint first). Off in
+    a multi-process job, whose SIGTERM belongs to JAX's preemption notifier."""
+    where = _Stage()
+    if not enabled:
+        yield where
+        return
+
+    def stop(signum, frame):
+        raise _StopRequested(signum, where)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield where
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _exit_interrupted(stage: str, skipped: list[str], signum: int | None) -> None:
@@ -120,7 +163,8 @@ def _exit_interrupted(stage: str, skipped: list[str], signum: int | None) -> Non
     Exits as a process killed by that signal would (128 + its number), so a scheduler or a
     shell loop sees that the run did not finish."""
     not_run = f"; not run: {', '.join(skipped)}" if skipped else ""
-    print(f"{stage}: interrupted{not_run}; rerun the same command to resume", flush=True)
+    print(f"{stage}: interrupted{not_run}; finished work is kept, rerun the same command to "
+          "resume", flush=True)
     sys.exit(128 + (signum or signal.SIGTERM))
 
 

@@ -34,6 +34,7 @@ def test_correlation_is_pearson_pooled_over_all_tokens_of_all_records():
     assert correlation_score([[1, 2, 3]], [[3, 2, 1]]) == pytest.approx(-1.0)
     assert math.isnan(correlation_score([[1, 2], [3]], [[4, 4], [4]]))  # constant simulation
     assert math.isnan(correlation_score([[0, 0], [0]], [[1, 2], [3]]))  # neuron never fires
+    assert math.isnan(correlation_score([], []))  # a split without records (it crashed)
     with pytest.raises(ValueError, match="record 0: 2 true activations but 1 simulated"):
         correlation_score([[1, 2]], [[1]])
 

@@ -80,3 +80,33 @@ def test_sigterm_during_the_last_step_stops_before_the_next_stage(prepared, tmp_
     assert "stopped by signal at the last step (4)" in text
     assert "train: interrupted; not run: interp" in text
     assert not (workdir / "interp").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_interp_is_one_line_and_a_rerun_finishes(prepared, tmp_path, signum):
+    """Outside the training loop a signal ended the process silently (SIGTERM, rc -15) or with
+    a KeyboardInterrupt traceback (Ctrl-C); now: one line, 128 + the signal, work kept."""
+    workdir = tmp_path / "run"
+    arguments = ("--config.train.num_steps=4", "--config.train.checkpoint_every=4",
+                 "--config.interp.num_sequences=8", "--config.interp.neurons_per_layer=4",
+                 "--config.stages=train,interp")
+    process = run_main(workdir, prepared, *arguments, wait=False)
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("interp: mining records"):
+                process.send_signal(signum)
+                break
+        output.extend(process.stdout)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    text = "".join(output)
+    assert process.returncode == 128 + signum, text[-3000:]
+    assert "interp: interrupted; finished work is kept, rerun the same command" in text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    if signum == signal.SIGTERM:
+        finished = run_main(workdir, prepared, *arguments)
+        assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+        assert (workdir / "interp" / "summary.json").exists()

@@ -3,7 +3,8 @@
 The score of an explanation on a set of records is the Pearson correlation between the simulated
 and the true activations, pooled over every token of those records (OpenAI's
 `correlation_score` / `score_from_simulation`). Predictions that are constant have no correlation:
-the score is NaN, counted and left out of averages, as the paper did.
+the score is NaN, counted and left out of averages, as the paper did; so is a split without
+records (fewer evaluation sequences than the records it needs).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def correlation_score(true_activations: Sequence[Sequence[float]],
         if len(true) != len(predicted):
             raise ValueError(f"record {index}: {len(true)} true activations but "
                              f"{len(predicted)} simulated")
+    if not true_activations:  # a split with no records (too few sequences to hold them)
+        return math.nan
     true = np.concatenate([np.asarray(r, np.float64) for r in true_activations])
     predicted = np.concatenate([np.asarray(r, np.float64) for r in predicted_activations])
     if true.size < 2 or np.ptp(true) == 0 or np.ptp(predicted) == 0:
