@@ -12,16 +12,21 @@ from crate_jax.model import ModelConfig
 from crate_jax.model.flops import model_flops_per_token
 
 
+def _run_benchmark(script: str, *arguments: str) -> subprocess.CompletedProcess:
+    """`python <script> <arguments>` on the CPU, as users run it; it must succeed."""
+    finished = subprocess.run([sys.executable, script, *arguments], cwd=REPO,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True,
+                              text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    return finished
+
+
 def test_benchmark_reports_every_column_and_its_provenance(tmp_path):
     """One variant, 2 timed steps of a small batch: seconds on a CPU."""
     out = tmp_path / "throughput.json"
-    command = [sys.executable, "benchmarks/train_throughput.py", "--variants=gpt2",
-               "--size=tiny", "--steps=2", "--warmup=1", "--batch_size=2", "--seq_len=32",
-               f"--json_out={out}"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=300)
-    assert finished.returncode == 0, finished.stderr[-2000:]
+    finished = _run_benchmark("benchmarks/train_throughput.py", "--variants=gpt2",
+                              "--size=tiny", "--steps=2", "--warmup=1", "--batch_size=2",
+                              "--seq_len=32", f"--json_out={out}")
 
     record = json.loads(out.read_text())
     assert record["machine"]["platform"] == "cpu"
@@ -68,13 +73,9 @@ def test_interp_speed_tables_every_explainer_on_a_planted_run(tmp_path):
               tmp_path / "study")
 
     out = tmp_path / "interp_speed.json"
-    command = [sys.executable, "benchmarks/interp_speed.py",
-               f"--run={tmp_path / 'study' / 'runs' / 'crate_seed0'}", "--neurons=4",
-               f"--json_out={out}"]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=300)
-    assert finished.returncode == 0, finished.stderr[-2000:]
+    finished = _run_benchmark("benchmarks/interp_speed.py",
+                              f"--run={tmp_path / 'study' / 'runs' / 'crate_seed0'}",
+                              "--neurons=4", f"--json_out={out}")
 
     record = json.loads(out.read_text())
     assert record["sites"] == ["attn", "ista", "resid"]

@@ -22,6 +22,23 @@ _HOLD = ("import sys, time\n"
          "    time.sleep(120)\n")
 
 
+def _signalled_when(process: subprocess.Popen, prefix: str, signum: int) -> str:
+    """Sends `signum` when a line of `process`'s output starts with `prefix`; waits for it to
+    end and returns all its output."""
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith(prefix):
+                process.send_signal(signum)
+                break
+        output.extend(process.stdout)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    return "".join(output)
+
+
 def test_a_second_run_on_a_held_workdir_is_one_fatal_line_naming_the_holder(prepared,
                                                                              tmp_path):
     workdir = tmp_path / "run"
@@ -64,18 +81,7 @@ def test_sigterm_during_the_last_step_stops_before_the_next_stage(prepared, tmp_
                        "--config.train.checkpoint_every=2", "--config.interp.num_sequences=8",
                        "--config.interp.neurons_per_layer=4", "--config.stages=train,interp",
                        wait=False)
-    output = []
-    try:
-        for line in process.stdout:
-            output.append(line)
-            if line.startswith("step 4 | loss"):
-                process.send_signal(signal.SIGTERM)
-                break
-        output.extend(process.stdout)
-        process.wait(timeout=120)
-    finally:
-        process.kill()
-    text = "".join(output)
+    text = _signalled_when(process, "step 4 | loss", signal.SIGTERM)
     assert process.returncode == 128 + signal.SIGTERM, text[-3000:]
     assert "stopped by signal at the last step (4)" in text
     assert "train: interrupted; not run: interp" in text
@@ -91,18 +97,7 @@ def test_a_signal_during_interp_is_one_line_and_a_rerun_finishes(prepared, tmp_p
                  "--config.interp.num_sequences=8", "--config.interp.neurons_per_layer=4",
                  "--config.stages=train,interp")
     process = run_main(workdir, prepared, *arguments, wait=False)
-    output = []
-    try:
-        for line in process.stdout:
-            output.append(line)
-            if line.startswith("interp: mining records"):
-                process.send_signal(signum)
-                break
-        output.extend(process.stdout)
-        process.wait(timeout=120)
-    finally:
-        process.kill()
-    text = "".join(output)
+    text = _signalled_when(process, "interp: mining records", signum)
     assert process.returncode == 128 + signum, text[-3000:]
     assert "interp: interrupted; finished work is kept, rerun the same command" in text
     assert "Traceback" not in text and "KeyboardInterrupt" not in text
