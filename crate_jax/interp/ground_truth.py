@@ -183,7 +183,7 @@ def score_vs_truth(layer_truth: dict, scores: dict[int, float]) -> dict:
 
 # What a score is checked against: each neuron's selectivity for its most selective feature
 # (the truth measure above) and that feature's AUROC (recall-like only).
-VALIDITY_MEASURES = {"selectivity": "selectivity", "best_auroc": "best_auroc"}
+VALIDITY_MEASURES = ("selectivity", "best_auroc")  # fields of `layer_ground_truth`'s neurons
 
 
 def score_validity(site_truth: dict[str, dict],
@@ -199,12 +199,12 @@ def score_validity(site_truth: dict[str, dict],
     result = {}
     for name in names:
         result[name] = {}
-        for measure, field in VALIDITY_MEASURES.items():
-            pairs = [(value, site_truth[layer]["neurons"][field][neuron])
+        for measure in VALIDITY_MEASURES:
+            pairs = [(value, site_truth[layer]["neurons"][measure][neuron])
                      for layer, by_neuron in scores.items()
                      for neuron, neuron_scores in by_neuron.items()
                      if (value := neuron_scores.get(name)) is not None and math.isfinite(value)
-                     and site_truth[layer]["neurons"][field][neuron] is not None]
+                     and site_truth[layer]["neurons"][measure][neuron] is not None]
             result[name][measure] = _spearman(pairs)
     return result
 

@@ -130,16 +130,14 @@ def judged_contexts(neuron: NeuronRecord, record_protocol: str,
     fired_on = {token for record in explained
                 for token, value in zip(record.tokens, record.activations, strict=True)
                 if value >= level}
-    held = held_out_records(neuron, "openai", record_protocol)
-    bins = [record for records in (neuron.random_sample_by_quantile or [])
-            for record in records]
+    peaked, random = _judged_records(neuron, record_protocol)
     contexts = []
-    for record in held["top"] + bins:
+    for record in peaked:
         if record.activations and max(record.activations) >= level:
             contexts.append(JudgedContext(_ending_at(record, int(np.argmax(record.activations))),
                                           "activating"))
     silent: dict[str, list[tuple[ActivationRecord, int]]] = {"hard": [], "random": []}
-    for record in held["top"] + bins + held["random"]:
+    for record in peaked + random:
         # Targets with a full context before them, where the neuron is silent.
         quiet = np.flatnonzero(np.asarray(record.activations[DETECTION_CONTEXT - 1:])
                                < level) + DETECTION_CONTEXT - 1
@@ -205,7 +203,7 @@ def judge_scores(judge: Judge, explanation: Explanation,
               if cases.fuzzing else np.zeros(0))
     return {"detection": balanced_accuracy(detected >= threshold, cases.detection_truth),
             "detection_auroc": (auroc(detected, cases.detection_truth)
-                                if getattr(judge, "graded", False) else math.nan),
+                                if judge.graded else math.nan),
             "fuzzing": balanced_accuracy(fuzzed >= threshold, cases.fuzzing_truth)}
 
 
@@ -213,10 +211,8 @@ def fuzzed_windows(neuron: NeuronRecord, record_protocol: str,
                    level: float) -> list[ActivationRecord]:
     """Fuzzing's contexts: the `CONTEXT_TOKENS`-token window around the peak of each held-out
     top and bin record whose peak fires."""
-    held = held_out_records(neuron, "openai", record_protocol)
-    bins = [record for records in (neuron.random_sample_by_quantile or [])
-            for record in records]
-    return [_peak_window(record) for record in held["top"] + bins
+    peaked, _ = _judged_records(neuron, record_protocol)
+    return [_peak_window(record) for record in peaked
             if record.activations and max(record.activations) >= level]
 
 
@@ -235,6 +231,16 @@ def auroc(values: np.ndarray, is_yes: np.ndarray) -> float:
     # All pairs: a few dozen cases a side, faster than ranking.
     return float(((yes[:, None] > no[None, :]).sum() + 0.5 * (yes[:, None] == no[None, :]).sum())
                  / (yes.size * no.size))
+
+
+def _judged_records(neuron: NeuronRecord,
+                    record_protocol: str) -> tuple[list[ActivationRecord], list[ActivationRecord]]:
+    """(held-out top and bin records, whose peaks are the activating cases; held-out random
+    records): every record the judge's cases are cut from, none shown to the explanation."""
+    held = held_out_records(neuron, "openai", record_protocol)
+    bins = [record for records in (neuron.random_sample_by_quantile or [])
+            for record in records]
+    return held["top"] + bins, held["random"]
 
 
 def _slice(record: ActivationRecord, start: int, stop: int) -> ActivationRecord:

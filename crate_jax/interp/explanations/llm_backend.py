@@ -109,7 +109,7 @@ class LLMExplainer:
                        f"\"{EXPLANATION_PREFIX} ...\"")
             response = self.client.chat_completion([{"role": "user", "content": request}],
                                                    **self.sampling)
-            raw = _message_text(response)
+            raw = message_text(response)
         else:
             response = self.client.completion(f"{prompt}\nExplanation: {EXPLANATION_PREFIX}",
                                               stop=["\n"], **self.sampling)
@@ -160,7 +160,7 @@ def expected_activations(logprobs: Any, prompt: str, slot_offsets: Sequence[int]
     if not isinstance(logprobs, dict) or not logprobs.get("tokens") or not isinstance(
             logprobs.get("top_logprobs"), list):
         raise _NoPromptLogprobs("the server returned no prompt logprobs (field 'logprobs' is "
-                                f"{_preview(logprobs)}); use mode='json' for this server")
+                                f"{preview(logprobs)}); use mode='json' for this server")
     tokens, tops = logprobs["tokens"], logprobs["top_logprobs"]
     starts = logprobs.get("text_offset")
     if not isinstance(starts, list) or len(starts) != len(tokens):
@@ -176,7 +176,7 @@ def expected_activations(logprobs: Any, prompt: str, slot_offsets: Sequence[int]
         if i is None or not tokens[i] or not prompt.startswith(tokens[i], offset):
             raise SimulationFailure(
                 f"no echoed token starts at the placeholder (character {offset}); tokens near "
-                f"it: {_preview(tokens[max(0, (i or 0) - 2):(i or 0) + 2])}")
+                f"it: {preview(tokens[max(0, (i or 0) - 2):(i or 0) + 2])}")
         value = _expected_number(tops[i - shift] if 0 <= i - shift < len(tops) else None)
         numeric_slots += value is not None
         predictions.append(0.0 if value is None else value)
@@ -249,9 +249,9 @@ def parse_activation_list(text: str, expected_length: int) -> list[float]:
             continue
         if len(numbers) != expected_length:
             raise SimulationFailure(f"expected {expected_length} activations, got "
-                                    f"{len(numbers)}: {_preview(text)}")
+                                    f"{len(numbers)}: {preview(text)}")
         return [min(float(MAX_NORMALIZED_ACTIVATION), max(0.0, n)) for n in numbers]
-    raise SimulationFailure(f"no JSON list of numbers in the answer: {_preview(text)}")
+    raise SimulationFailure(f"no JSON list of numbers in the answer: {preview(text)}")
 
 
 def _as_numbers(value: Any) -> list[float] | None:
@@ -333,24 +333,26 @@ class LLMSimulator:
             return []
         response = self.client.chat_completion(json_simulation_messages(explanation, tokens),
                                                max_tokens=4 * len(tokens) + 16, **self.sampling)
-        return parse_activation_list(_message_text(response), len(tokens))
+        return parse_activation_list(message_text(response), len(tokens))
 
 
-def _message_text(response: dict[str, Any]) -> str:
+def message_text(response: dict[str, Any]) -> str:
+    """A chat completion's message text (the simulator's and the judge's answers)."""
     message = response["choices"][0].get("message")
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        raise SimulationFailure(f"chat response has no message content: {_preview(response)}")
+        raise SimulationFailure(f"chat response has no message content: {preview(response)}")
     return content
 
 
 def _completion_text(response: dict[str, Any]) -> str:
     text = response["choices"][0].get("text")
     if not isinstance(text, str):
-        raise SimulationFailure(f"completion response has no text: {_preview(response)}")
+        raise SimulationFailure(f"completion response has no text: {preview(response)}")
     return text
 
 
-def _preview(value: Any) -> str:
+def preview(value: Any) -> str:
+    """The start of an unreadable answer, quoted, for a failure message."""
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     return repr(text[:_PREVIEW_CHARS])

@@ -37,7 +37,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from crate_jax.interp.explanations.explanation import Explanation, SimulationFailure
-from crate_jax.interp.explanations.llm_backend import _message_text, _preview, display_token
+from crate_jax.interp.explanations.llm_backend import display_token, message_text, preview
 from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient
 from crate_jax.interp.explanations.thread_pool import map_in_threads
 
@@ -187,18 +187,18 @@ def parse_judgements(text: str, count: int) -> list[float]:
         bad = [item for item in items if item not in _ZERO_ONE]
         if bad:
             raise SimulationFailure(f"judgements must be 0 or 1, got {bad[0]} in "
-                                    f"{match.group(0)!r}: {_preview(text)}")
+                                    f"{match.group(0)!r}: {preview(text)}")
         return _counted([_ZERO_ONE[item] for item in items], count, text)
     bare = text.strip().rstrip(".")
     if _BARE_LIST.fullmatch(bare):
         return _counted([float(digit) for digit in re.findall(r"[01]", bare)], count, text)
-    raise SimulationFailure(f"no list of 0s and 1s in the answer: {_preview(text)}")
+    raise SimulationFailure(f"no list of 0s and 1s in the answer: {preview(text)}")
 
 
 def _counted(values: list[float], count: int, text: str) -> list[float]:
     if len(values) != count:
         raise SimulationFailure(f"expected {count} judgements (one per example), got "
-                                f"{len(values)}: {_preview(text)}")
+                                f"{len(values)}: {preview(text)}")
     return values
 
 
@@ -258,4 +258,4 @@ class LLMJudge:
         # Room for "[1, 0, ...]" (about three tokens an item) and a few words around it.
         response = self.client.chat_completion(messages, max_tokens=4 * count + 24,
                                                **self.sampling)
-        return parse_judgements(_message_text(response), count)
+        return parse_judgements(message_text(response), count)
