@@ -16,14 +16,12 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 import jax
-import numpy as np
 
 from crate_jax.data.sources import is_planted
 from crate_jax.interp.evaluate import requested_sites
 from crate_jax.interp.explanations.backends import explainer_kinds, make_backend
 from crate_jax.interp.explanations.llm_backend import SimulationMode
 from crate_jax.interp.explanations.splits import check_record_protocol
-from crate_jax.interp.explanations.truth_control import PlantedLabels
 from crate_jax.layout import RunLayout
 from crate_jax.model import ConfigError, model_from_config
 from crate_jax.train.metrics import read_metrics
@@ -104,9 +102,6 @@ _INTERP_RULES: dict[str, Rule] = {
     "interp.bootstrap_samples": _COUNT,
     "interp.seed": _SEED,
 }
-
-# Checking `truth`'s config needs no labels yet: the data are prepared later.
-_NO_LABELS_NEEDED = PlantedLabels(np.zeros((0, 0), bool), [])
 
 _LLM_RULES: dict[str, Rule] = {
     "interp.llm.timeout_s": _number(0, low_open=True),
@@ -216,8 +211,9 @@ def _check_interp(config, model) -> None:
                           f"{interp.compared_explainers!r}: 'truth' is the planted corpus's "
                           f"control; it needs data.source='planted', not "
                           f"{config.data.source!r}")
-    for kind in kinds:  # each one's needs (interp.llm.model), offline
-        make_backend(interp, kind, truth=_NO_LABELS_NEEDED)
+    for kind in kinds:  # each one's needs (interp.llm.model), offline; truth's are above
+        if kind != "truth":
+            make_backend(interp, kind)
 
 
 def _check_rules(config, rules: dict[str, Rule]) -> None:

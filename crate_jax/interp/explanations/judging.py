@@ -105,9 +105,13 @@ class SimulatorJudge:
         return [values[-1] if len(values) else 0.0 for values in simulated]
 
     def fuzz(self, explanation: Explanation, contexts, highlighted) -> list[float]:
-        simulated = self.simulator.simulate(explanation, contexts)
-        return [float(np.asarray(values)[np.asarray(marks, bool)].mean()) if any(marks) else 0.0
-                for values, marks in zip(simulated, highlighted, strict=True)]
+        # A context shown with right and with wrong highlights is one object: simulate it once.
+        distinct = list({id(context): context for context in contexts}.values())
+        simulated = dict(zip(map(id, distinct), self.simulator.simulate(explanation, distinct),
+                             strict=True))
+        return [float(np.asarray(simulated[id(context)])[np.asarray(marks, bool)].mean())
+                if any(marks) else 0.0
+                for context, marks in zip(contexts, highlighted, strict=True)]
 
 
 def firing_level(neuron: NeuronRecord, record_protocol: str) -> tuple[float, float]:
@@ -179,9 +183,10 @@ def judgement_cases(neuron: NeuronRecord, record_protocol: str, seed: int) -> Ju
         rng = np.random.default_rng([seed, neuron.neuron_id.neuron_index, number])
         wrong = np.zeros_like(fires)
         wrong[rng.permutation(quiet)[:int(fires.sum())]] = True
+        tokens = shown_tokens(window)  # one object for both highlights: simulated once
         for highlighted, correct in ((fires, True), (wrong, False)):
             if highlighted.any():
-                shown.append(shown_tokens(window))
+                shown.append(tokens)
                 marks.append(highlighted.tolist())
                 truth.append(correct)
     return JudgementCases(
