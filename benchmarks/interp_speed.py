@@ -50,7 +50,7 @@ from crate_jax.interp.explanations.judging import (
     judgement_cases,
 )
 from crate_jax.interp.explanations.neuron_scoring import _simulate_and_score
-from crate_jax.interp.explanations.splits import explanation_records, held_out_records
+from crate_jax.interp.explanations.splits import PROTOCOLS, explanation_records, held_out_records
 from crate_jax.interp.explanations.truth_control import PlantedLabels
 from crate_jax.layout import RunLayout
 from crate_jax.versions import package_versions
@@ -63,8 +63,6 @@ _KINDS = flags.DEFINE_list("kinds", ["token_lookup", "ngram", "truth"],
                            "Explainer kinds: token_lookup, ngram, truth (planted runs only).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Passes of each block; the median is reported.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the record here.")
-
-PROTOCOLS = ("openai", "anthropic")
 
 
 def run_interp_config(layout: RunLayout) -> ml_collections.ConfigDict:

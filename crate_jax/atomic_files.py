@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     permissions of a file already there; when the block raises, it is removed.
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary = path.with_name(_temporary_name(path.name, os.getpid()))
     try:
         yield temporary
         with open(temporary, "rb") as file:
@@ -59,3 +60,38 @@ def move_aside(path: str | os.PathLike, numbered: Callable[[int], Path]) -> Path
         number += 1
     os.replace(path, numbered(number))
     return numbered(number)
+
+
+def _temporary_name(name: str, pid: int) -> str:
+    return f".{name}.{pid}.tmp"
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Removes the temporary files under `directory` that a killed process left (kill -9, a
+    full disk) and returns them; a process still alive on this host keeps its own (it may be
+    writing a workdir nested in this one).
+
+    Safe only while this process is the directory's one writer (`workdir_lock.hold_workdir`):
+    then no temporary of another live writer can be there, so every leftover is garbage.
+    """
+    removed = []
+    for path in sorted(Path(directory).rglob(".*.tmp")):
+        match = _TEMPORARY.match(path.name)
+        if match is None or not path.is_file() or _is_alive(int(match.group(1))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
+def _is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True

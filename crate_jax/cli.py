@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -69,6 +70,9 @@ def load_config_file(spec: str):
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
     """A `flags_parser` for `absl.app.run` that turns config errors into one clear line."""
+    problem = _not_utf8(argv)
+    if problem:
+        sys.exit(f"FATAL: {problem}")
     spec = _config_spec(argv)
     if spec is not None:
         problem = _unreadable_config_file(spec.partition(":")[0])
@@ -81,6 +85,22 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         sys.exit(f"FATAL: {_explain_flag_error(error, argv)}")
     except Exception as error:  # raised by the config file's own code (SyntaxError, ImportError)
         sys.exit(f"FATAL: {_config_file_failure(spec, error)}")
+
+
+def _not_utf8(argv: Sequence[str]) -> str | None:
+    """The first argument that is not UTF-8, named with its bytes escaped.
+
+    Python hands such bytes over as lone surrogates; every value ends up in a UTF-8 file
+    (config.json, the reports), where writing them fails, after the work, on every rerun."""
+    for argument in argv:
+        raw = os.fsencode(argument)
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            shown = raw.decode("utf-8", "backslashreplace")
+            return (f"{shown} is not UTF-8 (byte {raw[error.start]:#04x}); the run writes its "
+                    "settings into UTF-8 files, so give the value in UTF-8")
+    return None
 
 
 def _config_spec(argv: Sequence[str]) -> str | None:

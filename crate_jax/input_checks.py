@@ -18,13 +18,14 @@ from pathlib import Path
 import jax
 
 from crate_jax.data.sources import is_planted
+from crate_jax.data.token_arrays import check_data_settings
 from crate_jax.interp.evaluate import requested_sites
 from crate_jax.interp.explanations.backends import explainer_kinds, make_backend
 from crate_jax.interp.explanations.llm_backend import SimulationMode
 from crate_jax.interp.explanations.splits import check_record_protocol
 from crate_jax.layout import RunLayout
+from crate_jax.metrics_file import read_metrics
 from crate_jax.model import ConfigError, model_from_config
-from crate_jax.train.metrics import read_metrics
 from crate_jax.train.sharding import mesh_shape
 
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -120,6 +121,7 @@ def check_run_config(config, stages: Collection[str]) -> None:
     """
     model = model_from_config(config)  # the model section, with "did you mean" for typos
     _check_rules(config, _RUN_RULES)
+    check_data_settings(config.data, model.config.vocab_size)
     _check_layout(config)
     if "train" in stages:
         _check_mesh(config, jax.device_count())

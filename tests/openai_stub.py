@@ -3,7 +3,8 @@
 For what llama.cpp's server cannot be made to do on demand: answer 429 with `Retry-After`, fail
 with a 5xx, send a body that is not JSON, answer too slowly, or answer a chat request with a
 chosen text. It is Python's `http.server` in a thread, so the client under test goes through its
-real sockets, headers and timeouts. Every request is recorded with its arrival time.
+real sockets, headers and timeouts. Every request is recorded with its arrival time, read when
+the stub has it: never before the client sent it, however loaded the machine.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Request:
     path: str
     body: Any
     arrived: float  # time.monotonic()
+    arrived_at: float  # time.time(), to hold against a Retry-After's HTTP-date
 
 
 def chat_reply(content: str) -> Reply:
@@ -83,7 +85,7 @@ class OpenAIStub:
 
     def _reply_to(self, path: str, body: Any) -> Reply:
         with self._lock:
-            self.requests.append(Request(path, body, time.monotonic()))
+            self.requests.append(Request(path, body, time.monotonic(), time.time()))
             if self.replies:
                 return self.replies.pop(0)
         if self.chat is not None and path.endswith("/chat/completions"):

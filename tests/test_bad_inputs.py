@@ -18,12 +18,15 @@ import pytest
 from run_helpers import REPO, raises_user_error, read_only
 
 from configs import ablation, crate
+from crate_jax.data.tokenizer import TokenizerError
 from crate_jax.input_checks import WorkdirError, check_run_config
 from crate_jax.interp.activations.capture import InterpretabilityError
+from crate_jax.layout import METRICS_FILENAME
 from crate_jax.main import check_before_any_work, stage_names
+from crate_jax.metrics_file import MetricsError
 from crate_jax.model import ConfigError
 from crate_jax.study import run_configs
-from crate_jax.train.metrics import METRICS_FILENAME, MetricsError, MetricsWriter
+from crate_jax.train.metrics import MetricsWriter
 
 VARIANTS = "crate, gpt2, ista_to_mlp, no_ista, standard_attention"
 
@@ -82,8 +85,15 @@ def _study_from_elsewhere(tmp_path):
             ["study.variants names 'ablation'", VARIANTS], tmp_path)
 
 
+def _not_utf8(tmp_path):
+    # A byte that is no UTF-8 (the argument as Python holds it: a surrogate escape) was accepted,
+    # trained and scored, then failed writing interp/report.md, on every rerun.
+    return (["--config=configs/crate.py:tiny", "--config.variant=\udcff"],
+            ["--config.variant=\\xff", "not UTF-8"], REPO)
+
+
 @pytest.mark.parametrize("case", [_missing_file, _syntax_error, _no_get_config,
-                                  _misspelt_override, _study_from_elsewhere],
+                                  _misspelt_override, _study_from_elsewhere, _not_utf8],
                          ids=lambda case: case.__name__)
 def test_command_line_problems_are_one_fatal_line(case, tmp_path):
     args, named, cwd = case(tmp_path)
@@ -105,6 +115,9 @@ BAD_VALUES = [
     # the truth control needs the planted corpus (configs/crate.py reads stdlib)
     ("interp.compared_explainers", "ngram,truth", ConfigError, "'truth' is the planted"),
     ("stages", "trian", ConfigError, "config.stages='trian': unknown stage"),
+    # was refused only after training the tokenizer
+    ("model.vocab_size", 10, TokenizerError, "model.vocab_size=10 is below the 257 tokens"),
+    ("data.tokenizer", "sentencepiece", TokenizerError, "data.tokenizer='sentencepiece'"),
 ]
 
 

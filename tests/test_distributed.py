@@ -24,9 +24,9 @@ from run_helpers import (
 
 from crate_jax.distributed import DistributedError, JobSpec, job_spec
 from crate_jax.layout import lock_file
+from crate_jax.metrics_file import read_metrics
 from crate_jax.train.checkpoints import Checkpointer
 from crate_jax.train.loop import train_and_evaluate
-from crate_jax.train.metrics import read_metrics
 
 SLURM_TWO_TASKS = {"SLURM_JOB_ID": "4242", "SLURM_STEP_NODELIST": "gpu[01-02]",
                    "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}

@@ -24,7 +24,7 @@ from crate_jax.interp.explanations.judging import (
     judged_contexts,
     judgement_cases,
 )
-from crate_jax.interp.explanations.neuron_scoring import split_scores
+from crate_jax.interp.explanations.scoring import split_scores
 from crate_jax.interp.explanations.splits import explanation_records, held_out_records
 from crate_jax.interp.explanations.token_lookup import TokenLookupExplainer, TokenLookupSimulator
 from crate_jax.interp.explanations.truth_control import (

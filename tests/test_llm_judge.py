@@ -182,7 +182,8 @@ class _RecordsAnswers(OpenAICompatibleClient):
 def test_judge_answers_one_0_or_1_per_context_or_fails_quoting_the_model(client, kind):
     """Either one value in {0, 1} per context, or a failure that quotes an answer that holds
     no readable list: SmolLM2-135M often cannot follow the format; it must never become 0s."""
-    recording = _RecordsAnswers(client.base_url, client.model, api_key_env=None, max_retries=0)
+    recording = _RecordsAnswers(client.base_url, client.model, api_key_env=None,
+                                timeout_s=client.timeout_s, max_retries=0)
     contexts = CONTEXTS * 2  # two batches: BATCH_SIZE and one more
     judge = LLMJudge(recording)
     try:

@@ -6,7 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from crate_jax.train.metrics import METRICS_FILENAME, MetricsWriter, read_metrics
+from crate_jax.layout import METRICS_FILENAME
+from crate_jax.metrics_file import read_metrics
+from crate_jax.train.metrics import MetricsWriter
 
 
 def _reject_non_standard_json(constant: str) -> None:

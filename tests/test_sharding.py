@@ -16,8 +16,8 @@ from run_helpers import THREE_STEPS, checkpoint_params, tiny_config, train_three
 
 from configs import crate, gpt2
 from crate_jax.input_checks import _check_mesh, check_run_config
+from crate_jax.metrics_file import read_metrics
 from crate_jax.model import ConfigError, model_from_config
-from crate_jax.train.metrics import read_metrics
 from crate_jax.train.optimizer import make_optimizer
 from crate_jax.train.sharding import FSDP_AXIS, MIN_SHARDED_ELEMENTS, mesh_shape, partition_spec
 from crate_jax.train.state import abstract_train_state

@@ -4,17 +4,21 @@ it, real processes, real signals."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from run_helpers import REPO, run_main
 
 from crate_jax.layout import lock_file
+from crate_jax.train.loop import MAX_STEPS_IN_FLIGHT
 from crate_jax.workdir_lock import WorkdirInUse, hold_workdir
 
+README = REPO / "README.md"
 _HOLD = ("import sys, time\n"
          "from crate_jax.workdir_lock import hold_workdir\n"
          "with hold_workdir(sys.argv[1]):\n"
@@ -105,3 +109,55 @@ def test_a_signal_during_interp_is_one_line_and_a_rerun_finishes(prepared, tmp_p
         finished = run_main(workdir, prepared, *arguments)
         assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
         assert (workdir / "interp" / "summary.json").exists()
+
+
+def test_a_stop_is_acted_on_within_the_readme_bound_of_steps(prepared, tmp_path):
+    """Steps are dispatched ahead of the device; unbounded, a SIGTERM waited for every queued
+    step (11 on this CPU, 10 s). The stop line says how many steps ran after the signal, and
+    that is at most MAX_STEPS_IN_FLIGHT + 1, the bound the README states."""
+    workdir = tmp_path / "run"
+    process = run_main(workdir, prepared, "--config.train.num_steps=2000",
+                       "--config.train.log_every=2000", "--config.train.eval_every=2000",
+                       "--config.train.checkpoint_every=2000", wait=False)
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("step 0 | validation loss"):
+                time.sleep(3)  # into the steady stream of steps (or, loaded, still compiling)
+                process.send_signal(signal.SIGTERM)
+                break
+        output.extend(process.stdout)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+    text = "".join(output)
+    assert process.returncode == 128 + signal.SIGTERM, text[-3000:]
+    stop = re.search(r"stopped by signal at step (\d+) \((\d+) steps? after the signal\)", text)
+    assert stop, text[-3000:]
+    assert 1 <= int(stop.group(2)) <= MAX_STEPS_IN_FLIGHT + 1, stop.group(0)
+    readme = " ".join(README.read_text().split())
+    assert f"at most {MAX_STEPS_IN_FLIGHT + 1} training steps after the signal" in readme
+
+
+def test_a_rerun_removes_the_temporaries_that_killed_runs_left(prepared, tmp_path):
+    """A kill -9 mid-write leaves `.NAME.PID.tmp` beside the file (data, tokenizer, a
+    control's records); taking the workdir removes those of dead processes, and no other."""
+    workdir = tmp_path / "run"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    left = [workdir / "data" / f".train.bin.{dead_pid}.tmp",
+            workdir / "data" / f".tokenizer.json.{dead_pid}.tmp",
+            workdir / "controls" / "ista" / f".layer_0.jsonl.{dead_pid}.tmp"]
+    alive = workdir / "nested" / f".scores.jsonl.{os.getpid()}.tmp"  # a live writer's
+    kept = workdir / "notes.tmp"  # not a temporary of ours
+    for path in [*left, alive, kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * 1000)
+    finished = run_main(workdir, prepared, "--config.train.num_steps=2")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "removed 3 temporary file(s) a stopped run left" in finished.stdout
+    assert not any(path.exists() for path in left)
+    assert alive.exists() and kept.exists()
+    assert not [p for p in workdir.rglob(".*.tmp") if p != alive]  # the run left none itself

@@ -32,7 +32,14 @@ from crate_jax.data.sources import (
     read_documents,
     source_fingerprint,
 )
-from crate_jax.data.tokenizer import TRAINED_KINDS, TextTokenizer, load_or_train_tokenizer
+from crate_jax.data.tokenizer import (
+    TOKENIZER_KINDS,
+    TRAINED_KINDS,
+    TextTokenizer,
+    TokenizerError,
+    load_or_train_tokenizer,
+    smallest_vocab_size,
+)
 from crate_jax.layout import DataLayout, RunLayout
 
 SPLITS = ("train", "validation")
@@ -82,8 +89,7 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
 
     `data_config` is the experiment's `config.data` (source, data_dir, tokenizer, val_fraction).
     """
-    if is_planted(data_config.source):
-        _check_planted_settings(data_config.tokenizer, vocab_size)
+    check_data_settings(data_config, vocab_size)
     data = RunLayout(workdir).data
     directory = data.directory
     settings = {"source": data_config.source, "tokenizer": data_config.tokenizer,
@@ -224,7 +230,8 @@ def _write_split(documents: Iterator[Document], tokenizer: TextTokenizer, path: 
 
         def flush() -> None:
             for ids in tokenizer.encode_batch(chunk):
-                np.asarray([*ids, tokenizer.end_of_text], dtype).tofile(file)
+                # Not `tofile`: its short write on a full disk is an OSError without an errno.
+                file.write(np.asarray([*ids, tokenizer.end_of_text], dtype).tobytes())
                 counts["tokens"] += len(ids) + 1
             chunk.clear()
 
@@ -236,6 +243,21 @@ def _write_split(documents: Iterator[Document], tokenizer: TextTokenizer, path: 
                 flush()
         flush()
     return counts
+
+
+def check_data_settings(data_config, vocab_size: int) -> None:
+    """What data preparation can refuse before it reads or trains anything (the entry runs it
+    up front too): an unknown tokenizer, a vocabulary smaller than the tokenizer's smallest, and
+    the planted corpus's needs."""
+    kind = data_config.tokenizer
+    if kind not in TOKENIZER_KINDS:
+        raise TokenizerError(f"data.tokenizer={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
+    smallest = smallest_vocab_size(kind)
+    if vocab_size < smallest:
+        raise TokenizerError(f"model.vocab_size={vocab_size} is below the {smallest} tokens any "
+                             f"data.tokenizer={kind!r} has; raise model.vocab_size")
+    if is_planted(data_config.source):
+        _check_planted_settings(kind, vocab_size)
 
 
 def _check_planted_settings(tokenizer: str, vocab_size: int) -> None:

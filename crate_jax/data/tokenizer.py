@@ -23,6 +23,19 @@ from crate_jax.layout import DataLayout
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN_WORD = "<|unknown|>"
 TRAINED_KINDS = ("bpe", "word")
+TOKENIZER_KINDS = (*TRAINED_KINDS, "gpt2")
+GPT2_VOCAB_SIZE = 50257  # tiktoken's "gpt2" encoding: 50000 merges, 256 bytes, end-of-text
+
+
+def smallest_vocab_size(kind: str) -> int:
+    """The fewest tokens a `kind` tokenizer has whatever the text, so that a model too small for
+    it is refused before the tokenizer is trained: byte-level BPE starts from its 256 byte tokens
+    and end-of-text; GPT-2's is fixed; a word vocabulary needs end-of-text and unknown-word."""
+    if kind == "bpe":
+        return len(pre_tokenizers.ByteLevel.alphabet()) + 1
+    if kind == "gpt2":
+        return GPT2_VOCAB_SIZE
+    return 2
 
 
 class TokenizerError(RuntimeError):
@@ -70,8 +83,10 @@ class SavedTokenizer:
         return self._tokenizer.decode(list(ids), skip_special_tokens=False)
 
     def save(self, path: Path) -> None:
+        # The bytes of the library's own `save`, written by Python: a full disk is then an
+        # OSError with its errno (the entry's one line), not a bare "os error 28" Exception.
         with atomic_path(path) as temporary:  # never leave a half-written tokenizer behind
-            self._tokenizer.save(str(temporary))
+            temporary.write_text(self._tokenizer.to_str(pretty=True), encoding="utf-8")
 
     @classmethod
     def load(cls, path: Path) -> SavedTokenizer:
@@ -164,7 +179,7 @@ def load_saved_tokenizer(kind: str, directory: Path, vocab_size: int) -> TextTok
     if kind == "gpt2":
         return _fitting(Gpt2Tiktoken(), kind, vocab_size)
     if kind not in TRAINED_KINDS:
-        raise TokenizerError(f"data.tokenizer={kind!r} is not one of bpe, word, gpt2")
+        raise TokenizerError(f"data.tokenizer={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
     path = DataLayout(directory).tokenizer
     if not path.exists():
         raise TokenizerError(

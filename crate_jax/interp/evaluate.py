@@ -31,8 +31,8 @@ from crate_jax.interp.activations.capture import (
     read_records,
 )
 from crate_jax.interp.explanations.backends import explainer_kinds, make_backend
-from crate_jax.interp.explanations.neuron_scoring import PROTOCOLS, explain_layer, score_layer
-from crate_jax.interp.explanations.splits import check_record_protocol
+from crate_jax.interp.explanations.neuron_scoring import explain_layer, score_layer
+from crate_jax.interp.explanations.splits import PROTOCOLS, check_record_protocol
 from crate_jax.interp.explanations.token_reference import TokenReference
 from crate_jax.interp.explanations.truth_control import PlantedLabels
 from crate_jax.interp.freshness import claim_outputs, interp_inputs

@@ -21,7 +21,7 @@ import numpy as np
 from crate_jax.interp.explanations.neuron_scoring import read_neuron_lines
 from crate_jax.interp.ground_truth import RECOVERY_AUROC
 from crate_jax.layout import RunLayout
-from crate_jax.train.metrics import read_metrics
+from crate_jax.metrics_file import read_metrics
 
 REFERENCE_KEYS = ("unigram", "bigram", "floor")
 

@@ -13,12 +13,15 @@ A save is written into `<step>.orbax-checkpoint-tmp...` and renamed to `<step>` 
 is on disk (on object stores without atomic rename orbax writes `commit_success.txt` last
 instead). Orbax lists only finalised step directories, so a process killed mid-save leaves
 nothing that `latest_step()` can pick; the next save of that step removes the leftover.
+
+A save that fails (a full disk) or a restore that fails (a corrupt file) ends as that one
+`CheckpointError` and nothing else (`orbax_behaviour.quiet_orbax`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from crate_jax.train.orbax_behaviour import quiet_orbax
+
 STATE_ITEM = "state"
 META_ITEM = "meta"
 PARAMS_KEY = "params"  # the state's subtree that `restore_params` reads
@@ -36,6 +41,9 @@ MAX_NAMED_DIFFERENCES = 5
 MAX_CAUSE_CHARS = 200
 _SAVE_FIX = ("make that directory writable and check free disk space, then rerun to resume from "
              "the last checkpoint")
+# A full disk and an exceeded quota: an OSError from orbax's own writes, a ValueError ending in
+# "[os_error_code='28']" from tensorstore's.
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class CheckpointError(RuntimeError):
@@ -65,7 +73,7 @@ class Checkpointer:
             raise CheckpointError(
                 f"{self.directory} is a file, not a checkpoint directory; move it away or use a "
                 "new --workdir")
-        _quiet_orbax_logs()
+        quiet_orbax()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save,
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
@@ -121,8 +129,7 @@ class Checkpointer:
         try:
             started = bool(self._manager.save(step, args=args, force=True))
         except Exception as err:
-            raise CheckpointError(f"could not save checkpoint step {step} into {self.directory} "
-                                  f"({_short_cause(err)}); {_SAVE_FIX}") from err
+            raise self._unsaved(step, f"could not save checkpoint step {step}", err) from err
         if started:
             self._step_in_flight = step
         return started
@@ -189,9 +196,9 @@ class Checkpointer:
         try:
             self._manager.wait_until_finished()
         except Exception as err:
-            raise CheckpointError(
-                f"the background save of checkpoint step {self._step_in_flight} into "
-                f"{self.directory} failed ({_short_cause(err)}); {_SAVE_FIX}") from err
+            raise self._unsaved(self._step_in_flight,
+                                f"the background save of checkpoint step {self._step_in_flight}",
+                                err) from err
 
     def close(self) -> None:
         """Waits for pending saves, then releases orbax's threads. Safe to call twice."""
@@ -244,6 +251,22 @@ class Checkpointer:
         if saved is None:
             raise self._unreadable(step, f"the '{STATE_ITEM}' item has no array metadata")
         return getattr(saved, "tree", saved)  # TreeMetadata wraps the tree in newer orbax.
+
+    def _unsaved(self, step: int | None, what: str, err: BaseException) -> CheckpointError:
+        """The error of a failed save; on a full disk it says so, and which step a rerun resumes
+        from (the failed step's files are orbax's temporary ones, which no rerun picks)."""
+        full = _disk_full_reason(err)
+        if full is None:
+            return CheckpointError(f"{what} into {self.directory} failed ({_short_cause(err)}); "
+                                   f"{_SAVE_FIX}")
+        kept = [saved for saved in self.all_steps() if saved != step]
+        resume = (f"the checkpoints up to step {kept[-1]} are kept: free space there (or move "
+                  "--workdir to a larger disk), then rerun the same command to resume from step "
+                  f"{kept[-1]}" if kept else
+                  "no checkpoint was finished before it: free space there (or move --workdir to "
+                  "a larger disk), then rerun the same command to start the run")
+        return CheckpointError(f"the disk holding {self.directory} is full ({full}): {what} "
+                               f"failed; {resume}")
 
     def _unreadable(self, step: int, cause: str) -> CheckpointError:
         earlier = [s for s in self.all_steps() if s < step]
@@ -355,26 +378,15 @@ def _short_cause(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-class _OrbaxLogFilter(logging.Filter):
-    """Keeps orbax's warnings and errors, but drops its INFO/DEBUG records (dozens per save) and
-    those that carry a traceback.
-
-    Orbax logs one failed save with a traceback from each thread that saw it (hundreds of lines
-    for a full disk) and hands the exception on to `save`, `wait` or `restore`, where it becomes
-    one `CheckpointError` line naming the directory and the cause. The one failure it logs with a
-    traceback without handing it on, an old checkpoint it could not delete, costs disk space only.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if f"{os.sep}orbax{os.sep}" not in record.pathname:
-            return True
-        return record.levelno >= logging.WARNING and record.exc_info is None
-
-
-def _quiet_orbax_logs() -> None:
-    # Orbax logs through absl, whose records reach the "absl" Python logger with the orbax
-    # module as their pathname; once absl's flags are parsed its verbosity is INFO.
-    absl_logger = logging.getLogger("absl")
-    if not any(isinstance(f, _OrbaxLogFilter) for f in absl_logger.filters):
-        absl_logger.addFilter(_OrbaxLogFilter())
-    logging.getLogger("orbax").setLevel(logging.WARNING)
+def _disk_full_reason(err: BaseException) -> str | None:
+    """"No space left on device" or "Disk quota exceeded" when `err`, or an exception it was
+    raised from, is one of them; None for any other failure."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        for code in _DISK_FULL_ERRNOS:
+            if ((isinstance(err, OSError) and err.errno == code)
+                    or f"[os_error_code='{code}']" in str(err)):
+                return os.strerror(code)
+        err = err.__cause__ or err.__context__
+    return None

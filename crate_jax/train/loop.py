@@ -12,12 +12,13 @@ files; the data are prepared by process 0 first; and a stop happens at a step th
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -170,10 +171,13 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
         tokens_per_step = train.batch_size * train.seq_len
         interval_start, interval_steps, timing_from = time.perf_counter(), 0, start_step + 1
         step = start_step
+        in_flight = _StepsInFlight(MAX_STEPS_IN_FLIGHT, done=start_step)
+        stop.progress = in_flight.completed_step
         while step < train.num_steps:
             batch = sampler.batch(step).reshape(batch_layout)
             state, metrics = train_step(state, global_batch(batch, train_batch_sharding(mesh)))
             step += 1
+            in_flight.admit(step, metrics)
             progress.update()
             if step == timing_from:  # exclude compilation from throughput
                 jax.block_until_ready(metrics)
@@ -185,10 +189,15 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
             # is acted on at the next step, never between deciding to save and deciding to stop.
             stopping = stop.requested_at(step) and not is_last
             saving = is_last or stopping or step % train.checkpoint_every == 0
-            if step % train.log_every == 0 or saving:
+            on_schedule = step % train.log_every == 0 or is_last
+            if on_schedule or saving:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not math.isfinite(values["loss"]):
+                if not math.isfinite(values["loss"]):  # never save a diverged state
                     raise TrainingError(_divergence_message(values["loss"], step, checkpointer))
+            # The record holds the steps the run logs or checkpoints on its schedule, so that a
+            # stopped and resumed run's file equals the uninterrupted run's: a stop's own step
+            # is saved, not logged.
+            if on_schedule or (saving and not stopping):
                 if interval_steps:
                     elapsed = time.perf_counter() - interval_start
                     values["tokens_per_second"] = interval_steps * tokens_per_step / elapsed
@@ -214,8 +223,8 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
             if stopping:
                 summary["status"] = "interrupted"
                 summary["signal"] = stop.signal
-                _say(f"stopped by signal at step {step}; checkpoint saved, rerun the same "
-                     "command to resume", is_main, progress)
+                _say(f"stopped by signal at step {step}{stop.lag(step)}; checkpoint saved, "
+                     "rerun the same command to resume", is_main, progress)
                 break
         if stop.requested and summary["status"] != "interrupted":
             # Asked during the last step or the final evaluation and save: the run is complete
@@ -355,6 +364,40 @@ class _NoMetrics:
         pass
 
 
+# How many dispatched steps may wait for the device. JAX dispatches asynchronously, so an
+# unbounded loop runs ahead of the device by as many steps as Python queues between two log lines
+# (11 on this project's CPU, 10 s of work), and a stop request waits for all of them; on a
+# preempted TPU VM the grace period is 30 s. With 2, the next step is always queued while one
+# runs, and a stop is acted on at most MAX_STEPS_IN_FLIGHT + 1 steps after the signal arrived
+# (the README's bound; the stop line says how many it was).
+MAX_STEPS_IN_FLIGHT = 2
+
+
+class _StepsInFlight:
+    """The metrics of the steps dispatched but perhaps not yet computed, oldest first; admitting
+    one more than the limit waits for the oldest."""
+
+    def __init__(self, limit: int, done: int) -> None:
+        self.limit = limit
+        self.pending: collections.deque[tuple[int, object]] = collections.deque()
+        self.done = done  # the last step known to be computed
+
+    def admit(self, step: int, metrics) -> None:
+        self.pending.append((step, metrics))
+        while len(self.pending) > self.limit:
+            self.done, oldest = self.pending.popleft()
+            jax.block_until_ready(oldest)
+
+    def completed_step(self) -> int:
+        """The last step the device has finished, without waiting."""
+        done = self.done
+        for step, metrics in self.pending:
+            if not all(leaf.is_ready() for leaf in jax.tree_util.tree_leaves(metrics)):
+                break
+            done = step
+        return done
+
+
 class _StopRequest:
     """Whether the loop stops after this step. Alone, a signal sets a flag read once per step;
     in a multi-process job the step comes from JAX's preemption sync point, the same on every
@@ -364,6 +407,21 @@ class _StopRequest:
         self.agreed = agreed
         self.requested = False
         self.signal: int | None = None  # the signal that asked for the stop
+        self.progress: Callable[[], int] | None = None  # the loop's last computed step
+        self.computed_at_signal: int | None = None
+
+    def ask(self, signum: int) -> None:
+        """The signal handler's part: the request, and how far the device was when it came."""
+        if not self.requested and self.progress is not None:
+            self.computed_at_signal = self.progress()
+        self.requested, self.signal = True, signum
+
+    def lag(self, step: int) -> str:
+        """How many steps ran after the signal, for the stop line (said where it was measured)."""
+        if self.computed_at_signal is None:
+            return ""
+        after = step - self.computed_at_signal
+        return f" ({after} step{'s' if after != 1 else ''} after the signal)"
 
     def requested_at(self, step: int) -> bool:
         if not self.agreed:
@@ -387,7 +445,7 @@ def _stop_on_signals(agreed: bool) -> Iterator[_StopRequest]:
     def request(signum, frame):
         if stop.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop.requested, stop.signal = True, signum
+        stop.ask(signum)
         if agreed:
             os.kill(os.getpid(), signal.SIGTERM)
 

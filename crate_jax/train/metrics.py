@@ -2,19 +2,17 @@
 
 Layout under `workdir`:
 
-    metrics.jsonl                      one JSON object per `write`:
-                                       {"step": 10, "split": "train", "time": 1.7e9, "loss": 3.2}
+    metrics.jsonl                      one JSON object per `write` (its format:
+                                       `crate_jax.metrics_file`)
     tensorboard/<split>/events.out.tfevents.<time>.<host>.<pid>
                                        scalars tagged by metric name (written by tensorboardX),
                                        one directory per split so TensorBoard overlays train and
                                        eval curves as two runs
 
-`metrics.jsonl` is the record the report code reads (`read_metrics`); it is flushed on every
-write, so a crashed run keeps everything it logged. TensorBoard is for watching a run live: its
-files are written in the background and reach the disk within `TENSORBOARD_FLUSH_SECONDS`.
-
-Non-finite values: JSON has no NaN or infinity, so they are written as the strings "nan", "inf"
-and "-inf" (keeping which one it was, unlike null) and `read_metrics` turns them back into floats.
+`metrics.jsonl` is the record the report code reads, with `crate_jax.metrics_file.read_metrics`
+(the reader lives beside the workdir layout, not with the training code). It is flushed on every
+write, so a crashed run keeps everything it logged. TensorBoard is for watching a run live:
+its files are written in the background and reach the disk within `TENSORBOARD_FLUSH_SECONDS`.
 
 In a multi-host run only one process (e.g. `jax.process_index() == 0`) should own a writer.
 """
@@ -22,7 +20,6 @@ In a multi-host run only one process (e.g. `jax.process_index() == 0`) should ow
 from __future__ import annotations
 
 import json
-import math
 import numbers
 import os
 import re
@@ -35,26 +32,13 @@ from typing import Any
 from tensorboardX import SummaryWriter
 
 from crate_jax.atomic_files import write_text_atomically
-from crate_jax.layout import METRICS_FILENAME, TENSORBOARD_DIRNAME, RunLayout
+from crate_jax.layout import TENSORBOARD_DIRNAME, RunLayout
+from crate_jax.metrics_file import RESERVED_KEYS, json_number, read_complete_lines
 
-# Keys every record carries; a metric with one of these names would overwrite it.
-RESERVED_KEYS = ("step", "split", "time")
 TENSORBOARD_FLUSH_SECONDS = 2
 
-_NON_FINITE_AS_STRING = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 # A split names a directory, so keep it to characters that are safe in a path.
 _SPLIT_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class MetricsError(ValueError):
-    """`metrics.jsonl` is damaged other than by a crash mid-write; names the line to repair."""
-
-
-def _json_number(value: int | float) -> int | float | str:
-    """`value` as something `json.dumps(allow_nan=False)` accepts: non-finite floats to strings."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
 
 
 def _metric_number(name: str, value: Any) -> int | float:
@@ -75,60 +59,6 @@ def _check_split(split: str) -> None:
         raise ValueError(
             f"split {split!r} is not a valid name: it becomes a directory under "
             f"{TENSORBOARD_DIRNAME}/, so use letters, digits, '_', '-' or '.' (e.g. 'eval')")
-
-
-def _read_complete_lines(path: Path) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
-    """The file's text and its complete records as `(raw line, parsed object)` pairs.
-
-    A last line that does not parse is what a crash in the middle of a write leaves, and is
-    skipped. An unparseable line anywhere else means the file was damaged some other way, so it
-    raises `MetricsError` instead of silently losing data.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        number = path.read_bytes().count(b"\n", 0, error.start) + 1
-        raise MetricsError(f"{path}:{number} is not UTF-8 text; delete or repair that line, "
-                           "then rerun.") from None
-    lines = [(number, line) for number, line in enumerate(text.split("\n"), start=1)
-             if line.strip()]
-    records = []
-    for index, (number, line) in enumerate(lines):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if index == len(lines) - 1:
-                break
-            raise MetricsError(
-                f"{path}:{number} is not valid JSON ({line[:80]!r}); only a truncated last line "
-                "is tolerated. Delete or repair that line, then rerun.") from None
-        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise MetricsError(
-                f"{path}:{number} is not a metrics record (a JSON object with an integer 'step'): "
-                f"{line[:80]!r}. Delete or repair that line, then rerun.")
-        records.append((line, record))
-    return text, records
-
-
-def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Every record in `workdir/metrics.jsonl`, in write order, as dicts like
-    `{"step": 10, "split": "train", "time": 1.7e9, "loss": 3.2}`.
-
-    A truncated last line (a crash mid-write) is ignored; "nan"/"inf"/"-inf" strings come back
-    as floats. Raises FileNotFoundError if the run never wrote metrics.
-    """
-    path = RunLayout(workdir).metrics
-    if not path.exists():
-        raise FileNotFoundError(f"no {METRICS_FILENAME} in {workdir}; is that the run's workdir?")
-    _, records = _read_complete_lines(path)
-    return [_decode_non_finite(record) for _, record in records]
-
-
-def _decode_non_finite(record: dict[str, Any]) -> dict[str, Any]:
-    """Undo `_json_number`: metric values "nan"/"inf"/"-inf" back to floats."""
-    return {key: _NON_FINITE_AS_STRING.get(value, value)
-            if key not in RESERVED_KEYS and isinstance(value, str) else value
-            for key, value in record.items()}
 
 
 _event_files_opened: dict[Path, int] = {}
@@ -172,7 +102,7 @@ class MetricsWriter:
     def _drop_stale_records(self, resume_step: int | None) -> None:
         """Rewrite the file without a truncated last line and, if resuming, without the records
         past `resume_step`; leaves the file untouched when there is nothing to drop."""
-        text, records = _read_complete_lines(self.metrics_path)
+        text, records = read_complete_lines(self.metrics_path)
         kept = [line for line, record in records
                 if resume_step is None or record["step"] <= resume_step]
         kept_text = "".join(line + "\n" for line in kept)
@@ -195,7 +125,7 @@ class MetricsWriter:
             values[name] = _metric_number(name, value)
         now = time.time()
         record = {"step": int(step), "split": split, "time": now}
-        record.update({name: _json_number(value) for name, value in values.items()})
+        record.update({name: json_number(value) for name, value in values.items()})
         self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
         self._jsonl.flush()
         if values:

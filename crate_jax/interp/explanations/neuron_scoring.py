@@ -16,7 +16,6 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,31 +39,21 @@ from crate_jax.interp.explanations.judging import (
     judge_scores,
     judgement_cases,
 )
-from crate_jax.interp.explanations.scoring import correlation_score
+from crate_jax.interp.explanations.scoring import split_scores
 from crate_jax.interp.explanations.splits import (
-    ANTHROPIC_SPLIT,
+    PROTOCOL_OF_SPLIT,
+    PROTOCOLS,
     explanation_records,
     held_out_records,
+    protocol_splits,
     split_groups,
 )
 from crate_jax.interp.explanations.thread_pool import map_in_threads
+from crate_jax.interp.explanations.token_reference import TokenReference
 from crate_jax.layout import LayerScoresLayout
 
-if TYPE_CHECKING:  # token_reference imports this module
-    from crate_jax.interp.explanations.token_reference import TokenReference
-
-PROTOCOL_OF_SPLIT = {"top_and_random": "openai", "random_only": "openai", "top_only": "openai",
-                     ANTHROPIC_SPLIT: "anthropic"}
-
-
-PROTOCOLS = ("openai", "anthropic")
 # Every score of a scores.jsonl line: the simulation splits, then detection and fuzzing.
 SCORES = (*PROTOCOL_OF_SPLIT, *JUDGED_SCORES)
-
-
-def protocol_splits(protocol: str) -> list[str]:
-    """The splits scored on `protocol`'s held-out records."""
-    return [split for split, owner in PROTOCOL_OF_SPLIT.items() if owner == protocol]
 
 
 def read_neuron_lines(path: Path, *, repair: bool) -> dict[int, dict]:
@@ -206,18 +195,6 @@ def _judged(judge: Judge | None, explanation_entry: dict,
         return judge_scores(judge, Explanation(**explanation_entry), cases), {}
     except SimulationFailure as failure:
         return {}, {s: str(failure) for s in JUDGED_SCORES}
-
-
-def split_scores(groups: dict[str, list[ActivationRecord]], predicted: dict[str, list],
-                 splits: list[str]) -> dict[str, float]:
-    """`{split: r}`: each split pools the true and predicted activations of its held-out groups
-    (`split_groups`) into one Pearson r (NaN for a constant side)."""
-    scores = {}
-    for split in splits:
-        true = [r.activations for g in split_groups()[split] for r in groups[g]]
-        pooled = [p for g in split_groups()[split] for p in predicted[g]]
-        scores[split] = correlation_score(true, pooled)
-    return scores
 
 
 def score_layer(neurons: list[NeuronRecord], explanations: dict[int, dict],

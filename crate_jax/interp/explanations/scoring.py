@@ -14,6 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from crate_jax.interp.activations.records import ActivationRecord
+from crate_jax.interp.explanations.splits import split_groups
+
 
 def correlation_score(true_activations: Sequence[Sequence[float]],
                       predicted_activations: Sequence[Sequence[float]]) -> float:
@@ -36,3 +39,15 @@ def correlation_score(true_activations: Sequence[Sequence[float]],
     if true.size < 2 or np.ptp(true) == 0 or np.ptp(predicted) == 0:
         return math.nan
     return float(np.corrcoef(true, predicted)[0, 1])
+
+
+def split_scores(groups: dict[str, list[ActivationRecord]], predicted: dict[str, list],
+                 splits: list[str]) -> dict[str, float]:
+    """`{split: r}`: each split pools the true and predicted activations of its held-out groups
+    (`split_groups`) into one Pearson r (NaN for a constant side)."""
+    scores = {}
+    for split in splits:
+        true = [r.activations for g in split_groups()[split] for r in groups[g]]
+        pooled = [p for g in split_groups()[split] for p in predicted[g]]
+        scores[split] = correlation_score(true, pooled)
+    return scores

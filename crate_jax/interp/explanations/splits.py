@@ -30,8 +30,11 @@ from __future__ import annotations
 from crate_jax.interp.activations.records import ActivationRecord, NeuronRecord
 from crate_jax.model import ConfigError
 
+PROTOCOLS = ("openai", "anthropic")
 OPENAI_SPLITS = ("top_and_random", "random_only", "top_only")
 ANTHROPIC_SPLIT = "anthropic"
+# The protocol whose explanation and held-out records each scored split uses.
+PROTOCOL_OF_SPLIT = {**dict.fromkeys(OPENAI_SPLITS, "openai"), ANTHROPIC_SPLIT: "anthropic"}
 RECORD_PROTOCOLS = ("default", "paper")
 PAPER_TOP_RECORDS = 10     # the paper's splits use top[0:10] ...
 PAPER_RANDOM_RECORDS = 10  # ... and random[0:10]
@@ -48,6 +51,11 @@ def check_record_protocol(record_protocol: str, top_k: int, random_k: int) -> No
         raise ConfigError(f"interp.protocol='paper' needs interp.top_k >= {PAPER_TOP_RECORDS} "
                           f"and interp.random_k >= {PAPER_RANDOM_RECORDS}; got top_k={top_k}, "
                           f"random_k={random_k}")
+
+
+def protocol_splits(protocol: str) -> list[str]:
+    """The splits scored on `protocol`'s held-out records."""
+    return [split for split, owner in PROTOCOL_OF_SPLIT.items() if owner == protocol]
 
 
 def _even(records: list[ActivationRecord]) -> list[ActivationRecord]:

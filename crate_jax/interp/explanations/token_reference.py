@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from crate_jax.interp.activations.records import NeuronRecord
-from crate_jax.interp.explanations.neuron_scoring import (
+from crate_jax.interp.explanations.scoring import split_scores
+from crate_jax.interp.explanations.splits import (
     PROTOCOL_OF_SPLIT,
+    held_out_records,
     protocol_splits,
-    split_scores,
 )
-from crate_jax.interp.explanations.splits import held_out_records
 
 
 class TokenReference:
