@@ -100,6 +100,24 @@ def test_scoring_resumes_from_a_cut_file_with_identical_results(tmp_path):
     assert resumed == full
 
 
+def test_neurons_written_twice_by_two_runs_are_reported(tmp_path, capsys):
+    """Two processes scoring one workdir at once (before runs locked it) left every neuron's
+    line twice; the rerun says so, rather than keep them silently, and scores as before."""
+    neurons = _planted_records(tmp_path)
+    explainer, simulator = TokenLookupExplainer(), TokenLookupSimulator()
+    explanations = explain_layer(neurons, explainer, tmp_path)
+    full = score_layer(neurons, explanations, simulator, tmp_path, random_baseline=True,
+                       seed=0, layer=0)
+    scores = tmp_path / "scores.jsonl"
+    scores.write_text(scores.read_text() * 2)
+    capsys.readouterr()
+    again = score_layer(neurons, explanations, simulator, tmp_path, random_baseline=True,
+                        seed=0, layer=0)
+    assert again == full
+    assert (f"interp: {scores} holds {len(neurons)} neurons written again after a finished "
+            "line (two runs wrote this workdir at once") in capsys.readouterr().out
+
+
 def test_baseline_partner_is_never_the_neuron_itself():
     partners = baseline_partners(list(range(9)), seed=3, layer=1)
     assert sorted(partners) == list(range(9)) and sorted(partners.values()) == list(range(9))

@@ -66,6 +66,20 @@ def test_resume_step_drops_records_after_the_checkpoint(tmp_path):
     assert not list(tmp_path.glob(f".{METRICS_FILENAME}*")), "temp file left behind"
 
 
+def test_records_two_writers_repeated_are_reported_and_kept_once(tmp_path, capsys):
+    """Two processes on one workdir (before runs locked it) wrote every record twice; a rerun
+    says so and keeps the first of each (split, step)."""
+    for _ in range(2):
+        with MetricsWriter(tmp_path) as writer:
+            writer.write(10, {"loss": 1.0})
+            writer.write(10, {"loss": 1.5}, split="validation")
+    with MetricsWriter(tmp_path, resume_step=10):
+        pass
+    assert "held 2 repeated records (two runs wrote this workdir at once" in \
+        capsys.readouterr().out
+    assert _steps(read_metrics(tmp_path)) == [("train", 10), ("validation", 10)]
+
+
 def test_truncated_last_line_is_ignored_and_dropped_before_appending(tmp_path):
     with MetricsWriter(tmp_path) as writer:
         writer.write(1, {"loss": 1.0})

@@ -100,11 +100,21 @@ class MetricsWriter:
         self._event_writers: dict[str, SummaryWriter] = {}
 
     def _drop_stale_records(self, resume_step: int | None) -> None:
-        """Rewrite the file without a truncated last line and, if resuming, without the records
-        past `resume_step`; leaves the file untouched when there is nothing to drop."""
+        """Rewrite the file without a truncated last line, without a second record of a
+        (split, step) (said in one line) and, if resuming, without the records past
+        `resume_step`; leaves the file untouched when there is nothing to drop."""
         text, records = read_complete_lines(self.metrics_path)
-        kept = [line for line, record in records
-                if resume_step is None or record["step"] <= resume_step]
+        kept, seen, repeated = [], set(), 0
+        for line, record in records:
+            key = (record.get("split"), record["step"])
+            if key in seen:
+                repeated += 1
+            elif resume_step is None or record["step"] <= resume_step:
+                kept.append(line)
+            seen.add(key)
+        if repeated:  # a run writes each (split, step) once: two processes wrote this file
+            print(f"{self.metrics_path} held {repeated} repeated records (two runs wrote this "
+                  "workdir at once, before runs locked it); kept the first of each", flush=True)
         kept_text = "".join(line + "\n" for line in kept)
         if kept_text != text:
             write_text_atomically(self.metrics_path, kept_text)

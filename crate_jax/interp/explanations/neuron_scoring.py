@@ -118,12 +118,35 @@ def _complete(neurons: list[NeuronRecord], work: Callable[[NeuronRecord], dict],
     """Runs `work` on the neurons not yet in `path` or whose entry `redo` says to redo,
     appending each entry to `path` as it finishes; returns every neuron's (last) entry."""
     done = read_neuron_lines(path, repair=True)
+    _report_repeated_neurons(path, redo)
     todo = [n for n in neurons if n.neuron_id.neuron_index not in done
             or redo(done[n.neuron_id.neuron_index])]
     for entry in map_in_threads(work, todo, workers, as_completed=True):
         _append(path, entry)
         done[entry["neuron"]] = entry
     return done
+
+
+def _report_repeated_neurons(path: Path, redo: Callable[[dict], bool]) -> None:
+    """Says so when a neuron has a line after one that needed no redo: one process never
+    writes that, two on the same workdir at once (before runs locked it) did. The last line of
+    each neuron is the one used, as for a redone neuron."""
+    if not path.exists():
+        return
+    finished, repeated = set(), set()
+    for line in path.read_bytes().splitlines(keepends=True):
+        entry = _entry(line)
+        if entry is None:
+            continue
+        if entry["neuron"] in finished:
+            repeated.add(entry["neuron"])
+        if not redo(entry):
+            finished.add(entry["neuron"])
+    if repeated:
+        print(f"interp: {path} holds {len(repeated)} neurons written again after a finished "
+              "line (two runs wrote this workdir at once, before runs locked it); the last "
+              "line of each is used. Delete the file to redo the layer from scratch",
+              flush=True)
 
 
 def explanation_failed(entry: dict) -> bool:
