@@ -30,7 +30,11 @@ from crate_jax.interp.activations.capture import (
     mine_records,
     read_records,
 )
-from crate_jax.interp.explanations.backends import explainer_kinds, make_backend
+from crate_jax.interp.explanations.backends import (
+    check_llm_server,
+    explainer_kinds,
+    make_backend,
+)
 from crate_jax.interp.explanations.neuron_scoring import explain_layer, score_layer
 from crate_jax.interp.explanations.splits import PROTOCOLS, check_record_protocol
 from crate_jax.interp.explanations.token_reference import TokenReference
@@ -96,6 +100,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     # Before any other output: what is in `interp/` from here on was computed from these inputs.
     claim_outputs(layout, interp_inputs(config, step, params, tokens.manifest), _say)
     if not layout.sparsity.exists():
+        check_llm_server(interp)  # before minutes of mining, not after them
         _say(f"interp: mining records of {', '.join(sites)} on {sequences.size:,} tokens")
         sparsity = mine_records(model, params, sequences, sites, interp, decode, layout)
         # Written last: its presence means mining finished.

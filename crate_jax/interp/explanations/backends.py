@@ -9,7 +9,7 @@ scored with another neuron's explanation (`interp.random_baseline`), by the same
 
 from __future__ import annotations
 
-from crate_jax.interp.explanations.explanation import Explainer, Judge, Simulator
+from crate_jax.interp.explanations.explanation import BackendError, Explainer, Judge, Simulator
 from crate_jax.interp.explanations.judging import SimulatorJudge
 from crate_jax.interp.explanations.ngram import NgramExplainer, NgramSimulator
 from crate_jax.interp.explanations.token_lookup import TokenLookupExplainer, TokenLookupSimulator
@@ -59,18 +59,43 @@ def make_backend(interp_config, kind: str,
     raise ConfigError(f"interp.explainer={kind!r} is not one of {', '.join(BACKENDS)}")
 
 
+def check_llm_server(interp_config) -> None:
+    """When an `llm` kind is asked for, one request to its server (`GET /models`, no retry),
+    so that a server that is down or a wrong `interp.llm.base_url` stops the stage before the
+    minutes of mining, not after. Any HTTP answer counts as up (some servers lack `/models`)."""
+    if "llm" not in explainer_kinds(interp_config):
+        return
+    from crate_jax.interp.explanations.llm_client import RequestRejected
+
+    client = _llm_client(interp_config.llm, max_retries=0)
+    try:
+        client.list_models()
+    except RequestRejected:
+        return
+    except BackendError as error:
+        raise BackendError(
+            f"interp.llm.base_url={interp_config.llm.base_url}: no server answers there "
+            f"({error}); start it or correct the URL, then rerun (nothing was mined or "
+            "explained yet)") from None
+
+
+def _llm_client(llm_config, max_retries: int):
+    from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient
+
+    return OpenAICompatibleClient(
+        llm_config.base_url, llm_config.model, api_key_env=llm_config.api_key_env or None,
+        timeout_s=llm_config.timeout_s, max_retries=max_retries,
+        max_concurrency=llm_config.max_concurrency)
+
+
 def _llm_backend(llm_config) -> tuple[Explainer, Simulator, Judge]:
     """One client (shared concurrency limit and retries) for explainer, simulator and judge."""
     from crate_jax.interp.explanations.llm_backend import LLMExplainer, LLMSimulator
-    from crate_jax.interp.explanations.llm_client import OpenAICompatibleClient
     from crate_jax.interp.explanations.llm_judge import LLMJudge
 
     if not llm_config.model:
         raise ConfigError("interp.explainer='llm' needs interp.llm.model (the model name the "
                          f"server at {llm_config.base_url} serves)")
-    client = OpenAICompatibleClient(
-        llm_config.base_url, llm_config.model, api_key_env=llm_config.api_key_env or None,
-        timeout_s=llm_config.timeout_s, max_retries=llm_config.max_retries,
-        max_concurrency=llm_config.max_concurrency)
+    client = _llm_client(llm_config, max_retries=llm_config.max_retries)
     return (LLMExplainer(client), LLMSimulator(client, mode=llm_config.simulator_mode),
             LLMJudge(client))
