@@ -15,9 +15,10 @@ from jax.sharding import PartitionSpec as P
 from run_helpers import THREE_STEPS, checkpoint_params, tiny_config, train_three_steps
 
 from configs import crate, gpt2
-from crate_jax.input_checks import _check_mesh, check_run_config
+from crate_jax.input_checks import check_run_config
 from crate_jax.metrics_file import read_metrics
 from crate_jax.model import ConfigError, model_from_config
+from crate_jax.train.config_checks import check_mesh
 from crate_jax.train.optimizer import make_optimizer
 from crate_jax.train.sharding import FSDP_AXIS, MIN_SHARDED_ELEMENTS, mesh_shape, partition_spec
 from crate_jax.train.state import abstract_train_state
@@ -100,9 +101,9 @@ def test_every_device_of_the_mesh_takes_an_equal_share_of_each_micro_batch():
     with pytest.raises(ConfigError, match=r"the micro-batch \(train.batch_size / "
                        r"train.grad_accum_steps = 12 / 3 = 4\) must be divisible by the 8 "
                        r"devices of the mesh \(mesh.data=1 x mesh.fsdp=8\)"):
-        _check_mesh(config, device_count=8)
+        check_mesh(config, device_count=8)
     config.train.update(batch_size=24)
-    _check_mesh(config, device_count=8)
+    check_mesh(config, device_count=8)
 
 
 # --- on 8 forced host devices -------------------------------------------------------------------

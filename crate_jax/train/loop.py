@@ -35,10 +35,10 @@ from crate_jax.distributed import (
     main_process_first,
     stop_agreed_at,
 )
-from crate_jax.input_checks import check_run_config
 from crate_jax.layout import RunLayout
 from crate_jax.model import model_from_config, model_identity
 from crate_jax.train.checkpoints import Checkpointer, CheckpointError
+from crate_jax.train.config_checks import check_train_config
 from crate_jax.train.metrics import MetricsWriter
 from crate_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from crate_jax.train.sharding import (
@@ -68,7 +68,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     train = config.train
     model = model_from_config(config)
-    check_run_config(config, ("train",))
+    check_train_config(config)
     tokens = main_process_first(
         "token arrays", lambda: prepare_token_arrays(config.data, model.config.vocab_size, workdir))
     # Closing the checkpointer waits for in-flight saves, also when the loop raises.
