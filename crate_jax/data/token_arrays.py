@@ -252,12 +252,12 @@ def check_data_settings(data_config, vocab_size: int) -> None:
     kind = data_config.tokenizer
     if kind not in TOKENIZER_KINDS:
         raise TokenizerError(f"data.tokenizer={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
+    if is_planted(data_config.source):  # first: its tokenizer is the fix to name
+        _check_planted_settings(kind, vocab_size)
     smallest = smallest_vocab_size(kind)
     if vocab_size < smallest:
         raise TokenizerError(f"model.vocab_size={vocab_size} is below the {smallest} tokens any "
                              f"data.tokenizer={kind!r} has; raise model.vocab_size")
-    if is_planted(data_config.source):
-        _check_planted_settings(kind, vocab_size)
 
 
 def _check_planted_settings(tokenizer: str, vocab_size: int) -> None:
