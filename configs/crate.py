@@ -58,7 +58,7 @@ def get_config(arg=None):
         ista_threshold=0.1,      # lambda
         ista_residual=False,     # True: x + ISTA(LN(x)), the CRATE-alpha form
         mlp_expansion=4,
-        mlp_activation="relu",   # relu (the paper's GPT-2 baseline) | gelu
+        mlp_activation="relu",   # relu (the paper's GPT-2 baseline) | gelu | gelu_tanh (GPT-2)
         dropout_rate=0.0,
         layer_norm_epsilon=1e-5,
         dtype="float32",         # compute dtype: float32 | bfloat16
@@ -70,6 +70,7 @@ def get_config(arg=None):
         data_dir="",             # where TFDS data sets live; "" = $CRATE_JAX_DATA_DIR or ~/.cache
         tokenizer="bpe",         # bpe (trained on the training split, vocab = model.vocab_size)
                                  # | gpt2 (tiktoken; needs its cached files offline)
+                                 # | imported (a converted model's own: crate_jax.convert)
         val_fraction=0.05,       # documents held out for validation, chosen by a hash of their id
     ))
 

@@ -7,6 +7,7 @@ or moved here once. A run's workdir (`RunLayout`):
         tokenizer.json, tokens.json, train.bin, validation.bin,
         planted_validation_truth.npz  (planted corpus only)
     config.json, run_info.json     the config, versions and data manifest of the last `train`
+    conversion.json                an imported model's origin (`crate_jax.convert`)
     references.json                reference losses of the validation targets (`train`)
     checkpoints/                   orbax checkpoints, one folder per step
     metrics.jsonl, tensorboard/    training and validation metrics
@@ -136,6 +137,11 @@ class RunLayout:
     @property
     def references(self) -> Path:
         return self.workdir / "references.json"
+
+    @property
+    def conversion(self) -> Path:
+        """What an imported model was converted from (`crate_jax.convert`); written last."""
+        return self.workdir / "conversion.json"
 
     @property
     def checkpoints(self) -> Path:

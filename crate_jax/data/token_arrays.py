@@ -33,6 +33,7 @@ from crate_jax.data.sources import (
     source_fingerprint,
 )
 from crate_jax.data.tokenizer import (
+    FILE_KINDS,
     TOKENIZER_KINDS,
     TRAINED_KINDS,
     TextTokenizer,
@@ -102,7 +103,8 @@ def prepare_token_arrays(data_config, vocab_size: int, workdir: Path) -> TokenAr
     fraction = data_config.val_fraction
     source = data_config.source
     split = _split_source_text(source, data_dir, fraction)
-    _set_aside_unfinished_tokenizer(directory)
+    if data_config.tokenizer in TRAINED_KINDS:
+        _set_aside_unfinished_tokenizer(directory)
     tokenizer = load_or_train_tokenizer(data_config.tokenizer, directory, vocab_size,
                                         (doc.text for doc in split.documents("train")))
     dtype = token_dtype(vocab_size)
@@ -138,13 +140,13 @@ def _set_aside_unfinished_tokenizer(directory: Path) -> None:
 
 
 def tokenizer_fingerprint(kind: str, directory: Path) -> str | None:
-    """The sha256 hex of the trained tokenizer's file in `directory`; None for GPT-2's BPE, a
-    published vocabulary with no file here.
+    """The sha256 hex of the tokenizer's file in `directory` (trained or imported); None for
+    GPT-2's BPE through tiktoken, a published vocabulary with no file here.
 
     Token ids mean something only with the exact file that made them: the manifest records this
     as `tokenizer_fingerprint`, reuse checks it, and later stages record it with their outputs.
     """
-    if kind not in TRAINED_KINDS:
+    if kind not in FILE_KINDS:
         return None
     return hashlib.sha256(DataLayout(directory).tokenizer.read_bytes()).hexdigest()
 
@@ -327,10 +329,10 @@ def _load_prepared(directory: Path, settings: dict) -> TokenArrays:
 
 
 def _check_tokenizer(directory: Path, manifest: dict) -> None:
-    """Token arrays are reused only beside the trained tokenizer that made them: another one, or
+    """Token arrays are reused only beside the tokenizer file that made them: another one, or
     one retrained because its file went missing, maps the same ids to other text. A manifest
     written before fingerprints were recorded has none to compare; its file must still exist."""
-    if manifest["tokenizer"] not in TRAINED_KINDS:
+    if manifest["tokenizer"] not in FILE_KINDS:
         return
     path = DataLayout(directory).tokenizer
     fix = (f"restore it, or delete {directory} to re-tokenize, which means training the model "

@@ -1,12 +1,14 @@
 """Tokenizers: a byte-level BPE or a word-level vocabulary trained on the run's own training text,
-or GPT-2's BPE through tiktoken.
+an imported model's own tokenizer, or GPT-2's BPE through tiktoken.
 
 The BPE is the offline default: trained once on the training split (never on validation text, so
 validation loss stays honest), saved as `tokenizer.json` in the workdir and reused by every later
 stage and rerun. The word-level tokenizer (one token per whitespace-separated word) is for
 languages with a small closed vocabulary, such as the planted corpus, where a token must be
-exactly one word for the ground-truth labels to line up. GPT-2's BPE (what the paper uses) needs
-the optional `tiktoken` package and its cached vocabulary files.
+exactly one word for the ground-truth labels to line up. An imported model's tokenizer
+(`imported`) is the `tokenizer.json` that `python -m crate_jax.convert --tokenizer=...` put in the
+workdir: never trained, never replaced. GPT-2's BPE (what the paper uses) needs the optional
+`tiktoken` package and its cached vocabulary files.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from crate_jax.layout import DataLayout
 END_OF_TEXT = "<|endoftext|>"
 UNKNOWN_WORD = "<|unknown|>"
 TRAINED_KINDS = ("bpe", "word")
-TOKENIZER_KINDS = (*TRAINED_KINDS, "gpt2")
+# Kinds whose vocabulary is the `tokenizer.json` in the data folder (fingerprinted with it).
+FILE_KINDS = (*TRAINED_KINDS, "imported")
+TOKENIZER_KINDS = (*FILE_KINDS, "gpt2")
 GPT2_VOCAB_SIZE = 50257  # tiktoken's "gpt2" encoding: 50000 merges, 256 bytes, end-of-text
 
 
@@ -35,7 +39,7 @@ def smallest_vocab_size(kind: str) -> int:
         return len(pre_tokenizers.ByteLevel.alphabet()) + 1
     if kind == "gpt2":
         return GPT2_VOCAB_SIZE
-    return 2
+    return 2  # a word vocabulary; an imported file is checked against the model when loaded
 
 
 class TokenizerError(RuntimeError):
@@ -178,9 +182,14 @@ def load_saved_tokenizer(kind: str, directory: Path, vocab_size: int) -> TextTok
     """
     if kind == "gpt2":
         return _fitting(Gpt2Tiktoken(), kind, vocab_size)
-    if kind not in TRAINED_KINDS:
+    if kind not in FILE_KINDS:
         raise TokenizerError(f"data.tokenizer={kind!r} is not one of {', '.join(TOKENIZER_KINDS)}")
     path = DataLayout(directory).tokenizer
+    if kind == "imported" and not path.exists():
+        raise TokenizerError(
+            f"data.tokenizer='imported' reads {path}, the imported model's tokenizer, and it is "
+            "missing: convert the model again with --tokenizer=<its tokenizer.json, or the "
+            "folder with vocab.json and merges.txt>")
     if not path.exists():
         raise TokenizerError(
             f"{path} is missing, but the token arrays in {directory} were made with it and "

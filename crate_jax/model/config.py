@@ -22,7 +22,9 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 # checkpoint, or an interpretability result, made under one value holds under another.
 KERNEL_KEYS = ("attention_impl",)
 SPARSE_BLOCK_KINDS = ("ista", "mlp", "none")
-MLP_ACTIVATIONS = ("relu", "gelu")
+# gelu is the exact (erf) form; gelu_tanh its tanh approximation, GPT-2's (`gelu_new` in
+# transformers).
+MLP_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 

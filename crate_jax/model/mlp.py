@@ -15,6 +15,8 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,  # the paper's GPT-2 baseline
     # PyTorch's default GELU is the exact (erf) form.
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    # OpenAI's GPT-2 (transformers' `gelu_new`): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
 }
 
 

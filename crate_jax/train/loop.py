@@ -148,7 +148,10 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
                 "bits_per_byte": loss / math.log(2) / tokens.bytes_per_token("validation")}
 
     summary = {"step": start_step, "status": "completed"}
-    if start_step >= train.num_steps:
+    # A model imported at its own step (`crate_jax.convert`) is evaluated before it is trained
+    # further, as a fresh run is: its loss on this text, beside the references.
+    evaluate_first = start_step == 0 or "conversion" in checkpointer.meta(start_step)
+    if start_step >= train.num_steps and not evaluate_first:
         _say(f"{workdir} already holds a finished run (step {start_step} of "
              f"train.num_steps={train.num_steps}); raise --config.train.num_steps to continue "
              "it, or use a new --workdir", is_main)
@@ -157,14 +160,19 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
             contextlib.ExitStack() as cleanup:
         # A fresh start (-1) drops metrics of any earlier run here; a resume keeps those <= its
         # step. Other processes write none: the one record of the run is process 0's.
-        writer = (cleanup.enter_context(MetricsWriter(workdir, resume_step=start_step or -1))
+        kept_until = start_step - 1 if evaluate_first else start_step
+        writer = (cleanup.enter_context(MetricsWriter(workdir, resume_step=kept_until))
                   if is_main else _NoMetrics())
-        if start_step == 0:
+        if evaluate_first:
             initial = evaluate(state.params)
-            writer.write(0, initial, split="validation")
+            writer.write(start_step, initial, split="validation")
             summary["initial_validation_loss"] = initial["loss"]
-            _say(f"step 0 | validation loss {initial['loss']:.4f} | "
+            _say(f"step {start_step} | validation loss {initial['loss']:.4f} | "
                  f"{initial['bits_per_byte']:.4f} bits/byte{_against(references)}", is_main)
+        if start_step >= train.num_steps:
+            _say(f"the imported model at step {start_step} is evaluated; raise "
+                 "--config.train.num_steps above it to fine-tune it", is_main)
+            return summary
         progress = tqdm(total=train.num_steps, initial=start_step, unit="step",
                         disable=not (is_main and train.progress_bar), dynamic_ncols=True)
         cleanup.callback(progress.close)  # also on an error: its FATAL line starts a new line
@@ -253,8 +261,9 @@ def _restore_or_initialize(checkpointer: Checkpointer, config, model, optimizer,
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
         abstract_state, state_sharding)
     # The settings first: another model's checkpoint is named by what differs, not by its arrays.
-    saved_config = checkpointer.meta(latest).get("config", {})
-    other_run, optimizer_changes = changed_settings(saved_config, config.to_dict())
+    meta = checkpointer.meta(latest)
+    other_run, optimizer_changes = changed_settings(meta.get("config", {}), config.to_dict(),
+                                                    drawn_batches="conversion" not in meta)
     if other_run:
         raise CheckpointError(
             f"the checkpoint at step {latest} in {checkpointer.directory} was trained with other "
@@ -277,9 +286,13 @@ SILENT_TRAIN_KEYS = ("num_steps", "log_every", "eval_every", "eval_batches", "ch
                      "keep_checkpoints", "progress_bar", "grad_accum_steps")
 
 
-def changed_settings(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+def changed_settings(saved: dict, current: dict,
+                     drawn_batches: bool = True) -> tuple[list[str], list[str]]:
     """(settings that make `saved`'s checkpoint another run, optimizer settings changed since),
-    each as `key: saved there, current now`; both arguments are `config.to_dict()`s."""
+    each as `key: saved there, current now`; both arguments are `config.to_dict()`s.
+
+    Without `drawn_batches` (an imported model's checkpoint, `crate_jax.convert`: no batch was
+    drawn here yet) only the model is the run's: fine-tuning chooses its seed and batches."""
     def differences(keys: list[tuple[str, object, object]]) -> list[str]:
         return [f"{key}: {old!r} there, {new!r} now" for key, old, new in keys if old != new]
 
@@ -287,10 +300,12 @@ def changed_settings(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     old_model = model_identity(saved.get("model") or {})
     new_model = model_identity(current.get("model") or {})
     old_train, new_train = saved.get("train") or {}, current.get("train") or {}
-    identity = [("seed", saved.get("seed"), current.get("seed"))]
-    identity += [(f"model.{k}", old_model.get(k), new_model.get(k))
-                 for k in sorted(set(old_model) | set(new_model))]
-    identity += [(f"train.{k}", old_train.get(k), new_train.get(k)) for k in IDENTITY_TRAIN_KEYS]
+    identity = [(f"model.{k}", old_model.get(k), new_model.get(k))
+                for k in sorted(set(old_model) | set(new_model))]
+    if drawn_batches:
+        identity.insert(0, ("seed", saved.get("seed"), current.get("seed")))
+        identity += [(f"train.{k}", old_train.get(k), new_train.get(k))
+                     for k in IDENTITY_TRAIN_KEYS]
     optimizer = [(f"train.{k}", old_train.get(k), new_train.get(k))
                  for k in sorted(set(old_train) | set(new_train))
                  if k not in IDENTITY_TRAIN_KEYS + SILENT_TRAIN_KEYS]

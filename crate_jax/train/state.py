@@ -34,10 +34,19 @@ class TrainState:
 def initial_state(model: LanguageModel, optimizer: optax.GradientTransformation,
                   seed: int) -> TrainState:
     """Parameters from `seed`; the same seed gives the same initial model on any device count."""
-    init_key, dropout_key = jax.random.split(jax.random.key(seed))
+    init_key, _ = jax.random.split(jax.random.key(seed))
     tokens = jnp.zeros((1, model.config.max_len), jnp.int32)
     params = model.init(init_key, tokens)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+    return state_from_params(params, optimizer, seed)
+
+
+def state_from_params(params: Any, optimizer: optax.GradientTransformation, seed: int,
+                      step: int = 0) -> TrainState:
+    """The state of a run of `seed` at `step` around given parameters: fresh optimizer moments
+    and the dropout key such a run starts with. An imported model (`crate_jax.convert`) becomes
+    a checkpoint that training continues from, as a fine-tuning run."""
+    _, dropout_key = jax.random.split(jax.random.key(seed))
+    return TrainState(step=jnp.asarray(step, jnp.int32), params=params,
                       opt_state=optimizer.init(params),
                       dropout_key=jax.random.key_data(dropout_key))
 
