@@ -166,6 +166,27 @@ def test_hugging_face_export_loads_in_transformers_with_equal_logits(variant, tm
     np.testing.assert_allclose(ours, _hf_logits(tmp_path / "hf", tokens), atol=1e-4, rtol=0)
 
 
+def test_a_pytorch_model_bin_and_bare_gpt2model_names_read_as_safetensors_do(hf_folder,
+                                                                             tmp_path):
+    """transformers' older weights file (a pickled state dict, tied head included) and the
+    Hub's bare `GPT2Model` names (`h.0...`, no `transformer.` prefix) hold the same model."""
+    reference = read_model("hf-gpt2", hf_folder)
+    state = transformers.GPT2LMHeadModel.from_pretrained(hf_folder).state_dict()
+    assert "lm_head.weight" in state
+    for name, tensors in (("bin", state), ("bare", {
+            key.removeprefix("transformer."): value for key, value in state.items()
+            if key != "lm_head.weight"})):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_bytes((hf_folder / "config.json").read_bytes())
+        torch.save(tensors, folder / "pytorch_model.bin")
+        again = read_model("hf-gpt2", folder)
+        assert again.settings == reference.settings
+        for a, b in zip(jax.tree_util.tree_leaves(reference.params),
+                        jax.tree_util.tree_leaves(again.params), strict=True):
+            assert np.array_equal(a, b)
+
+
 def test_the_command_line_exports_and_reimports_a_workdir_bit_for_bit(hf_workdir, tmp_path):
     exported, again = tmp_path / "exported", tmp_path / "again"
     finished = _convert("--to=hf-gpt2", f"--workdir={hf_workdir}", f"--checkpoint={exported}")
