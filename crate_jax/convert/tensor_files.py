@@ -41,9 +41,12 @@ def read_torch_pickle(path: Path) -> dict:
     torch = _torch()
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # zip, pickle and storage errors come as many types
-        raise ConversionError(f"cannot read {path} as a PyTorch checkpoint "
-                              f"({_first_line(error)}); is the file complete?") from error
+    except Exception:  # zip, pickle and storage errors come as many types
+        try:  # a file of PyTorch before 1.6 cannot be memory-mapped, only read
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ConversionError(f"cannot read {path} as a PyTorch checkpoint "
+                                  f"({_first_line(error)}); is the file complete?") from error
     if not isinstance(loaded, dict):
         raise ConversionError(f"{path} holds a {type(loaded).__name__}, not the dict of a "
                               "checkpoint or state dict")

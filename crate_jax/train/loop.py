@@ -159,7 +159,8 @@ def _train(config, workdir: Path, model, tokens: TokenArrays,
     with _stop_on_signals(agreed=jax.process_count() > 1) as stop, \
             contextlib.ExitStack() as cleanup:
         # A fresh start (-1) drops metrics of any earlier run here; a resume keeps those <= its
-        # step. Other processes write none: the one record of the run is process 0's.
+        # step, an imported model's first run those before it (its evaluation is written again).
+        # Other processes write none: the one record of the run is process 0's.
         kept_until = start_step - 1 if evaluate_first else start_step
         writer = (cleanup.enter_context(MetricsWriter(workdir, resume_step=kept_until))
                   if is_main else _NoMetrics())
