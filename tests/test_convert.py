@@ -411,6 +411,14 @@ def test_bad_files_are_refused_by_name_before_a_workdir_is_written(hf_folder, tm
     (llama / "model.safetensors").write_bytes(data)
     with pytest.raises(ConversionError, match="model_type is 'llama'"):
         _convert_in_process("hf-gpt2", llama, workdir)
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "model.safetensors").write_bytes(data)
+    with pytest.raises(ConversionError, match="config.json is missing"):
+        _convert_in_process("hf-gpt2", lone, workdir)
+    (lone / "vocab.json").write_text("{}")
+    with pytest.raises(ConversionError, match="merges.txt is missing"):
+        _convert_in_process("crate-lm", good, workdir, lone / "vocab.json")
     with pytest.raises(ConversionError, match="unknown format 'onnx'"):
         _convert_in_process("onnx", good, workdir)
     assert not (workdir / "checkpoints").exists() and not (workdir / "config.json").exists()

@@ -105,8 +105,13 @@ def _tokenizer_file(format_name: str, folder: Path, given: Path | None) -> Path 
         if found is None:
             raise ConversionError(f"--tokenizer={given}: no tokenizer.json, and no vocab.json "
                                   "with merges.txt, there")
-        return found
-    return find_tokenizer(folder) if format_name == "hf-gpt2" else None
+    else:
+        found = find_tokenizer(folder) if format_name == "hf-gpt2" else None
+    if found is not None and found.name == VOCAB_FILE and not found.with_name(
+            MERGES_FILE).is_file():
+        raise ConversionError(f"{found.with_name(MERGES_FILE)} is missing; GPT-2's BPE needs it "
+                              f"beside {found}")
+    return found
 
 
 def _tokenizer_kind(imported: ImportedModel, tokenizer: SavedTokenizer | None,

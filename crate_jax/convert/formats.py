@@ -97,7 +97,11 @@ def source_files(format_name: str, path: Path) -> tuple[Path, ...]:
     if format_name == "crate-lm":
         return (path,)
     weights = _hf_weights_file(path)
-    return (weights, weights.parent / "config.json")
+    config = weights.parent / "config.json"
+    if not config.is_file():
+        raise ConversionError(f"{config} is missing: a Hugging Face model needs its config.json "
+                              "beside the weights")
+    return (weights, config)
 
 
 def write_model(format_name: str, settings: ModelConfig, params: dict, step: int,
@@ -197,9 +201,6 @@ def _read_hf_gpt2(path: Path) -> ImportedModel:
     weights, config_path = source_files("hf-gpt2", path)
     try:
         hf_config = json.loads(config_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConversionError(f"{config_path} is missing: a Hugging Face model needs its "
-                              "config.json beside the weights") from None
     except (OSError, ValueError) as error:
         raise ConversionError(f"cannot read {config_path} as JSON ({error})") from None
     if SETTINGS_KEY in hf_config:
