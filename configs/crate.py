@@ -132,5 +132,25 @@ def get_config(arg=None):
         **INTERPRETABILITY["tiny" if size == "tiny" else "paper"],
     ))
 
+    # Sparse autoencoders on the trained model's activations (the `sae` stage, crate_jax/sae/),
+    # one per layer of each site, trained on activations streamed from the training text.
+    config.sae = ml_collections.ConfigDict(dict(
+        sites="",                # comma-separated neuron sites (ista, mlp, attn, resid); "" = none
+        kind="topk",             # topk (Gao et al. 2024) | batchtopk | relu_l1 (the paper's)
+        expansion=4,             # latents per layer = expansion x the site's width
+        k=32,                    # active latents per token (batchtopk: on average)
+        l1_coefficient=1e-3,     # relu_l1's penalty on the latents
+        aux_k=256,               # dead latents the AuxK loss uses (topk, batchtopk; 0 = none)
+        dead_after_tokens=100_000,  # a latent silent this many training tokens is dead
+        num_steps=500,
+        batch_size=8,            # windows per step (x seq_len tokens of activations)
+        seq_len=128,
+        learning_rate=1e-3,
+        log_every=50,
+        checkpoint_every=100,
+        eval_sequences=32,       # validation windows of seq_len the evaluation reads
+        seed=0,
+    ))
+
     config.stages = "train,interp"  # comma-separated stages run by crate_jax.main, in order
     return config

@@ -18,6 +18,7 @@ from pathlib import Path
 from crate_jax.interp.config_checks import check_interp_config
 from crate_jax.layout import RunLayout
 from crate_jax.metrics_file import read_metrics
+from crate_jax.sae.stage import check_sae_config
 from crate_jax.train.config_checks import check_train_config
 
 _URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -35,9 +36,11 @@ def check_run_config(config, stages: Collection[str]) -> None:
     the training settings); the `interp` section only when that stage runs, and the device
     mesh only when `train` runs (`interp` reads a checkpoint onto whatever devices it has).
     """
-    model = check_train_config(config, mesh="train" in stages)
+    model = check_train_config(config, mesh="train" in stages or "sae" in stages)
     if "interp" in stages:
         check_interp_config(config, model)
+    if "sae" in stages:
+        check_sae_config(config, model)
 
 
 def check_workdir(workdir: str | os.PathLike[str], stages: Collection[str]) -> None:

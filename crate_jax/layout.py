@@ -21,6 +21,9 @@ or moved here once. A run's workdir (`RunLayout`):
         explainers/<kind>/<site>/layer_<l>/  the same, of each `interp.compared_explainers`
         summary.json, report.md, ground_truth.json (planted corpus only)
     interp.stale-<N>/              an `interp/` whose inputs changed, moved aside
+    sae/<site>/                    the `sae` stage's SAEs of a site, one per layer (`SaeLayout`):
+        inputs.json, checkpoints/, metrics.jsonl, tensorboard/, evaluation.json
+    sae/<site>.stale-<N>/          SAEs whose inputs changed, moved aside
 
 Both hold `.lock`, the lock of their one writer (`lock_file`). A study's workdir
 (`StudyLayout`):
@@ -110,6 +113,35 @@ class LayerScoresLayout:
 
 
 @dataclasses.dataclass(frozen=True)
+class SaeLayout:
+    """One site's SAEs (`sae/<site>/`): trained like a run, in a folder of their own (so the
+    metrics writer and checkpointer take it as their workdir)."""
+
+    directory: Path
+
+    @property
+    def inputs(self) -> Path:
+        """What the SAEs were trained from (`derived_outputs`); written first."""
+        return self.directory / "inputs.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.directory / CHECKPOINTS_DIR
+
+    @property
+    def metrics(self) -> Path:
+        return self.directory / METRICS_FILENAME
+
+    @property
+    def evaluation(self) -> Path:
+        """Per layer: L0, FVU, dead fraction, losses spliced and ablated; written last."""
+        return self.directory / "evaluation.json"
+
+    def stale(self, number: int) -> Path:
+        return self.directory.with_name(f"{self.directory.name}.stale-{number}")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunLayout:
     """A run's workdir (see the module docstring)."""
 
@@ -160,6 +192,10 @@ class RunLayout:
     @property
     def interp(self) -> Path:
         return self.workdir / "interp"
+
+    def sae(self, site: str) -> SaeLayout:
+        """The SAEs of neuron site `site` (`ista`, `mlp`, `attn`, `resid`)."""
+        return SaeLayout(self.workdir / "sae" / site)
 
     def stale_interp(self, number: int) -> Path:
         """Where an `interp/` computed from other inputs is moved aside (never deleted)."""

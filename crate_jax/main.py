@@ -9,6 +9,8 @@
 the stages to run, in order (comma-separated):
   train   train the model in --workdir, or resume it from its last checkpoint
   interp  explain and score the neurons of the trained model (needs 'train' first)
+  sae     train sparse autoencoders on the trained model's activations at config.sae.sites
+          and evaluate them (needs 'train' first)
   study   train and score every variant and seed of a study (configs/ablation.py), then report
 Rerunning the same command resumes where it stopped.
 
@@ -43,6 +45,7 @@ from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.interp.explanations.explanation import BackendError
 from crate_jax.metrics_file import MetricsError
 from crate_jax.model import ConfigError
+from crate_jax.sae.stage import SaeError, fit_saes
 from crate_jax.study import run_configs, run_study
 from crate_jax.train.checkpoints import CheckpointError
 from crate_jax.train.loop import TrainingError, train_and_evaluate
@@ -63,12 +66,13 @@ flags.mark_flags_as_required([CONFIG_FLAG, "workdir"])
 # Defined in crate_jax.cli; declared a key flag here so that --help, not only --helpfull, shows it.
 flags.declare_key_flag(CONFIG_FLAG)
 
-STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability, "study": run_study}
+STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability, "sae": fit_saes,
+          "study": run_study}
 
 # Failures with a message written for the user: printed as one line, no traceback.
 _USER_ERRORS = (ConfigError, SourceError, DataPreparationError, TokenizerError, CheckpointError,
                 TrainingError, InterpretabilityError, BackendError, MetricsError, WorkdirError,
-                DistributedError, WorkdirInUse)
+                DistributedError, WorkdirInUse, SaeError)
 
 
 def stage_names(stages: str) -> list[str]:

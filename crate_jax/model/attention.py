@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from crate_jax.model.config import ConfigError
 from crate_jax.model.initializers import DEFAULT_INIT
-from crate_jax.model.steering import steered
+from crate_jax.model.steering import spliced, steered
 
 ATTN_SITE = "attn"
 # The key-value cache of generation (`decode=True`): keys and values of every position so far,
@@ -162,6 +162,7 @@ class _CausalSelfAttention(nn.Module):
             heads = causal_attention(query, key, value, self.attention_impl)
         # Per-head outputs before mixing, concatenated over heads: `[batch, seq, d]`.
         concatenated = steered(self, ATTN_SITE, heads.reshape(batch, seq, width), positions)
+        concatenated = spliced(self, ATTN_SITE, concatenated)
         heads = concatenated.reshape(heads.shape)
         self.sow(f"neurons_{ATTN_SITE}", ATTN_SITE, concatenated)
         return nn.DenseGeneral(width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from crate_jax.model.initializers import DICTIONARY_INIT
-from crate_jax.model.steering import steered
+from crate_jax.model.steering import spliced, steered
 
 ISTA_SITE = "ista"
 
@@ -61,5 +61,6 @@ class SparseCodingBlock(nn.Module):
         dictionary = dictionary.astype(self.dtype)
         code = ista_code(x.astype(self.dtype), dictionary, self.num_steps, self.step_size,
                          self.threshold, steer=lambda z: steered(self, ISTA_SITE, z, positions))
+        code = spliced(self, ISTA_SITE, code)
         self.sow(f"neurons_{ISTA_SITE}", ISTA_SITE, code)
         return code @ dictionary.T

@@ -23,7 +23,7 @@ from crate_jax.model.config import ModelConfig
 from crate_jax.model.initializers import DEFAULT_INIT, residual_output_init
 from crate_jax.model.ista import SparseCodingBlock
 from crate_jax.model.mlp import FeedForwardBlock
-from crate_jax.model.steering import steered
+from crate_jax.model.steering import spliced, steered
 
 RESID_SITE = "resid"
 POSITION_EMBEDDING = "position_embedding"
@@ -67,7 +67,7 @@ class Layer(nn.Module):
                 use_bias=config.use_bias, dtype=config.compute_dtype, out_init=out_init, name="mlp")
             x = x + dropout(mlp(self.layer_norm("mlp_norm")(x), positions))
 
-        x = steered(self, RESID_SITE, x, positions)
+        x = spliced(self, RESID_SITE, steered(self, RESID_SITE, x, positions))
         self.sow(f"neurons_{RESID_SITE}", RESID_SITE, x)
         return x
 

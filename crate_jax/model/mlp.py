@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from crate_jax.model.initializers import DEFAULT_INIT
-from crate_jax.model.steering import steered
+from crate_jax.model.steering import spliced, steered
 
 MLP_SITE = "mlp"
 
@@ -37,6 +37,7 @@ class FeedForwardBlock(nn.Module):
         hidden = nn.Dense(self.expansion * width, use_bias=self.use_bias, dtype=self.dtype,
                           kernel_init=DEFAULT_INIT, name="hidden")(x)
         hidden = steered(self, MLP_SITE, ACTIVATIONS[self.activation](hidden), positions)
+        hidden = spliced(self, MLP_SITE, hidden)
         self.sow(f"neurons_{MLP_SITE}", MLP_SITE, hidden)
         return nn.Dense(width, use_bias=self.use_bias, dtype=self.dtype,
                         kernel_init=self.out_init, name="out")(hidden)

@@ -1,0 +1,1 @@
+"""Sparse autoencoders on a trained model's activations: the `sae` stage (`stage.py`)."""
