@@ -52,6 +52,13 @@ from crate_jax.interp.ground_truth import (
 from crate_jax.interp.run_summary import layer_summary, markdown_report
 from crate_jax.layout import RunLayout
 from crate_jax.model import abstract_params, model_from_config, neuron_sites
+from crate_jax.sae.latents import (
+    SiteReader,
+    as_reader,
+    configured_bases,
+    load_trained_saes,
+    sae_site,
+)
 from crate_jax.train.checkpoints import Checkpointer
 from crate_jax.versions import package_versions
 
@@ -71,7 +78,10 @@ def restore_params(config, workdir: Path, model):
 
 
 def requested_sites(config, model) -> tuple[str, ...]:
-    available = neuron_sites(model.config)
+    """`interp.sites`, or every site: the model's and the latents of the SAEs `sae.sites`
+    fits (`sae_<site>`)."""
+    available = neuron_sites(model.config) + tuple(
+        sae_site(base) for base in configured_bases(config))
     if not config.interp.sites:
         return available
     sites = tuple(s.strip() for s in config.interp.sites.split(",") if s.strip())
@@ -91,6 +101,13 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     model = model_from_config(config)
     sites = requested_sites(config, model)
     params, step = restore_params(config, layout.workdir, model)
+    reader = SiteReader(model, load_trained_saes(layout, model, tuple(
+        base for base in configured_bases(config) if sae_site(base) in sites)))
+    unfitted = [site for site in sites if site not in reader.sites()]
+    if unfitted:
+        raise InterpretabilityError(
+            f"interp reads {', '.join(unfitted)}, but {layout.workdir} has no finished SAEs "
+            "there: run the 'sae' stage first (config.stages='train,sae,interp')")
     tokens = prepare_token_arrays(config.data, model.config.vocab_size, layout.workdir)
     tokenizer = load_saved_tokenizer(config.data.tokenizer, layout.data_dir,
                                      model.config.vocab_size)
@@ -98,11 +115,12 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     sequences = evaluation_sequences(tokens.validation, interp.seq_len, interp.num_sequences)
 
     # Before any other output: what is in `interp/` from here on was computed from these inputs.
-    claim_outputs(layout, interp_inputs(config, step, params, tokens.manifest), _say)
+    claim_outputs(layout, interp_inputs(config, step, params, tokens.manifest, reader.saes),
+                  _say)
     if not layout.sparsity.exists():
         check_llm_server(interp)  # before minutes of mining, not after them
         _say(f"interp: mining records of {', '.join(sites)} on {sequences.size:,} tokens")
-        sparsity = mine_records(model, params, sequences, sites, interp, decode, layout)
+        sparsity = mine_records(reader, params, sequences, sites, interp, decode, layout)
         # Written last: its presence means mining finished.
         write_json_atomically(layout.sparsity, sparsity)
     sparsity = _read_json(layout.sparsity)
@@ -154,7 +172,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
 
     if truth is not None:
         _say("interp: ground truth of the planted features")
-        ground_truth = planted_ground_truth(model, params, sequences, sites, interp.batch_size,
+        ground_truth = planted_ground_truth(reader, params, sequences, sites, interp.batch_size,
                                             truth, scored, kinds[0], tokenizer.end_of_text)
         write_json_atomically(layout.ground_truth, ground_truth)
     elapsed = time.perf_counter() - started
@@ -200,6 +218,7 @@ def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch
     planted validation truth; the evaluation sequences are the first validation tokens, so its
     first `sequences.size` label rows describe them in order.
     """
+    num_layers = as_reader(model).model.config.num_layers
     labels = truth["labels"][:sequences.size]
     names = [str(name) for name in truth["features"]]
     activations, nll = capture_all_neurons(model, params, sequences, sites, batch_size)
@@ -210,7 +229,7 @@ def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch
                                                    end_of_text=end_of_text)}
     for site in sites:
         result["sites"][site] = {}
-        for layer in range(model.config.num_layers):
+        for layer in range(num_layers):
             entry = layer_ground_truth(activations[site][layer], labels, names)
             entry["score_vs_truth"] = score_vs_truth(
                 entry, {index: scores.get("top_and_random")
@@ -219,7 +238,7 @@ def planted_ground_truth(model, params, sequences, sites: tuple[str, ...], batch
     result["validity"] = {
         kind: {site: score_validity(result["sites"][site],
                                     {str(layer): by_layer[site, layer]
-                                     for layer in range(model.config.num_layers)})
+                                     for layer in range(num_layers)})
                for site in sites}
         for kind, by_layer in scored.items()}
     return result

@@ -28,8 +28,10 @@ _SPEED_SETTINGS = ("workers", "bootstrap_samples", "retry_failed", "batch_size")
 _CONNECTION_SETTINGS = ("base_url", "api_key_env", "timeout_s", "max_retries", "max_concurrency")
 
 
-def interp_inputs(config, checkpoint_step: int, params, data_manifest: dict) -> dict:
-    """The inputs that decide what the stage computes (see the module docstring)."""
+def interp_inputs(config, checkpoint_step: int, params, data_manifest: dict,
+                  saes: dict | None = None) -> dict:
+    """The inputs that decide what the stage computes (see the module docstring); `saes`
+    (`{base site: TrainedSae}`), whose latents are sites too, by their parameters' hash."""
     settings = config.interp.to_dict()
     for key in _SPEED_SETTINGS:
         settings.pop(key, None)
@@ -40,6 +42,8 @@ def interp_inputs(config, checkpoint_step: int, params, data_manifest: dict) -> 
               "data_fingerprint": data_manifest.get("fingerprint"),
               "model": model_identity(config.model.to_dict()), "interp": settings,
               "records_version": RECORDS_VERSION, "judging_version": JUDGING_VERSION}
+    if saes:
+        inputs["saes"] = {base: params_sha256(sae.state.params) for base, sae in saes.items()}
     return json.loads(json.dumps(inputs))  # as it reads back from the file: lists, not tuples
 
 

@@ -49,7 +49,8 @@ import numpy as np
 from scipy import stats
 
 from crate_jax.data.references import document_in_window
-from crate_jax.model import LanguageModel, apply_with_neurons
+from crate_jax.model import LanguageModel
+from crate_jax.sae.latents import SiteReader, as_reader
 
 RECOVERY_AUROC = 0.9
 # Tokens a neuron must fire on (above its mean) and a feature must cover, to be judged: a
@@ -219,7 +220,7 @@ def _spearman(pairs: list[tuple[float, float]]) -> dict:
     return result
 
 
-def capture_all_neurons(model: LanguageModel, params, sequences: np.ndarray,
+def capture_all_neurons(model: LanguageModel | SiteReader, params, sequences: np.ndarray,
                         sites: tuple[str, ...], batch_size: int
                         ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Every neuron's activation and the model's loss on `sequences` (`[count, seq_len]`).
@@ -229,8 +230,10 @@ def capture_all_neurons(model: LanguageModel, params, sequences: np.ndarray,
     log-likelihood of `sequences[i, j + 1]` given the sequence before it, in nats.
     """
 
+    reader = as_reader(model)
+
     def forward(p, t):
-        logits, neurons = apply_with_neurons(model, p, t, sites)
+        logits, neurons = reader.apply(p, t, sites)
         log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
         nll = -jnp.take_along_axis(log_probs, t[:, 1:, None], axis=-1)[..., 0]
         return neurons, nll

@@ -36,6 +36,7 @@ from crate_jax.sae.evaluate import evaluate_site
 from crate_jax.sae.model import SAE_KINDS, SaeSettings
 from crate_jax.sae.train import (
     SaeState,
+    abstract_state,
     activation_sharding,
     initial_state,
     make_sae_step,
@@ -185,7 +186,8 @@ def _train_site(config, model, params, tokens, site: str, folder: SaeLayout) -> 
 
     with Checkpointer(folder.checkpoints, save_every=sae.checkpoint_every, keep=2) as checkpoints:
         latest = checkpoints.latest_step()
-        abstract = jax.eval_shape(fresh)
+        abstract = abstract_state(model.config.num_layers, neuron_width(model.config, site),
+                                  settings, optimizer)
         state = fresh() if latest is None else SaeState.from_dict(
             checkpoints.restore(latest, abstract.as_dict())[0])
         start = int(state.step)

@@ -83,6 +83,13 @@ def initial_state(key: jax.Array, sample: jax.Array, settings: SaeSettings,
                     threshold=jnp.zeros((layers,), jnp.float32), scale=scale)
 
 
+def abstract_state(layers: int, d: int, settings: SaeSettings,
+                   optimizer: optax.GradientTransformation) -> SaeState:
+    """The shapes of a site's SAE state, without computing it: what a checkpoint is read into."""
+    return jax.eval_shape(lambda x: initial_state(jax.random.key(0), x, settings, optimizer),
+                          jax.ShapeDtypeStruct((layers, 2, d), jnp.float32))
+
+
 def _layer_step(params, opt_state, since, threshold, scale, x, first, settings: SaeSettings,
                 optimizer: optax.GradientTransformation):
     """One layer's update from its activations `x` (`[tokens, d]`, the model's units)."""

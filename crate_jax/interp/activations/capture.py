@@ -26,7 +26,8 @@ from crate_jax.interp.activations.records import (
 from crate_jax.interp.activations.sparsity import SparsityCounter
 from crate_jax.interp.activations.token_means import TokenMeans, frequent_token_ids
 from crate_jax.layout import RunLayout
-from crate_jax.model import LanguageModel, apply_with_neurons, neuron_width
+from crate_jax.model import LanguageModel
+from crate_jax.sae.latents import SiteReader, as_reader
 
 
 class InterpretabilityError(RuntimeError):
@@ -58,19 +59,22 @@ def _batches(sequences: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarra
             sequences[start:start + batch_size]
 
 
-def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tuple[str, ...],
-                 interp_config, decode: Callable[[int], str], layout: RunLayout) -> dict:
+def mine_records(model: LanguageModel | SiteReader, params, sequences: np.ndarray,
+                 sites: tuple[str, ...], interp_config, decode: Callable[[int], str],
+                 layout: RunLayout) -> dict:
     """Mines records for every (site, layer) into `layout.records(site, layer)`, with the
-    neurons' statistics beside them (`layout.record_statistics`).
+    neurons' statistics beside them (`layout.record_statistics`). `model` may be a
+    `SiteReader`, whose SAE sites are mined like the model's own.
 
     Returns the sparsity summary `{site: {layer: {...}}}`. One line per neuron, written only when
     the whole file is complete (temp file + rename), so a crash leaves no half file behind.
     """
-    capture = jax.jit(lambda p, t: apply_with_neurons(model, p, t, sites)[1])
-    layers = range(model.config.num_layers)
+    reader = as_reader(model)
+    capture = jax.jit(lambda p, t: reader.apply(p, t, sites)[1])
+    layers = range(reader.model.config.num_layers)
     num_sequences, seq_len = sequences.shape
     keys = [(site, layer) for site in sites for layer in layers]
-    chosen = {(site, layer): selected_neurons(neuron_width(model.config, site),
+    chosen = {(site, layer): selected_neurons(reader.width(site),
                                               interp_config.neurons_per_layer,
                                               interp_config.seed, site, layer)
               for site, layer in keys}
@@ -80,7 +84,7 @@ def mine_records(model: LanguageModel, params, sequences: np.ndarray, sites: tup
                                quantile_bins=interp_config.quantile_bins,
                                per_bin=interp_config.per_bin, seed=interp_config.seed)
               for key in chosen}
-    counters = {(site, layer): SparsityCounter(neuron_width(model.config, site),
+    counters = {(site, layer): SparsityCounter(reader.width(site),
                                                eps=interp_config.eps)
                 for site, layer in keys}
     # The token reference's table: the most frequent ids, as many as the entries allow.
