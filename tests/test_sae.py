@@ -199,3 +199,44 @@ def test_splicing_the_identity_changes_no_loss():
     plain, same, spliced = losses(params, windows)
     np.testing.assert_array_equal(np.asarray(plain), np.asarray(same))
     np.testing.assert_allclose(np.asarray(plain), np.asarray(spliced), atol=1e-6)
+
+
+SMALL_INTERP = dict(sites="ista,sae_ista", num_sequences=16, seq_len=64, window=16, top_k=8,
+                    random_k=8, quantile_bins=2, per_bin=2, neurons_per_layer=6,
+                    bootstrap_samples=50)
+
+
+def test_sae_latents_are_scored_like_neurons_and_tie_interp_to_the_sae(trained, prepared,
+                                                                       tmp_path):
+    from crate_jax.interp.activations.capture import InterpretabilityError
+    from crate_jax.interp.evaluate import evaluate_interpretability
+    from crate_jax.sae.stage import fit_saes
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained, workdir)
+    config = _tiny_config(prepared)
+    config.interp.update(SMALL_INTERP)
+    with pytest.raises(InterpretabilityError, match="run the 'sae' stage first"):
+        evaluate_interpretability(config, workdir)
+    with contextlib.redirect_stdout(io.StringIO()):
+        fit_saes(config, workdir)
+        summary = evaluate_interpretability(config, workdir)
+    sae_layers = summary["sites"]["sae_ista"]
+    assert set(sae_layers) == {"0", "1"}
+    records = (workdir / "interp" / "records" / "sae_ista" / "layer_0.jsonl").read_text()
+    assert len(records.splitlines()) == 6
+    scores = (workdir / "interp" / "scores" / "sae_ista" / "layer_0" / "scores.jsonl")
+    assert len(scores.read_text().splitlines()) == 6
+    sparsity = json.loads((workdir / "interp" / "sparsity.json").read_text())
+    assert sparsity["sae_ista"]["0"]["mean_l0"] <= config.sae.k + 1e-9
+
+    # Other SAEs (another k): trained afresh, and the interp outputs that read the old ones
+    # are moved aside, not reused.
+    config.sae.k = 4
+    with contextlib.redirect_stdout(io.StringIO()) as output:
+        fit_saes(config, workdir)
+        evaluate_interpretability(config, workdir)
+    assert "moved ista/ to ista.stale-1/" in output.getvalue()
+    assert "inputs changed (saes.ista" in output.getvalue()
+    sparsity = json.loads((workdir / "interp" / "sparsity.json").read_text())
+    assert sparsity["sae_ista"]["0"]["mean_l0"] <= 4 + 1e-9
