@@ -96,3 +96,12 @@ def test_interp_speed_tables_every_explainer_on_a_planted_run(tmp_path):
     for kind in kinds:
         cells = next(line for line in rows if line.startswith(f"| {kind} |")).split("|")[2:5]
         assert all(float(cell.replace(",", "")) > 0 for cell in cells)
+
+
+def test_sae_throughput_tables_both_modes():
+    finished = _run_benchmark("benchmarks/sae_throughput.py", "--steps=1", "--batch_size=1",
+                              "--seq_len=16", "--expansion=1", "--k=4")
+    rows = [line for line in finished.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| SAE step alone",
+                                                        "| model forward + SAE step"]
+    assert all(float(row.split(" | ")[2].replace(",", "").rstrip(" |")) > 0 for row in rows[1:])
