@@ -4,6 +4,7 @@ decoder's unit rows, resumption, and splicing into the model."""
 import contextlib
 import io
 import json
+import re
 import shutil
 
 import jax
@@ -240,3 +241,35 @@ def test_sae_latents_are_scored_like_neurons_and_tie_interp_to_the_sae(trained, 
     assert "inputs changed (saes.ista" in output.getvalue()
     sparsity = json.loads((workdir / "interp" / "sparsity.json").read_text())
     assert sparsity["sae_ista"]["0"]["mean_l0"] <= 4 + 1e-9
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("sae.sites", "mlp", "sae.sites='mlp' names mlp, which this model does not have"),
+    ("sae.kind", "gated", "sae.kind='gated' is not one of topk, batchtopk, relu_l1"),
+    ("sae.k", 600, "sae.k=600 exceeds the 512 latents of the ista SAE"),
+    ("sae.num_steps", 0, "sae.num_steps=0 is out of range"),
+    ("sae.seq_len", 1000, "sae.seq_len=1000 exceeds model.max_len=256"),
+])
+def test_sae_settings_are_refused_before_any_work(key, value, named):
+    from configs import crate
+    from crate_jax.input_checks import check_run_config
+    from crate_jax.model import ConfigError
+
+    config = crate.get_config("tiny")
+    config.sae.update(dict(sites="ista", expansion=1))
+    config.sae[key.split(".")[1]] = value
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        check_run_config(config, ("train", "sae", "interp"))
+
+
+def test_interp_refuses_an_sae_site_no_sae_stage_fits():
+    from configs import crate
+    from crate_jax.input_checks import check_run_config
+    from crate_jax.interp.activations.capture import InterpretabilityError
+
+    config = crate.get_config("tiny")
+    config.interp.sites = "sae_ista"
+    with pytest.raises(InterpretabilityError, match="asks for sae_ista"):
+        check_run_config(config, ("train", "interp"))
+    config.sae.sites = "ista"
+    check_run_config(config, ("train", "sae", "interp"))

@@ -100,10 +100,10 @@ def check_sae_config(config, model) -> None:
         raise ConfigError(f"sae.seq_len={config.sae.seq_len} exceeds model.max_len="
                           f"{config.model.max_len}; lower sae.seq_len")
     for site in sae_sites(config, model.config):
-        settings = sae_settings(config, model.config, site)
-        if settings.kind != "relu_l1" and settings.k > settings.width:
-            raise ConfigError(f"sae.k={config.sae.k} exceeds the {settings.width} latents of "
-                              f"the {site} SAE (sae.expansion x its width)")
+        width = config.sae.expansion * neuron_width(model.config, site)
+        if config.sae.kind != "relu_l1" and config.sae.k > width:
+            raise ConfigError(f"sae.k={config.sae.k} exceeds the {width} latents of the {site} "
+                              "SAE (sae.expansion x its width)")
 
 
 def fit_saes(config, workdir: str | Path) -> dict:
