@@ -230,6 +230,8 @@ def test_sae_latents_are_scored_like_neurons_and_tie_interp_to_the_sae(trained, 
     assert len(scores.read_text().splitlines()) == 6
     sparsity = json.loads((workdir / "interp" / "sparsity.json").read_text())
     assert sparsity["sae_ista"]["0"]["mean_l0"] <= config.sae.k + 1e-9
+    report = (workdir / "interp" / "report.md").read_text()
+    assert "| sae_ista | 1 | topk | 512 | 8 |" in report  # its SAEs beside their scores
 
     # Other SAEs (another k): trained afresh, and the interp outputs that read the old ones
     # are moved aside, not reused.

@@ -181,7 +181,8 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
                "evaluation_tokens": int(sequences.size), "sites": layer_summaries[kinds[0]],
                "compared_explainers": {kind: layer_summaries[kind] for kind in kinds[1:]},
                "config": config.interp.to_dict(), "versions": package_versions(),
-               "seconds_this_run": elapsed, "neurons_scored": len(entries)}
+               "seconds_this_run": elapsed, "neurons_scored": len(entries),
+               "saes": {base: _read_json(layout.sae(base).evaluation) for base in reader.saes}}
     write_json_atomically(layout.summary, summary)
     write_text_atomically(layout.interp_report, markdown_report(summary))
     _say(markdown_report(summary))

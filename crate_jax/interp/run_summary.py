@@ -117,4 +117,30 @@ def markdown_report(summary: dict) -> str:
               "", "Sparsity: `zeros` is the fraction of exactly-zero activations, `L0/token` the "
               "mean number of non-zero neurons per token, `dead` the neurons never active on the "
               "evaluation text (near-zero variants with |a| <= eps in summary.json).", ""]
+    if summary.get("saes"):
+        lines += sae_table(summary["saes"])
     return "\n".join(lines)
+
+
+def sae_table(saes: dict) -> list[str]:
+    """The SAEs whose latents are scored above (`sae_<site>` rows): how sparse, how faithful,
+    and how much of the next-token loss survives their splice (`sae/<site>/evaluation.json`)."""
+    lines = ["| SAE | layer | kind | latents | k | L0 | FVU | dead | loss clean | spliced "
+             "| mean-ablated | loss recovered |", "|---" * 12 + "|"]
+    for base, evaluation in saes.items():
+        settings = evaluation["settings"]
+        k = "n/a" if settings["kind"] == "relu_l1" else settings["k"]
+        for layer, values in evaluation["layers"].items():
+            recovered = values["loss_recovered"]
+            lines.append(
+                f"| sae_{base} | {layer} | {settings['kind']} | {settings['width']} | {k} | "
+                f"{values['l0']:.1f} | {values['fvu']:.3f} | {values['dead_fraction']:.1%} | "
+                f"{values['loss_clean']:.3f} | {values['loss_spliced']:.3f} | "
+                f"{values['loss_mean_ablated']:.3f} | "
+                f"{'n/a' if recovered is None else f'{recovered:.3f}'} |")
+    lines += ["", "SAEs (the `sae` stage, on held-out text): `L0` latents active per token, "
+              "`FVU` the fraction of variance unexplained, `dead` latents that never fire; "
+              "losses in nats per token with the site's activations at that layer replaced by "
+              "the SAE's reconstruction (spliced) or by their mean; loss recovered = "
+              "(mean-ablated - spliced) / (mean-ablated - clean).", ""]
+    return lines
