@@ -43,7 +43,11 @@ def interp_inputs(config, checkpoint_step: int, params, data_manifest: dict,
               "model": model_identity(config.model.to_dict()), "interp": settings,
               "records_version": RECORDS_VERSION, "judging_version": JUDGING_VERSION}
     if saes:
-        inputs["saes"] = {base: params_sha256(sae.state.params) for base, sae in saes.items()}
+        # What maps activations to latents: parameters, input scale, BatchTopK's threshold.
+        inputs["saes"] = {base: params_sha256({"params": sae.state.params,
+                                               "scale": sae.state.scale,
+                                               "threshold": sae.state.threshold})
+                          for base, sae in saes.items()}
     return json.loads(json.dumps(inputs))  # as it reads back from the file: lists, not tuples
 
 
