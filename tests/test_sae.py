@@ -27,9 +27,8 @@ def _synthetic(seed: int, tokens: int, dictionary: np.ndarray) -> np.ndarray:
     """`tokens` k-sparse non-negative combinations of the dictionary's unit rows, plus noise."""
     rng = np.random.default_rng(seed)
     codes = np.zeros((tokens, dictionary.shape[0]), np.float32)
-    for row in range(tokens):
-        chosen = rng.choice(dictionary.shape[0], ACTIVE, replace=False)
-        codes[row, chosen] = rng.uniform(0.5, 1.5, ACTIVE)
+    chosen = np.argsort(rng.random(codes.shape), axis=1)[:, :ACTIVE]  # distinct atoms per row
+    np.put_along_axis(codes, chosen, rng.uniform(0.5, 1.5, (tokens, ACTIVE)), axis=1)
     noise = rng.normal(0, 0.01, (tokens, dictionary.shape[1]))
     return (codes @ dictionary + noise).astype(np.float32)
 
@@ -120,12 +119,11 @@ def test_a_resumed_sae_training_equals_an_uninterrupted_one(trained, prepared, t
     from crate_jax.sae.stage import fit_saes
 
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
-    for workdir in (straight, crashed):
-        shutil.copytree(trained, workdir)
+    shutil.copytree(trained, straight)
     config = _tiny_config(prepared)
     with contextlib.redirect_stdout(io.StringIO()):
         fit_saes(config, straight)
-        fit_saes(config, crashed)
+    shutil.copytree(straight, crashed)
     layout = RunLayout(crashed).sae("ista")
     shutil.rmtree(layout.checkpoints / "6")
     layout.evaluation.unlink()

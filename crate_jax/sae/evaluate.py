@@ -73,30 +73,31 @@ def evaluate_site(model: LanguageModel, params, state: SaeState, settings: SaeSe
     means = sums / tokens
     variance = squares - tokens * np.sum(means ** 2, axis=-1)
 
-    def splice_loss(splices_of: Callable[[jax.Array], dict]):
-        summed = jax.jit(lambda p, w, extra: _summed_loss(model, p, w, splices_of(extra)))
-        return summed
+    @jax.jit
+    def layer_losses(model_params, batch, sae_state, means):
+        """Summed losses `[layers, 3]`: each layer's SAE spliced in, the site zero- and
+        mean-ablated there; one compiled program for every layer and splice."""
+        rows = []
+        for layer in range(layers):
+            layer_params, scale, threshold = _layer_params(sae_state, layer)
+            mean = means[layer]
+            splices = (lambda x, p=layer_params, s=scale, t=threshold: reconstruct(
+                           p, s, t, x, settings),
+                       jnp.zeros_like,
+                       lambda x, m=mean: jnp.broadcast_to(m.astype(x.dtype), x.shape))
+            rows.append(jnp.stack([_summed_loss(model, model_params, batch, {(site, layer): f})
+                                   for f in splices]))
+        return jnp.stack(rows), _summed_loss(model, model_params, batch, {})
 
-    clean = splice_loss(lambda extra: {})
-    clean_loss = sum(float(clean(params, jnp.asarray(batch), None)) for batch in batches) / tokens
+    spliced_sums, clean_sum = np.zeros((layers, 3)), 0.0
+    for batch in batches:
+        per_layer, clean = jax.device_get(layer_losses(params, jnp.asarray(batch), state,
+                                                       jnp.asarray(means, jnp.float32)))
+        spliced_sums += per_layer
+        clean_sum += float(clean)
     results = {}
     for layer in range(layers):
-        layer_params, scale, threshold = _layer_params(state, layer)
-        mean = jnp.asarray(means[layer], jnp.float32)
-        spliced = splice_loss(lambda extra, layer=layer: {(site, layer): lambda x: reconstruct(
-            extra[0], extra[1], extra[2], x, settings)})
-        zero = splice_loss(lambda extra, layer=layer: {(site, layer): jnp.zeros_like})
-        mean_ablated = splice_loss(lambda extra, layer=layer: {
-            (site, layer): lambda x: jnp.broadcast_to(extra.astype(x.dtype), x.shape)})
-        losses = np.zeros(4)
-        for batch in batches:
-            windows_batch = jnp.asarray(batch)
-            losses[1:] += [
-                float(spliced(params, windows_batch, (layer_params, scale, threshold))),
-                float(zero(params, windows_batch, None)),
-                float(mean_ablated(params, windows_batch, mean))]
-        losses /= tokens
-        losses[0] = clean_loss
+        losses = np.concatenate([[clean_sum], spliced_sums[layer]]) / tokens
         gap = losses[3] - losses[0]
         results[str(layer)] = {
             "l0": float(active[layer] / tokens), "fvu": float(error[layer] / variance[layer]),
