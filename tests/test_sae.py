@@ -135,6 +135,11 @@ def test_a_resumed_sae_training_equals_an_uninterrupted_one(trained, prepared, t
     second = json.loads(layout.evaluation.read_text())
     assert first["layers"] == second["layers"]
     assert first["layers"]["0"]["l0"] > 0
+    config.sae.eval_sequences = 2  # the evaluation alone is redone, from the last checkpoint
+    with contextlib.redirect_stdout(io.StringIO()) as output:
+        fit_saes(config, crashed)
+    assert "moved" not in output.getvalue() and "| FVU" not in output.getvalue()  # no training
+    assert json.loads(layout.evaluation.read_text())["layers"]["0"]["tokens"] == 2 * 32
     records = [[{key: value for key, value in json.loads(line).items() if key != "time"}
                 for line in RunLayout(w).sae("ista").metrics.read_text().splitlines()]
                for w in (straight, crashed)]

@@ -122,13 +122,15 @@ def fit_saes(config, workdir: str | Path) -> dict:
         folder = layout.sae(site)
         inputs = _sae_inputs(config, site, step, params, tokens.manifest, model.config)
         claim_folder(folder.directory, folder.inputs, folder.stale, inputs, _say)
-        if not folder.evaluation.exists():
+        # The evaluation text is not an input of the SAEs: another amount re-evaluates them.
+        if _stored_eval_sequences(folder) != config.sae.eval_sequences:
             state = _train_site(config, model, params, tokens, site, folder)
             settings = sae_settings(config, model.config, site)
             windows = evaluation_windows(tokens.validation, config.sae.seq_len,
                                          config.sae.eval_sequences)
             evaluation = {"site": site, "settings": dataclasses.asdict(settings),
-                          "checkpoint_step": step, "layers": evaluate_site(
+                          "checkpoint_step": step,
+                          "eval_sequences": config.sae.eval_sequences, "layers": evaluate_site(
                               model, params, state, settings, site, windows,
                               config.sae.batch_size),
                           "versions": package_versions()}
@@ -140,6 +142,14 @@ def fit_saes(config, workdir: str | Path) -> dict:
                  f"{values['loss_spliced']:.3f} spliced, {values['loss_mean_ablated']:.3f} "
                  "mean-ablated")
     return {"status": "completed", "sites": results}
+
+
+def _stored_eval_sequences(folder: SaeLayout) -> int | None:
+    """How many windows the stored evaluation read; None when there is none (or it is torn)."""
+    try:
+        return json.loads(folder.evaluation.read_text()).get("eval_sequences")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def _trained_params(config, layout: RunLayout, model):
