@@ -327,7 +327,7 @@ def test_a_paper_checkpoint_converts_to_its_equations(kind, bias, tmp_path):
     np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-def test_the_command_line_converts_the_paper_crate_without_a_tokenizer(tmp_path):
+def test_the_paper_crate_converts_and_exports_without_a_tokenizer(tmp_path):
     """The paper's model has GPT-2's padded vocabulary: without --tokenizer the workdir uses
     GPT-2's BPE (tiktoken)."""
     path, workdir = tmp_path / "ckpt.pt", tmp_path / "run"
@@ -338,9 +338,9 @@ def test_the_command_line_converts_the_paper_crate_without_a_tokenizer(tmp_path)
                                                    block_size=CONTEXT, bias=False,
                                                    vocab_size=50304),
                 "iter_num": 600000}, path)
-    finished = _convert("--from=crate-lm", f"--checkpoint={path}", f"--workdir={workdir}")
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    assert "the paper's CRATE" in finished.stdout and "step 600000" in finished.stdout
+    with contextlib.redirect_stdout(io.StringIO()) as output:
+        _convert_in_process("crate-lm", path, workdir)
+    assert "the paper's CRATE" in output.getvalue() and "step 600000" in output.getvalue()
     config = json.loads((workdir / "config.json").read_text())
     assert config["variant"] == "crate" and config["data"]["tokenizer"] == "gpt2"
     assert config["model"]["vocab_size"] == 50304
