@@ -9,8 +9,6 @@ import shutil
 import time
 from pathlib import Path
 
-import jax
-
 from crate_jax.convert.formats import (
     ImportedModel,
     check_format,
@@ -34,6 +32,7 @@ from crate_jax.convert.workdir import (
 from crate_jax.data.tokenizer import GPT2_VOCAB_SIZE, SavedTokenizer
 from crate_jax.input_checks import check_workdir
 from crate_jax.layout import RunLayout
+from crate_jax.model import count_parameters
 from crate_jax.versions import package_versions
 from crate_jax.workdir_lock import hold_workdir
 
@@ -72,7 +71,8 @@ def import_model(format_name: str, source: Path, workdir: Path, tokenizer_path: 
                   "description": imported.description,
                   "model": dataclasses.asdict(imported.settings), "versions": package_versions()}
         write_converted_run(workdir, imported, tokenizer, kind, record)
-    print(f"convert: {imported.description}, {_parameter_count(imported.params):,} parameters, "
+    parameters = count_parameters(imported.params, exclude=())
+    print(f"convert: {imported.description}, {parameters:,} parameters, "
           f"step {imported.step}, tokenizer {kind} -> {workdir} in "
           f"{time.perf_counter() - started:.1f} s\n"
           f"  its stages: python -m crate_jax.main --config=configs/workdir.py:{workdir} "
@@ -140,7 +140,3 @@ def _tokenizer_digest(path: Path | None) -> str | None:
         return None
     files = [path, path.with_name(MERGES_FILE)] if path.name == VOCAB_FILE else [path]
     return file_digest(files)
-
-
-def _parameter_count(params: dict) -> int:
-    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(params))

@@ -179,10 +179,6 @@ def without_parallel_component(gradient: jax.Array, decoder: jax.Array) -> jax.A
     return gradient - jnp.sum(gradient * decoder, axis=-1, keepdims=True) * decoder
 
 
-def parameter_count(d: int, settings: SaeSettings) -> int:
-    return 2 * d * settings.width + settings.width + d
-
-
 def default_aux_k(d: int) -> int:
     """Gao et al. use 512 for d = 768-sized inputs; a power of two near d / 2 elsewhere."""
     return 2 ** max(0, round(math.log2(max(1, d // 2))))
