@@ -22,7 +22,7 @@ import numpy as np
 from crate_jax.losses import cross_entropy
 from crate_jax.model import LanguageModel, apply_with_neurons
 from crate_jax.model.steering import splicing
-from crate_jax.sae.model import SaeSettings, encode, reconstruct
+from crate_jax.sae.model import SaeSettings, decode, encode, reconstruct
 from crate_jax.sae.train import SaeState
 
 
@@ -49,7 +49,7 @@ def evaluate_site(model: LanguageModel, params, state: SaeState, settings: SaeSe
         def one(layer_params, scale, threshold, x):
             x = x.reshape(-1, x.shape[-1]).astype(jnp.float32)
             latents = encode(layer_params, x * scale, settings, threshold)
-            x_hat = reconstruct(layer_params, scale, threshold, x, settings)
+            x_hat = decode(layer_params, latents) / scale  # `reconstruct`, encoding once
             return (jnp.sum((x - x_hat) ** 2), x.sum(0), jnp.sum(x ** 2),
                     jnp.sum(latents > 0), jnp.any(latents > 0, axis=0))
         return jax.vmap(one)(sae_state.params, sae_state.scale, sae_state.threshold,
