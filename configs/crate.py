@@ -135,7 +135,10 @@ def get_config(arg=None):
     # Sparse autoencoders on the trained model's activations (the `sae` stage, crate_jax/sae/),
     # one per layer of each site, trained on activations streamed from the training text.
     config.sae = ml_collections.ConfigDict(dict(
-        sites="",                # comma-separated neuron sites (ista, mlp, attn, resid); "" = none
+        # Comma-separated SAEs: a neuron site (ista, mlp, attn, resid), or NAME=SITE for a
+        # second SAE on a site; each SAE's latents are the neuron site sae_<name>. "" = none.
+        sites="",
+        per_site={},             # {name: {kind, expansion, k, l1_coefficient, aux_k}} of one SAE
         kind="topk",             # topk (Gao et al. 2024) | batchtopk | relu_l1 (the paper's)
         expansion=4,             # latents per layer = expansion x the site's width
         k=32,                    # active latents per token (batchtopk: on average)

@@ -21,9 +21,9 @@ or moved here once. A run's workdir (`RunLayout`):
         explainers/<kind>/<site>/layer_<l>/  the same, of each `interp.compared_explainers`
         summary.json, report.md, ground_truth.json (planted corpus only)
     interp.stale-<N>/              an `interp/` whose inputs changed, moved aside
-    sae/<site>/                    the `sae` stage's SAEs of a site, one per layer (`SaeLayout`):
+    sae/<name>/                    the `sae` stage's SAE <name>, one per layer (`SaeLayout`):
         inputs.json, checkpoints/, metrics.jsonl, tensorboard/, evaluation.json
-    sae/<site>.stale-<N>/          SAEs whose inputs changed, moved aside
+    sae/<name>.stale-<N>/          SAEs whose inputs changed, moved aside
 
 Both hold `.lock`, the lock of their one writer (`lock_file`). A study's workdir
 (`StudyLayout`):
@@ -114,8 +114,8 @@ class LayerScoresLayout:
 
 @dataclasses.dataclass(frozen=True)
 class SaeLayout:
-    """One site's SAEs (`sae/<site>/`): trained like a run, in a folder of their own (so the
-    metrics writer and checkpointer take it as their workdir)."""
+    """One SAE's layers (`sae/<name>/`, `sae.sites`): trained like a run, in a folder of their
+    own (so the metrics writer and checkpointer take it as their workdir)."""
 
     directory: Path
 
@@ -193,9 +193,9 @@ class RunLayout:
     def interp(self) -> Path:
         return self.workdir / "interp"
 
-    def sae(self, site: str) -> SaeLayout:
-        """The SAEs of neuron site `site` (`ista`, `mlp`, `attn`, `resid`)."""
-        return SaeLayout(self.workdir / "sae" / site)
+    def sae(self, name: str) -> SaeLayout:
+        """The SAEs named `name` in `sae.sites` (`mlp`, or `mlp_wide` of `mlp_wide=mlp`)."""
+        return SaeLayout(self.workdir / "sae" / name)
 
     def stale_interp(self, number: int) -> Path:
         """Where an `interp/` computed from other inputs is moved aside (never deleted)."""

@@ -7,6 +7,14 @@ interpretability) override each variant's, and everything is checked before any 
 The study's config is saved in its workdir before the first run: the report takes its settings
 from there, whoever rebuilds it (`report.study_report`).
 
+`study.saes` (`{variant: sae.sites}`) gives a variant's runs SAEs (`crate_jax/sae/`): they go
+through the `sae` stage between `train` and `interp`, so the SAEs' latents are scored like the
+model's own neurons, and so do their untrained controls (an SAE fitted the same way on the
+untrained model). The `sae` section is the study's, the same for every variant. With
+`study.sae_k_from` (`VARIANT/SITE`, e.g. `crate/ista`) `sae.k` is that site's measured L0 (its
+mean number of active neurons per token, over the variant's runs and layers, rounded), computed
+once that variant's runs are done: an SAE as sparse as CRATE's own sparse code.
+
 With `study.controls` (on by default) each run also gets its untrained control in
 `workdir/controls/<variant>_seed<seed>/`: the run's step 0, its initialisation from the same seed,
 explained and scored by the same `interp` stage with the very same config object. A random
@@ -16,6 +24,7 @@ so the report shows each score beside the score of the same model before trainin
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import pkgutil
@@ -30,13 +39,16 @@ from crate_jax.input_checks import check_run_config
 from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.layout import RunLayout, StudyLayout
 from crate_jax.model import ConfigError, model_from_config, neuron_sites
+from crate_jax.report import run_files
 from crate_jax.report.ablation_table import markdown_table
 from crate_jax.report.study_report import write_study_report
+from crate_jax.sae.stage import check_sae_config, fit_saes
 from crate_jax.train.loop import save_initial_state, train_and_evaluate
 from crate_jax.workdir_lock import hold_workdir
 
 SHARED_SECTIONS = ("data", "train", "mesh", "interp")  # and model.vocab_size, set by the corpus
 RUN_STAGES = ("train", "interp")  # what each run of the study goes through
+SAE_RUN_STAGES = ("train", "sae", "interp")  # ... and each run of a variant in `study.saes`
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -89,11 +101,48 @@ def study_variants(config) -> dict[str, tuple[str, list[int]]]:
     return chosen
 
 
+def study_saes(config, variants: dict) -> dict[str, str]:
+    """`study.saes`: `{variant: the sae.sites of its runs}`, naming only the study's variants."""
+    saes = dict(config.study.get("saes", None) or {})
+    unknown = sorted(set(saes) - set(variants))
+    if unknown:
+        raise ConfigError(f"study.saes names {', '.join(unknown)}, which study.variants does "
+                          f"not ({', '.join(variants)})")
+    empty = sorted(name for name, sites in saes.items() if not str(sites).strip())
+    if empty:
+        raise ConfigError(f"study.saes gives {', '.join(empty)} no SAE site; drop the entry or "
+                          "name sites, e.g. {'gpt2': 'mlp'}")
+    return {name: str(sites) for name, sites in saes.items()}
+
+
+def sae_k_source(config, variants: dict, saes: dict, runs: dict) -> tuple[str, str] | None:
+    """`study.sae_k_from` as `(variant, site)`, or None: sae.k as configured. The variant must
+    run before every variant with SAEs (its L0 is measured first) and have the site."""
+    source = str(config.study.get("sae_k_from", None) or "").strip()
+    if not source:
+        return None
+    variant, _, site = source.partition("/")
+    if variant not in variants or not site:
+        raise ConfigError(f"study.sae_k_from={source!r} is not VARIANT/SITE of a study variant "
+                          f"(e.g. crate/ista; the variants: {', '.join(variants)})")
+    order = list(variants)
+    early = [name for name in saes if order.index(name) < order.index(variant)]
+    if early:
+        raise ConfigError(f"study.sae_k_from measures {variant}'s L0, but {', '.join(early)} "
+                          f"(with SAEs) runs before {variant}: list {variant} first in "
+                          "study.variants")
+    first = next(run for run in runs.values() if run.variant == variant)
+    if site not in neuron_sites(model_from_config(first).config):
+        raise ConfigError(f"study.sae_k_from={source!r}: {variant} has no {site} site")
+    return variant, site
+
+
 def run_configs(config) -> dict[str, object]:
     """`{run name: config}` for every variant and seed, each checked as a run of its stages
     before anything runs."""
     variants = study_variants(config)
     with_controls(config)
+    saes = study_saes(config, variants)
     requested_sites = _names(config.interp.sites, "sites") if config.interp.sites else []
     runs = {}
     for variant, (source, seeds) in variants.items():
@@ -105,16 +154,33 @@ def run_configs(config) -> dict[str, object]:
                 run[section] = config[section]
             # The corpus decides the vocabulary; the rest of the model is the variant's own.
             run.model.vocab_size = config.model.vocab_size
-            run.stages = ",".join(RUN_STAGES)
+            run.sae = copy.deepcopy(config.sae)  # its own: `sites` and `k` are set per variant
+            run.sae.sites = saes.get(variant, "")
+            run.stages = ",".join(run_stages(run))
             model = model_from_config(run)  # checks the variant's model keys
             missing = [s for s in requested_sites if s not in neuron_sites(model.config)]
             if missing:
                 raise ConfigError(f"variant {variant!r} has no {', '.join(missing)} site (it has "
                                   f"{', '.join(neuron_sites(model.config))}); drop it from "
                                   "interp.sites or from study.variants")
-            check_run_config(run, RUN_STAGES)
+            check_run_config(run, run_stages(run))
             runs[StudyLayout.run_name(variant, seed)] = run
+    sae_k_source(config, variants, saes, runs)
     return runs
+
+
+def run_stages(run) -> tuple[str, ...]:
+    """The stages a study run goes through: `sae` too where it has SAEs."""
+    return SAE_RUN_STAGES if run.sae.sites else RUN_STAGES
+
+
+def matched_k(study: StudyLayout, manifest: dict, variant: str, site: str) -> dict:
+    """`{"from", "mean_l0", "k"}`: the mean over `variant`'s finished runs and layers of `site`'s
+    L0 (`interp/sparsity.json`), rounded to the nearest k >= 1."""
+    layers = [layer["mean_l0"] for run in manifest["runs"].values() if run["variant"] == variant
+              for layer in run_files.sparsity(study.workdir / run["workdir"])[site].values()]
+    mean = sum(layers) / len(layers)
+    return {"from": f"{variant}/{site}", "mean_l0": mean, "k": max(1, round(mean))}
 
 
 def with_controls(config) -> bool:
@@ -180,18 +246,27 @@ def run_study(config, workdir: str | Path) -> dict:
     prepare_token_arrays(config.data, config.model.vocab_size, study.workdir)
     variants = study_variants(config)
     configs = {name: source for name, (source, _) in variants.items()}
+    saes = study_saes(config, variants)
+    k_source = sae_k_source(config, variants, saes, runs)
     manifest = {"runs": {}, "controls": {}, "variants": config.study.variants,
                 "seeds": config.study.seeds,
-                "variant_seeds": {name: seeds for name, (_, seeds) in variants.items()}}
+                "variant_seeds": {name: seeds for name, (_, seeds) in variants.items()},
+                "saes": saes}
     for index, (name, run) in enumerate(runs.items(), start=1):
         run_layout = _with_study_data(study, study.run(name))
         print(f"study: run {index}/{len(runs)}: {name}", flush=True)
+        if run.sae.sites and k_source is not None:
+            manifest.setdefault("sae_k", matched_k(study, manifest, *k_source))
+            run.sae.k = manifest["sae_k"]["k"]
+            check_sae_config(run, model_from_config(run))  # before this run's SAE work
         # Each run's own lock too: `--workdir=<study>/runs/<name>` from elsewhere is refused.
         with hold_workdir(run_layout.workdir):
             trained = train_and_evaluate(run, run_layout.workdir)
             if trained["status"] == "interrupted":  # saved; the rerun resumes this run
                 return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
                         "interrupted_run": name}
+            if run.sae.sites:
+                fit_saes(run, run_layout.workdir)
             evaluate_interpretability(run, run_layout.workdir)
         manifest["runs"][name] = _manifest_entry(run, configs, run_layout, study)
         if controls:
@@ -199,6 +274,8 @@ def run_study(config, workdir: str | Path) -> dict:
             print(f"study: untrained control {index}/{len(runs)}: {name}", flush=True)
             with hold_workdir(control.workdir):
                 save_initial_state(run, control.workdir)
+                if run.sae.sites:  # SAEs fitted the same way, on the untrained model
+                    fit_saes(run, control.workdir)
                 evaluate_interpretability(run, control.workdir)  # the run's own config object
             manifest["controls"][name] = _manifest_entry(run, configs, control, study)
     write_text_atomically(study.manifest, json.dumps(manifest, indent=2))

@@ -117,3 +117,24 @@ def test_a_comparison_without_a_p_value_detects_nothing():
     rows[1]["attn/recovery/vs_crate"] = _difference(0.075, 0.02, 0.12, 0.0001)
     assert "raises attn recovery by 0.07 [0.02, 0.12] (Holm p = 0.001)" in \
         answer_sentences(rows)[0]
+
+
+def test_an_sae_matched_to_crates_ista_joins_the_holm_family_with_a_sentence_of_its_own():
+    """gpt2's `sae_mlp`, as wide and sparse as CRATE's ISTA (`sae_mlp/vs_crate_site`), is
+    compared with it; its p values share the ablations' Holm family (11 here, not 10)."""
+    rows = _study()
+    gpt2 = rows[3]
+    for split in ("top_and_random", "random_only", "anthropic"):
+        gpt2[f"sae_mlp/{split}"] = _score(0.2)
+    gpt2["sae_mlp/vs_crate_site"] = "ista"
+    gpt2["sae_mlp/top_and_random/vs_crate"] = _difference(-0.2, -0.3, -0.1, 0.001)
+    sentences = answer_sentences(rows)
+    assert len(sentences) == 3
+    assert sentences[2] == (
+        "SAE vs CRATE's own sparse code (gpt2's sae_mlp, fitted afterwards, vs crate's ista, at "
+        "equal width and L0): lowers sae_mlp top-and-random by 0.20 [0.10, 0.30] (Holm p = "
+        "0.011). (Holm over the answer's 11 comparisons, family-wise error 5%; with 5 runs a "
+        "side, differences of 0.21 to 0.21 or more are detected with 80% power.)")
+    assert "answer's 11 comparisons" in sentences[0]
+    assert "| SAE: gpt2 − crate | sae_mlp vs ista | -0.200 [-0.300, -0.100], p = 0.011 |" in \
+        answer_markdown(rows)

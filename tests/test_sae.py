@@ -278,3 +278,55 @@ def test_interp_refuses_an_sae_site_no_sae_stage_fits():
         check_run_config(config, ("train", "interp"))
     config.sae.sites = "ista"
     check_run_config(config, ("train", "sae", "interp"))
+
+
+def test_one_site_carries_several_named_saes_each_with_its_own_settings(trained, prepared,
+                                                                        tmp_path):
+    """`sae.sites='ista,ista_wide=ista'` with `sae.per_site`: two SAEs on one site, each in its
+    own folder with its own width and k, each scored as its own site."""
+    from crate_jax.interp.evaluate import evaluate_interpretability
+    from crate_jax.layout import RunLayout
+    from crate_jax.sae.stage import fit_saes
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained, workdir)
+    config = _tiny_config(prepared)
+    config.sae.sites = "ista,ista_wide=ista"
+    config.sae.per_site = {"ista_wide": dict(expansion=2, k=3)}
+    config.interp.update({**SMALL_INTERP, "sites": "sae_ista,sae_ista_wide"})
+    with contextlib.redirect_stdout(io.StringIO()):
+        fit_saes(config, workdir)
+        summary = evaluate_interpretability(config, workdir)
+    settings = {name: json.loads(RunLayout(workdir).sae(name).evaluation.read_text())
+                for name in ("ista", "ista_wide")}
+    assert {name: (e["site"], e["settings"]["width"], e["settings"]["k"])
+            for name, e in settings.items()} == {"ista": ("ista", 512, 8),
+                                                 "ista_wide": ("ista", 1024, 3)}
+    inputs = json.loads(RunLayout(workdir).sae("ista_wide").inputs.read_text())
+    assert inputs["sae"]["k"] == 3 and inputs["sae"]["expansion"] == 2
+    assert set(summary["sites"]) == {"sae_ista", "sae_ista_wide"}
+    sparsity = json.loads((workdir / "interp" / "sparsity.json").read_text())
+    assert sparsity["sae_ista_wide"]["0"]["num_neurons"] == 1024
+    assert sparsity["sae_ista_wide"]["0"]["mean_l0"] <= 3 + 1e-9
+
+
+@pytest.mark.parametrize("sites, per_site, named", [
+    ("ista,ista=ista", {}, "sae.sites names 'ista' twice"),
+    ("ista,wide=mlp", {}, "names mlp, which this model does not have"),
+    ("ista", {"wide": dict(k=3)}, "sae.per_site names wide, which sae.sites does not fit"),
+    ("ista", {"ista": dict(num_steps=3)}, "sae.per_site.ista sets num_steps; an SAE may set "
+                                          "only"),
+    ("ista,wide=ista", {"wide": dict(k=2000)}, "sae.per_site.wide.k=2000 exceeds the 512 "
+                                               "latents of the wide SAE"),
+    ("ista,wide=ista", {"wide": dict(kind="gated")}, "sae.per_site.wide.kind='gated'"),
+])
+def test_named_sae_settings_are_refused_before_any_work(sites, per_site, named):
+    from configs import crate
+    from crate_jax.input_checks import check_run_config
+    from crate_jax.model import ConfigError
+
+    config = crate.get_config("tiny")
+    config.sae.update(dict(sites=sites, expansion=1))
+    config.sae.per_site = per_site
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        check_run_config(config, ("train", "sae", "interp"))

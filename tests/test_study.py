@@ -785,3 +785,92 @@ def test_an_installed_copy_finds_the_study_variants_from_any_directory(tmp_path)
     assert all(path.startswith(str(site)) for path in files.split())  # the installed copy
     assert variants == "crate,gpt2,ista_to_mlp,no_ista,standard_attention"
     assert runs == "crate_seed0,no_ista_seed0"
+
+
+def _sae_study(config, **study):
+    """A miniature study whose gpt2 runs get the default study's SAEs, at a budget of seconds."""
+    config = miniature_study(config, **study)
+    config.sae.update(dict(num_steps=6, batch_size=2, seq_len=32, log_every=3,
+                           checkpoint_every=3, eval_sequences=2))
+    return config
+
+
+def test_study_saes_are_checked_before_any_training(prepared, tmp_path):
+    config = _sae_study(with_data(ablation.get_config(), prepared), variants="crate,gpt2")
+    assert dict(config.study.saes) == {"gpt2": "mlp,mlp_wide=mlp"}
+    config.study.saes = {"no_ista": "mlp"}
+    with pytest.raises(ConfigError, match="study.saes names no_ista, which study.variants"):
+        run_study(config, tmp_path / "a")
+    config.study.saes = {"gpt2": "mlp,mlp_wide=mlp"}
+    config.study.variants = "gpt2,crate"
+    with pytest.raises(ConfigError, match="list crate first in study.variants"):
+        run_study(config, tmp_path / "b")
+    config.study.variants = "crate,gpt2"
+    config.study.sae_k_from = "crate/mlp"
+    with pytest.raises(ConfigError, match="crate has no mlp site"):
+        run_study(config, tmp_path / "c")
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_planted_study_fits_saes_on_gpt2_and_compares_them_with_crates_ista(tmp_path):
+    """The default study's SAE rows, end to end: k is CRATE's measured ISTA L0, the SAE as wide
+    as the ISTA code is compared with it over runs, every SAE is fitted on the untrained
+    controls too, and the table, page, figure and README block show them."""
+    import json
+
+    from crate_jax.report.readme import study_blocks
+    from crate_jax.statistics import run_difference, run_mean
+
+    config = ablation.get_config()
+    config.data.source = "planted:300"
+    run_study(_sae_study(config, variants="crate,gpt2", seeds="0,1"), tmp_path)
+    runs = {name: tmp_path / "runs" / name for name in
+            ("crate_seed0", "crate_seed1", "gpt2_seed0", "gpt2_seed1")}
+    ista = [json.loads((runs[name] / "interp" / "sparsity.json").read_text())["ista"]
+            for name in ("crate_seed0", "crate_seed1")]
+    l0 = [layer["mean_l0"] for run in ista for layer in run.values()]
+    k = round(sum(l0) / len(l0))
+    manifest = json.loads((tmp_path / "study.json").read_text())
+    assert manifest["sae_k"] == {"from": "crate/ista", "mean_l0": pytest.approx(sum(l0) / len(l0)),
+                                 "k": k}
+    width = ista[0]["0"]["num_neurons"]
+    for directory in [runs["gpt2_seed0"], runs["gpt2_seed1"],
+                      tmp_path / "controls" / "gpt2_seed0"]:
+        evaluations = {name: json.loads((directory / "sae" / name / "evaluation.json")
+                                        .read_text()) for name in ("mlp", "mlp_wide")}
+        assert {name: (e["settings"]["width"], e["settings"]["k"])
+                for name, e in evaluations.items()} == {"mlp": (width, k),
+                                                        "mlp_wide": (4 * width, k)}
+    assert not (runs["crate_seed0"] / "sae").exists()
+
+    report = json.loads((tmp_path / "report" / "ablation.json").read_text())
+    gpt2 = next(row for row in report["variants"] if row["variant"] == "gpt2")
+    assert gpt2["sae_mlp/vs_crate_site"] == "ista"
+    assert "sae_mlp_wide/vs_crate_site" not in gpt2  # 4x as wide: no like-for-like comparison
+    ours = [_neuron_scores(runs[f"gpt2_seed{s}"], "sae_mlp") for s in (0, 1)]
+    theirs = [_neuron_scores(runs[f"crate_seed{s}"], "ista") for s in (0, 1)]
+    expected = run_difference([run_mean(list(r.values())) for r in ours],
+                              [run_mean(list(r.values())) for r in theirs])
+    assert gpt2["sae_mlp/top_and_random/vs_crate"]["difference"] == pytest.approx(
+        expected["difference"])
+    fvu = [sum(layer["fvu"] for layer in e["layers"].values()) / len(e["layers"])
+           for e in (json.loads((runs[f"gpt2_seed{s}"] / "sae" / "mlp" / "evaluation.json")
+                                .read_text()) for s in (0, 1))]
+    assert gpt2["sae_mlp/sae/fvu"]["mean"] == pytest.approx(sum(fvu) / 2)
+    assert "sae_mlp/sae/fvu/untrained" in gpt2
+    comparisons = [c for c in report["answer"]["comparisons"] if c["ablation"] == "SAE"]
+    assert [(c["variant"], c["site"], c["crate_site"]) for c in comparisons] == [
+        ("gpt2", "sae_mlp", "ista")]
+    assert any(s.startswith("SAE vs CRATE's own sparse code (gpt2's sae_mlp")
+               for s in report["answer"]["sentences"])
+
+    markdown = (tmp_path / "report" / "ablation.md").read_text()
+    assert "## SAEs" in markdown  # 10 steps: undertrained, so the row says so
+    assert "| SAE: gpt2 − crate (undertrained) | sae_mlp vs ista |" in markdown
+    assert f"| gpt2 | sae_mlp_wide (topk on mlp) | {4 * width} | {k} |" in markdown
+    assert "| crate | ista (the model's neurons) |" in markdown
+    assert (tmp_path / "report" / "sae_fvu_vs_l0.png").stat().st_size > 0
+    assert 'id="sae-table"' in (tmp_path / "report" / "index.html").read_text()
+    blocks = study_blocks(tmp_path)
+    assert "sae_mlp_wide (topk on mlp)" in blocks["sae"]
+    assert f"k = {k}, the mean L0 of crate/ista" in " ".join(blocks["facts"].split())

@@ -52,13 +52,8 @@ from crate_jax.interp.ground_truth import (
 from crate_jax.interp.run_summary import layer_summary, markdown_report
 from crate_jax.layout import RunLayout
 from crate_jax.model import abstract_params, model_from_config, neuron_sites
-from crate_jax.sae.latents import (
-    SiteReader,
-    as_reader,
-    configured_bases,
-    load_trained_saes,
-    sae_site,
-)
+from crate_jax.sae.latents import SiteReader, as_reader, load_trained_saes
+from crate_jax.sae.sites import configured_saes, sae_site
 from crate_jax.train.checkpoints import Checkpointer
 from crate_jax.versions import package_versions
 
@@ -79,9 +74,9 @@ def restore_params(config, workdir: Path, model):
 
 def requested_sites(config, model) -> tuple[str, ...]:
     """`interp.sites`, or every site: the model's and the latents of the SAEs `sae.sites`
-    fits (`sae_<site>`)."""
+    fits (`sae_<name>`)."""
     available = neuron_sites(model.config) + tuple(
-        sae_site(base) for base in configured_bases(config))
+        sae_site(name) for name in configured_saes(config))
     if not config.interp.sites:
         return available
     sites = tuple(s.strip() for s in config.interp.sites.split(",") if s.strip())
@@ -101,8 +96,8 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
     model = model_from_config(config)
     sites = requested_sites(config, model)
     params, step = restore_params(config, layout.workdir, model)
-    reader = SiteReader(model, load_trained_saes(layout, model, tuple(
-        base for base in configured_bases(config) if sae_site(base) in sites)))
+    reader = SiteReader(model, load_trained_saes(layout, model, {
+        name: base for name, base in configured_saes(config).items() if sae_site(name) in sites}))
     unfitted = [site for site in sites if site not in reader.sites()]
     if unfitted:
         raise InterpretabilityError(
@@ -182,7 +177,7 @@ def evaluate_interpretability(config, workdir: str | Path) -> dict:
                "compared_explainers": {kind: layer_summaries[kind] for kind in kinds[1:]},
                "config": config.interp.to_dict(), "versions": package_versions(),
                "seconds_this_run": elapsed, "neurons_scored": len(entries),
-               "saes": {base: _read_json(layout.sae(base).evaluation) for base in reader.saes}}
+               "saes": {name: _read_json(layout.sae(name).evaluation) for name in reader.saes}}
     write_json_atomically(layout.summary, summary)
     write_text_atomically(layout.interp_report, markdown_report(summary))
     _say(markdown_report(summary))

@@ -31,7 +31,7 @@ _CONNECTION_SETTINGS = ("base_url", "api_key_env", "timeout_s", "max_retries", "
 def interp_inputs(config, checkpoint_step: int, params, data_manifest: dict,
                   saes: dict | None = None) -> dict:
     """The inputs that decide what the stage computes (see the module docstring); `saes`
-    (`{base site: TrainedSae}`), whose latents are sites too, by their parameters' hash."""
+    (`{name: TrainedSae}`), whose latents are sites too, by their parameters' hash."""
     settings = config.interp.to_dict()
     for key in _SPEED_SETTINGS:
         settings.pop(key, None)
@@ -44,10 +44,10 @@ def interp_inputs(config, checkpoint_step: int, params, data_manifest: dict,
               "records_version": RECORDS_VERSION, "judging_version": JUDGING_VERSION}
     if saes:
         # What maps activations to latents: parameters, input scale, BatchTopK's threshold.
-        inputs["saes"] = {base: params_sha256({"params": sae.state.params,
+        inputs["saes"] = {name: params_sha256({"params": sae.state.params,
                                                "scale": sae.state.scale,
                                                "threshold": sae.state.threshold})
-                          for base, sae in saes.items()}
+                          for name, sae in saes.items()}
     return json.loads(json.dumps(inputs))  # as it reads back from the file: lists, not tuples
 
 

@@ -123,17 +123,17 @@ def markdown_report(summary: dict) -> str:
 
 
 def sae_table(saes: dict) -> list[str]:
-    """The SAEs whose latents are scored above (`sae_<site>` rows): how sparse, how faithful,
-    and how much of the next-token loss survives their splice (`sae/<site>/evaluation.json`)."""
+    """The SAEs whose latents are scored above (`sae_<name>` rows): how sparse, how faithful,
+    and how much of the next-token loss survives their splice (`sae/<name>/evaluation.json`)."""
     lines = ["| SAE | layer | kind | latents | k | L0 | FVU | dead | loss clean | spliced "
              "| mean-ablated | loss recovered |", "|---" * 12 + "|"]
-    for base, evaluation in saes.items():
+    for name, evaluation in saes.items():
         settings = evaluation["settings"]
         k = "n/a" if settings["kind"] == "relu_l1" else settings["k"]
         for layer, values in evaluation["layers"].items():
             recovered = values["loss_recovered"]
             lines.append(
-                f"| sae_{base} | {layer} | {settings['kind']} | {settings['width']} | {k} | "
+                f"| sae_{name} | {layer} | {settings['kind']} | {settings['width']} | {k} | "
                 f"{values['l0']:.1f} | {values['fvu']:.3f} | {values['dead_fraction']:.1%} | "
                 f"{values['loss_clean']:.3f} | {values['loss_spliced']:.3f} | "
                 f"{values['loss_mean_ablated']:.3f} | "

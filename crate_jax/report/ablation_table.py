@@ -23,12 +23,13 @@ from pathlib import Path
 
 from crate_jax.atomic_files import atomic_path, write_text_atomically
 from crate_jax.layout import ReportLayout, RunLayout, StudyLayout
-from crate_jax.model import NEURON_SITES, ModelConfig, paper_parameter_count
+from crate_jax.model import ModelConfig, paper_parameter_count
 from crate_jax.report import run_files
 from crate_jax.report.answer import REFERENCE_VARIANT, answer_json, answer_markdown
 from crate_jax.report.controls import add_controls, controls_markdown, neuron_scores, run_means
 from crate_jax.report.floor_gap import floor_gap, floor_gap_markdown
 from crate_jax.report.run_files import REFERENCE_KEYS, score_entries
+from crate_jax.report.sae_table import add_sae_measures, sae_markdown
 from crate_jax.report.text import (
     Cell,
     interval_text,
@@ -37,9 +38,9 @@ from crate_jax.report.text import (
     training_text,
 )
 from crate_jax.report.validity import validity_markdown
+from crate_jax.sae.sites import ordered_sites
 from crate_jax.statistics import run_difference, run_interval
 
-SITES = NEURON_SITES
 REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic", "detection", "fuzzing")
 GROUND_TRUTH = ("recovery", "mean_selectivity", "spearman")
 UNTRAINED_TRUTH = ("recovery", "mean_selectivity")  # also shown for the untrained controls
@@ -48,7 +49,7 @@ _SHORT_SPLIT = {"top_and_random": "t&r", "random_only": "r-o", "anthropic": "ant
 _TRUTH_HEADER = {"recovery": "recovery (any layer)", "mean_selectivity": "selectivity",
                  "spearman": "score vs truth ρ"}
 
-__all__ = ["SITES", "REPORTED_SPLITS", "build_table", "markdown_table", "score_entries",
+__all__ = ["REPORTED_SPLITS", "build_table", "markdown_table", "score_entries", "sites_of",
            "study_controls", "study_runs", "wide_table_cells", "write_table"]
 
 
@@ -102,11 +103,46 @@ def study_controls(workdir: str | Path) -> dict[str, list[tuple[str, Path]]]:
     return dict(controls)
 
 
+def sites_of(rows: list[dict]) -> list[str]:
+    """The sites any row has scores of (`ordered_sites`: the models' own, then SAE sites)."""
+    first = REPORTED_SPLITS[0]
+    return ordered_sites({key.split("/")[0] for row in rows for key in row
+                          if key.count("/") == 1 and key.endswith(f"/{first}")})
+
+
+def sae_counterparts(workdir: Path) -> dict[tuple[str, str], str]:
+    """`{(variant, SAE site): CRATE's site}`: the SAEs a study compares with a site of CRATE's
+    own, those as wide (latents per layer) as that site and as sparse (`sae.k`) as its measured
+    L0 (`study.sae_k_from`, recorded in `study.json` as `sae_k`): a sparse code fitted afterwards
+    against one inside the model, at equal width and L0."""
+    manifest = json.loads(StudyLayout(workdir).manifest.read_text())
+    matched = manifest.get("sae_k")
+    if not matched:
+        return {}
+    variant, _, site = matched["from"].partition("/")
+    if variant != REFERENCE_VARIANT:
+        return {}
+    runs = study_runs(workdir)
+    widths = {layer.get("num_neurons") for _, d in runs[variant]
+              for layer in run_files.sparsity(d)[site].values()}
+    counterparts = {}
+    for other, its_runs in runs.items():
+        if other == variant:
+            continue
+        for name, evaluation in run_files.sae_evaluations(its_runs[0][1]).items():
+            settings = evaluation["settings"]
+            if (settings["kind"] != "relu_l1" and settings["k"] == matched["k"]
+                    and widths == {settings["width"]}):
+                counterparts[(other, f"sae_{name}")] = site
+    return counterparts
+
+
 def build_table(workdir: str | Path) -> list[dict]:
     """Rows of the comparison, in the study's variant order."""
     workdir = Path(workdir)
     per_variant = {}
     controls, configs = study_controls(workdir), variant_configs(workdir)
+    counterparts = sae_counterparts(workdir)
     for variant, runs in study_runs(workdir).items():
         control_dirs = dict(controls.get(variant, []))
         truths = [run_files.ground_truth(d) for _, d in runs]  # read once: they are large
@@ -123,6 +159,8 @@ def build_table(workdir: str | Path) -> list[dict]:
             "truth": [run_files.ground_truth_by_site(t) for t in truths],
             "control_truth": [run_files.ground_truth_by_site(run_files.ground_truth(d))
                               for d in control_dirs.values()],
+            "saes": [run_files.sae_evaluations(d) for _, d in runs],
+            "control_saes": [run_files.sae_evaluations(d) for d in control_dirs.values()],
             "floor_gap": floor_gap(truths)}
 
     rows = []
@@ -149,14 +187,17 @@ def build_table(workdir: str | Path) -> list[dict]:
         scores, counts = runs["scores"], runs["left_out"]
         crate = (None if reference is None or variant == REFERENCE_VARIANT
                  else {"trained": reference["scores"], "untrained": reference["controls"]})
-        for site in SITES:
-            if not any(site in s for s in scores):
-                continue
+        for site in ordered_sites({site for s in scores for site in s}):
+            # What "vs CRATE" compares with: CRATE's same site, or an SAE's counterpart.
+            theirs_site = counterparts.get((variant, site), site)
+            if theirs_site != site:
+                row[f"{site}/vs_crate_site"] = theirs_site
             layers = [layer for s in runs["sparsity"] for layer in s.get(site, {}).values()]
             row[f"{site}/zero_fraction"] = sum(x["zero_fraction"] for x in layers) / len(layers)
             row[f"{site}/mean_l0"] = sum(x["mean_l0"] for x in layers) / len(layers)
             row[f"{site}/dead_neurons"] = sum(x["dead_neurons"] for x in layers)
             row[f"{site}/num_neurons"] = sum(x.get("num_neurons", 0) for x in layers)
+            row[f"{site}/width"] = layers[0].get("num_neurons")  # per layer
             neurons = sum(c[site]["neurons"] for c in counts if site in c)
             baseline = reference["scores"] if reference is not None else []
             for split in REPORTED_SPLITS:
@@ -164,18 +205,20 @@ def build_table(workdir: str | Path) -> list[dict]:
                 row[f"{site}/{split}"] = {
                     **run_interval(means), "neurons": neurons,
                     "left_out": sum(c[site][split] for c in counts if site in c)}
-                theirs = run_means(baseline, site, split)
+                theirs = run_means(baseline, theirs_site, split)
                 if variant != REFERENCE_VARIANT and theirs:
                     row[f"{site}/{split}/vs_crate"] = run_difference(means, theirs)
-            add_controls(row, site, REPORTED_SPLITS, scores, runs["controls"], crate)
+            add_controls(row, site, REPORTED_SPLITS, scores, runs["controls"], crate,
+                         theirs_site)
             _add_ground_truth(row, site, runs["truth"], runs["control_truth"], reference,
-                              variant)
+                              variant, theirs_site)
+            add_sae_measures(row, site, runs["saes"], runs["control_saes"])
         rows.append(row)
     return rows
 
 
 def _add_ground_truth(row: dict, site: str, truth: list[dict], control_truth: list[dict],
-                      reference: dict | None, variant: str) -> None:
+                      reference: dict | None, variant: str, theirs_site: str) -> None:
     """Per-site ground truth (`run_files.ground_truth_by_site`), mean over runs with a t
     interval over runs, and beside recovery and selectivity the same over the untrained
     controls (`<key>/untrained`: the level an untrained network reaches, chance for this
@@ -189,7 +232,8 @@ def _add_ground_truth(row: dict, site: str, truth: list[dict], control_truth: li
         untrained = [t[site][key] for t in control_truth if site in t]
         if key in UNTRAINED_TRUTH and untrained:
             row[f"{site}/{key}/untrained"] = run_interval(untrained)
-        theirs = [t[site][key] for t in (reference or {}).get("truth", []) if site in t]
+        theirs = [t[theirs_site][key] for t in (reference or {}).get("truth", [])
+                  if theirs_site in t]
         if key == "recovery" and variant != REFERENCE_VARIANT and theirs:
             row[f"{site}/recovery/vs_crate"] = run_difference(values, theirs)
     too_few = [t[site]["too_few_firing"] for t in truth if site in t]
@@ -246,11 +290,11 @@ def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[Cell]]]:
     def present(key: str) -> bool:
         return any(key in row for row in rows)
 
-    columns = [f"{site}/{split}" for site in SITES for split in REPORTED_SPLITS
+    columns = [f"{site}/{split}" for site in sites_of(rows) for split in REPORTED_SPLITS
                if present(f"{site}/{split}")]
     sparse = [f"{site}/{kind}" for site in ("ista", "mlp") for kind in ("zero_fraction", "mean_l0")
               if present(f"{site}/{kind}")]
-    sites = [site for site in SITES if present(f"{site}/{REPORTED_SPLITS[0]}")]
+    sites = sites_of(rows)
     truth = [f"{site}/{key}{untrained}" for site in sites for key in GROUND_TRUTH
              for untrained in ("", "/untrained") if present(f"{site}/{key}{untrained}")]
     header = (["variant", "seeds", "params", "val loss", "unigram ref", "bigram ref", "floor",
@@ -279,8 +323,8 @@ def markdown_table(rows: list[dict], *, answer_last: bool = False,
                    validity: dict | None = None) -> str:
     """Which measure tracks the truth (`validity`, where given) and the answer on it, the
     answer to the ablations on the headline measure (short table and one sentence each), the
-    controls of the scores, then the wide table: every variant with its reference losses,
-    scores, neurons left out and differences.
+    controls of the scores, the SAEs (`sae_table`), then the wide table: every variant with
+    its reference losses, scores, neurons left out and differences.
     `answer_last=True` puts the answer after the wide table (for a terminal, where the last
     lines are the ones read)."""
     wide = ("## All variants\n\n"
@@ -293,6 +337,8 @@ def markdown_table(rows: list[dict], *, answer_last: bool = False,
     controls = controls_markdown(rows)
     answer = f"{controls}\n{answer}" if answer_last and controls else answer
     wide = f"{controls}\n{wide}" if controls and not answer_last else wide
+    saes = sae_markdown(rows)
+    wide = f"{saes}\n{wide}" if saes else wide
     gap = floor_gap_markdown(rows)
     wide = f"{gap}\n{wide}" if gap else wide
     return f"{wide}\n{answer}" if answer_last else f"{answer}\n{wide}"

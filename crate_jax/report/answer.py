@@ -9,7 +9,10 @@ where the study has untrained controls, by the difference in the paired gain ove
 change a random network already shows is not credited to training). Every difference is over
 training runs (Welch's t, `statistics.run_difference`); the family of all differences the answer
 states is controlled by Holm's procedure at family-wise error `statistics.FAMILY_ERROR`, and a
-sentence names only the changes whose Holm-adjusted p is below it, each with that p. A
+sentence names only the changes whose Holm-adjusted p is below it, each with that p. Where the
+study fits SAEs as wide and as sparse as a site of CRATE's (`study.sae_k_from`,
+`ablation_table.sae_counterparts`), the family also holds that comparison: the SAE's latents
+(e.g. `sae_mlp` of gpt2, fitted afterwards) against CRATE's own sparse code (`ista`). A
 comparison that involves an undertrained run (one whose validation loss does not beat the bigram
 reference) draws no conclusion: its sentence says so instead, and it is left out of the family.
 """
@@ -25,6 +28,7 @@ from crate_jax.statistics import FAMILY_ERROR, detectable_difference, holm_adjus
 REFERENCE_VARIANT = "crate"
 ABLATIONS = (("A", "no_ista"), ("B", "standard_attention"))
 COPY_LABEL = "A/A"  # CRATE's own config under another name: a check of the procedure
+SAE_LABEL = "SAE"  # an SAE fitted afterwards against CRATE's site of the same width and L0
 RAW = ("top_and_random", "random_only", "recovery")
 GAINS = ("top_and_random_gain", "random_only_gain")  # over each variant's untrained control
 COMPARED = RAW + GAINS
@@ -58,8 +62,9 @@ def undertrained_runs(rows: list[dict], variant: str) -> list[str]:
 
 
 def answer_rows(rows: list[dict]) -> list[dict]:
-    """`[{"ablation", "variant", "site", <each of COMPARED>}]`: the differences from CRATE
-    (`None` where the study has no such number) of each shared site, each with `p_holm`, its
+    """`[{"ablation", "variant", "site", "crate_site", <each of COMPARED>}]`: the differences
+    from CRATE (`None` where the study has no such number) of each shared site, and of each SAE
+    against its counterpart site of CRATE's (`crate_site`), each with `p_holm`, its
     Holm-adjusted p over the family of every finite p value here, and `detectable`, the
     smallest difference its test would detect with 80% power in that family (comparisons with an
     undertrained run are not in the family: they conclude nothing). The `_gain` keys compare
@@ -69,14 +74,16 @@ def answer_rows(rows: list[dict]) -> list[dict]:
     if crate is None:
         return []
     comparisons = []
-    for label, variant in compared_variants(rows):
-        row = by_variant[variant]
-        for site in NEURON_SITES:
-            if f"{site}/top_and_random" in row and f"{site}/top_and_random" in crate:
-                differences = {key: row.get(_row_key(site, key)) for key in COMPARED}
-                comparisons.append({"ablation": label, "variant": variant, "site": site,
-                                    **{key: dict(d) if d else None
-                                       for key, d in differences.items()}})
+    pairs = [(label, variant, site, site) for label, variant in compared_variants(rows)
+             for site in NEURON_SITES if f"{site}/top_and_random" in by_variant[variant]
+             and f"{site}/top_and_random" in crate]
+    pairs += [(SAE_LABEL, row["variant"], key.split("/")[0], value) for row in rows
+              for key, value in row.items() if key.endswith("/vs_crate_site")]
+    for label, variant, site, crate_site in pairs:
+        differences = {key: by_variant[variant].get(_row_key(site, key)) for key in COMPARED}
+        comparisons.append({"ablation": label, "variant": variant, "site": site,
+                            "crate_site": crate_site,
+                            **{key: dict(d) if d else None for key, d in differences.items()}})
     family = [(c, key) for c in comparisons for key in COMPARED
               if c[key] and not undertrained_runs(rows, c["variant"])
               and math.isfinite(c[key].get("p_value", math.nan))]
@@ -113,17 +120,15 @@ def answer_sentences(rows: list[dict]) -> list[str]:
     comparisons = answer_rows(rows)
     family = sum(1 for c in comparisons for key in COMPARED if c[key] and "p_holm" in c[key])
     sentences = []
-    for label, variant in compared_variants(rows):
+    for label, variant, ours in _subjects(comparisons, rows):
         row = by_variant[variant]
-        name = "A/A check" if label == COPY_LABEL else f"Ablation {label}"
-        opening = f"{name} ({variant} vs crate):"
+        opening = _opening(label, variant, ours)
         undertrained = undertrained_runs(rows, variant)
         if undertrained:
             verb = "does" if len(undertrained) == 1 else "do"
             sentences.append(f"{opening} no conclusion, {', '.join(undertrained)} {verb} not "
                              "beat the bigram reference loss (undertrained).")
             continue
-        ours = [c for c in comparisons if c["variant"] == variant]
         sentence = f"{opening} {_changes(ours, RAW) or 'no site in common with CRATE'}."
         gains = _changes(ours, GAINS)
         if gains:
@@ -135,6 +140,25 @@ def answer_sentences(rows: list[dict]) -> list[str]:
                          "model is unchecked.)")
         sentences.append(sentence)
     return sentences
+
+
+def _subjects(comparisons: list[dict], rows: list[dict]) -> list[tuple[str, str, list]]:
+    """`[(label, variant, its comparisons)]`, one per sentence: each ablation and copy with all
+    its sites, then each SAE compared with CRATE's counterpart on its own."""
+    subjects = [(label, variant, [c for c in comparisons if c["variant"] == variant
+                                  and c["ablation"] == label])
+                for label, variant in compared_variants(rows)]
+    return subjects + [(SAE_LABEL, c["variant"], [c]) for c in comparisons
+                       if c["ablation"] == SAE_LABEL]
+
+
+def _opening(label: str, variant: str, comparisons: list[dict]) -> str:
+    if label == SAE_LABEL:
+        c = comparisons[0]
+        return (f"SAE vs CRATE's own sparse code ({variant}'s {c['site']}, fitted afterwards, "
+                f"vs crate's {c['crate_site']}, at equal width and L0):")
+    name = "A/A check" if label == COPY_LABEL else f"Ablation {label}"
+    return f"{name} ({variant} vs crate):"
 
 
 def _resolution(comparisons: list[dict]) -> str:
@@ -184,7 +208,8 @@ def answer_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         label = f"{c['ablation']}: {c['variant']} − crate"
         if undertrained & {c["variant"], REFERENCE_VARIANT}:
             label += " (undertrained)"
-        body.append([label, c["site"]] + [_difference_text(c[key]) for key in keys])
+        site = c["site"] if c["crate_site"] == c["site"] else f"{c['site']} vs {c['crate_site']}"
+        body.append([label, site] + [_difference_text(c[key]) for key in keys])
     return header, body
 
 

@@ -96,13 +96,15 @@ def _above(runs: list[dict], site: str, split: str) -> dict:
 
 
 def add_controls(row: dict, site: str, splits: tuple[str, ...], trained: list[dict],
-                 untrained: list[dict | None], crate: dict | None) -> None:
+                 untrained: list[dict | None], crate: dict | None,
+                 crate_site: str | None = None) -> None:
     """Adds the controls of one site to a variant's `row` (see the module docstring).
 
     `trained`: `neuron_scores` of the variant's runs; `untrained`: of their untrained controls,
     aligned with `trained` (None where a run has none); `crate`: `{"trained", "untrained"}` of
-    CRATE's, or None for CRATE itself or a study without it. A number the study lacks is
-    absent, never zero."""
+    CRATE's, or None for CRATE itself or a study without it; `crate_site`: the site of CRATE's
+    the gain is compared with (default: `site`; an SAE's counterpart, `ablation_table`). A
+    number the study lacks is absent, never zero."""
     for split in splits:
         for kind in ("other_neuron", "token_reference"):
             means = run_means(trained, site, split, kind)
@@ -123,7 +125,7 @@ def add_controls(row: dict, site: str, splits: tuple[str, ...], trained: list[di
             "paired": sum(g["paired"] for g in gains),
             "unpaired": sum(g["unpaired"] for g in gains)}
         if crate:
-            theirs = run_gains(crate["trained"], crate["untrained"], site, split)
+            theirs = run_gains(crate["trained"], crate["untrained"], crate_site or site, split)
             if theirs:
                 row[f"{site}/{split}/gain_vs_crate"] = run_difference(
                     [g["gain"] for g in gains], [g["gain"] for g in theirs])

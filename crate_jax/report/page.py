@@ -33,6 +33,8 @@ from crate_jax.report.controls import controls_cells
 from crate_jax.report.floor_gap import EXPLANATION as FLOOR_EXPLANATION
 from crate_jax.report.floor_gap import floor_gap_cells
 from crate_jax.report.run_files import neuron_statistics, score_lines
+from crate_jax.report.sae_table import EXPLANATION as SAE_EXPLANATION
+from crate_jax.report.sae_table import sae_cells
 from crate_jax.report.text import Cell, seeds_text
 from crate_jax.report.validity import (
     VALIDITY_EXPLANATION,
@@ -214,6 +216,7 @@ def write_page(rows: list[dict], workdir: str | Path, out_dir: Path,
                             floor_gap_cells(rows), "floor-gap-table")
             + _section_html("Controls", CONTROLS_EXPLANATION, controls_cells(rows),
                             "controls-table")
+            + _section_html("SAEs", SAE_EXPLANATION, sae_cells(rows), "sae-table")
             + "<h2>All variants</h2>"
             f"{_table_html(*wide_table_cells(rows), 'ablation-table')}"
             f"<h2>Figures</h2>{images}"

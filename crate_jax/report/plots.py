@@ -5,6 +5,7 @@
   of the same colour: the untrained controls' mean (open circles) and the token reference's
   (crosses);
 - `sparsity_by_layer.png`: fraction of exact zeros per layer, one panel per site;
+- `sae_fvu_vs_l0.png` (a study with SAEs): each SAE's reconstruction against its sparsity;
 - `validation_loss.png`: validation loss against training step, one line per run, with the
   reference losses of the data (unigram, bigram, entropy floor) as labelled horizontal lines;
 - `score_vs_loss.png`: each run's final validation loss against its mean `resid` score
@@ -34,11 +35,11 @@ from crate_jax.layout import ReportLayout, RunLayout  # noqa: E402
 from crate_jax.report import run_files  # noqa: E402
 from crate_jax.report.ablation_table import (  # noqa: E402
     REPORTED_SPLITS,
-    SITES,
     study_controls,
     study_runs,
 )
 from crate_jax.report.run_files import REFERENCE_KEYS, references, score_entries  # noqa: E402
+from crate_jax.sae.sites import ordered_sites  # noqa: E402
 from crate_jax.statistics import run_interval, run_mean  # noqa: E402
 
 _FIGURE = dict(figsize=(7.0, 2.6), dpi=150, layout="constrained")
@@ -84,8 +85,8 @@ def _layer_means(run_dirs: list[Path], site: str, split: str,
 
 
 def _sites_present(runs: dict[str, list[Path]]) -> list[str]:
-    return [site for site in SITES
-            if any(site in RunLayout(d).scored_sites() for ds in runs.values() for d in ds)]
+    return ordered_sites({site for ds in runs.values() for d in ds
+                          for site in RunLayout(d).scored_sites()})
 
 
 def scores_by_layer_figure(runs: dict[str, list[Path]], split: str,
@@ -224,6 +225,42 @@ def score_vs_loss_figure(runs: dict[str, list[Path]]) -> Figure:
     return figure
 
 
+_SAE_MARKERS = ("o", "s", "^", "D", "v")
+
+
+def sae_tradeoff_figure(runs: dict[str, list[Path]],
+                        controls: dict[str, list[Path]] | None = None) -> Figure | None:
+    """FVU against L0 of every SAE of the study, one point per run and layer (filled: fitted
+    on the trained model; open: on its untrained control), one colour per variant and one
+    marker per SAE; None where the study has no SAE."""
+    colours = variant_colours(list(runs))
+    names = sorted({name for ds in runs.values() for d in ds
+                    for name in run_files.sae_evaluations(d)})
+    if not names:
+        return None
+    figure, axis = plt.subplots(**{**_FIGURE, "figsize": (5.5, 3.0)})
+    handles, labels = [], []
+    for variant, run_dirs in runs.items():
+        for untrained, dirs in ((False, run_dirs), (True, (controls or {}).get(variant, []))):
+            for name in names:
+                marker = _SAE_MARKERS[names.index(name) % len(_SAE_MARKERS)]
+                points = [(layer["l0"], layer["fvu"]) for d in dirs
+                          for layer in run_files.sae_evaluations(d).get(name, {})
+                          .get("layers", {}).values()]
+                if not points:
+                    continue
+                style = dict(marker=marker, color=colours[variant], linestyle="",
+                             markerfacecolor="none" if untrained else colours[variant])
+                axis.plot(*zip(*points, strict=True), **style)
+                handles.append(Line2D([], [], **style))
+                labels.append(f"{variant} sae_{name}{' untrained' if untrained else ''}")
+    axis.set_xlabel("L0 (active latents per token)")
+    axis.set_ylabel("FVU (held-out)")
+    axis.set_yscale("log")
+    figure.legend(handles, labels, loc="outside right upper", fontsize=7)
+    return figure
+
+
 def _save(figure: Figure, path: Path) -> Path:
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format=path.suffix.lstrip("."))
@@ -244,4 +281,7 @@ def write_plots(workdir: str | Path, out_dir: Path) -> list[Path]:
                         ("validation_loss", validation_loss_figure),
                         ("score_vs_loss", score_vs_loss_figure)):
         paths.append(_save(build(runs), report.figure(name)))
+    tradeoff = sae_tradeoff_figure(runs, controls)
+    if tradeoff is not None:
+        paths.append(_save(tradeoff, report.figure("sae_fvu_vs_l0")))
     return paths

@@ -22,7 +22,9 @@ each block, and nothing else:
   controls': recovery over the site's layers, selectivity and the neurons too few firing to
   judge, and the explanation score's rank correlation with selectivity;
 - `validity`: which measure (explainer x score) tracks the planted truth across neurons, the
-  best-tracking one, and the ablations' answer on it and on the others (`validity`).
+  best-tracking one, and the ablations' answer on it and on the others (`validity`);
+- `sae`: the study's SAEs beside the neurons they read and CRATE's site they are compared with
+  (`sae_table`).
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ from absl import app, flags
 
 from crate_jax.atomic_files import write_text_atomically
 from crate_jax.layout import RunLayout, StudyLayout
-from crate_jax.report.ablation_table import SITES, build_table, study_controls, study_runs
+from crate_jax.model import NEURON_SITES
+from crate_jax.report.ablation_table import build_table, sites_of, study_controls, study_runs
 from crate_jax.report.answer import answer_markdown, answer_sentences
 from crate_jax.report.controls import controls_markdown
 from crate_jax.report.floor_gap import floor_gap_cells
+from crate_jax.report.sae_table import sae_markdown
 from crate_jax.report.study_report import not_a_study
 from crate_jax.report.text import (
     interval_text,
@@ -51,7 +55,7 @@ from crate_jax.report.text import (
 )
 from crate_jax.report.validity import validity_markdown, validity_report
 
-BLOCKS = ("facts", "answer", "controls", "table", "floor", "truth", "validity")
+BLOCKS = ("facts", "answer", "controls", "table", "floor", "truth", "validity", "sae")
 
 
 def _marker(block: str, end: str) -> str:
@@ -75,7 +79,7 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
             f"`{summary['explainer']}`{_compared_text(summary)} on "
             f"{summary['evaluation_tokens']:,} held-out tokens"
             + ("; every run's untrained control (its step 0) scored the same way"
-               if study.get("controls") else "")
+               if study.get("controls") else "") + _saes_text(study, config)
             + f"; JAX {versions.get('jax', '?')}, Python {versions.get('python', '?')}.")
     if "wall_seconds" in study:
         minutes, seconds = divmod(round(study["wall_seconds"]), 60)
@@ -99,6 +103,20 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
                    "the run, not the neuron, is the unit of replication.")
 
 
+def _saes_text(study: dict, config: dict) -> str:
+    """`; SAEs on gpt2's mlp (...)`: the study's SAEs, their budget and where k came from."""
+    if not study.get("saes"):
+        return ""
+    sae = config["sae"]
+    matched = study.get("sae_k")
+    k = (f"k = {matched['k']}, the mean L0 of {matched['from']} ({matched['mean_l0']:.1f})"
+         if matched else f"k = {sae['k']}")
+    fitted = "; ".join(f"{variant}: {sites}" for variant, sites in study["saes"].items())
+    return (f"; {sae['kind']} SAEs ({fitted}; {k}) fitted for {sae['num_steps']} steps of "
+            f"{sae['batch_size']} x {sae['seq_len']} tokens of activations, on the trained "
+            "and on the untrained model")
+
+
 def _compared_text(summary: dict) -> str:
     """` (and by ngram, truth)`: the compared explainers of a run, where it has any."""
     compared = list(summary.get("compared_explainers", {}))
@@ -117,7 +135,7 @@ def _in_window_text(row: dict) -> str:
 
 def compact_table(rows: list[dict]) -> str:
     """The README's table: one row per variant, the numbers a reader compares first."""
-    truth_sites = [site for site in SITES
+    truth_sites = [site for site in NEURON_SITES  # SAE sites: the `sae` block
                    if any(f"{site}/recovery" in row for row in rows)]
     header = (["variant", "params", "val loss", "vs bigram", "sparse block: top-and-random",
                "attn: random-only", "resid: random-only"]
@@ -141,7 +159,7 @@ def truth_table(rows: list[dict]) -> str:
     explanation score with selectivity across neurons."""
     body = []
     for row in rows:
-        for site in SITES:
+        for site in sites_of(rows):
             if f"{site}/recovery" in row:
                 too_few = row.get(f"{site}/too_few_firing")
                 neurons = row.get(f"{site}/num_neurons")
@@ -164,7 +182,7 @@ def _correlation_sentence(rows: list[dict]) -> str:
     """How many (variant, site) correlations are positive, negative or undecided, by interval."""
     signs = {"positive": 0, "negative": 0, "undecided": 0}
     for row in rows:
-        for site in SITES:
+        for site in sites_of(rows):
             stats = row.get(f"{site}/spearman")
             if not stats or not all(math.isfinite(stats[k]) for k in ("ci_low", "ci_high")):
                 continue
@@ -221,7 +239,9 @@ def study_blocks(workdir: str | Path) -> dict[str, str]:
             "truth": _wrapped(truth_table(rows).strip()),
             "validity": (_wrapped(validity_markdown(study_validity(workdir, rows),
                                                     heading=False).strip())
-                         or "(no planted corpus: no truth to check the measures against)")}
+                         or "(no planted corpus: no truth to check the measures against)"),
+            "sae": (_wrapped(sae_markdown(rows).removeprefix("## SAEs\n\n").strip())
+                    or "(this study fits no SAE)")}
 
 
 def replace_blocks(text: str, blocks: dict[str, str]) -> str:

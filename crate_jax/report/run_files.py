@@ -66,6 +66,12 @@ def sparsity(run_dir: Path) -> dict:
     return json.loads(RunLayout(run_dir).sparsity.read_text())
 
 
+def sae_evaluations(run_dir: Path) -> dict[str, dict]:
+    """`{name: sae/<name>/evaluation.json}` of the SAEs whose latents the run's interp stage
+    scored (its `summary.json`); empty for a run without SAEs."""
+    return json.loads(RunLayout(run_dir).summary.read_text()).get("saes") or {}
+
+
 def references(run_dir: Path) -> dict | None:
     """The run's reference losses (`references.json`), or None where the run has none."""
     path = RunLayout(run_dir).references

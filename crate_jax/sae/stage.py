@@ -1,11 +1,11 @@
-"""`fit_saes(config, workdir)`: the `sae` stage. For each site of `sae.sites`, one SAE per layer
-of the run's trained model, trained on its training text (`train.py`), evaluated on held-out
-text (`evaluate.py`), all under `sae/<site>/`.
+"""`fit_saes(config, workdir)`: the `sae` stage. For each SAE of `sae.sites` (`sites`: a name
+and the site it reads), one SAE per layer of the run's trained model, trained on its training
+text (`train.py`), evaluated on held-out text (`evaluate.py`), all under `sae/<name>/`.
 
-A rerun resumes from the site's last SAE checkpoint, as long as `sae/<site>/inputs.json` says it
+A rerun resumes from the SAE's last checkpoint, as long as `sae/<name>/inputs.json` says it
 was trained from the same inputs (the model checkpoint and its parameters' hash, the data, the
 SAE settings); otherwise the folder is moved aside and the SAEs are trained afresh.
-`evaluation.json`, written last, means the site is done.
+`evaluation.json`, written last, means the SAE is done.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from crate_jax.model import (
 )
 from crate_jax.sae.evaluate import evaluate_site
 from crate_jax.sae.model import SAE_KINDS, SaeSettings
+from crate_jax.sae.sites import check_per_site_names, configured_saes, site_overrides
 from crate_jax.sae.train import (
     SaeState,
     abstract_state,
@@ -73,71 +74,81 @@ SAE_RULES: dict[str, Rule] = {
 _INITIALISATION_STEP = 2**31 - 1
 
 
-def sae_sites(config, model_config) -> tuple[str, ...]:
-    """`sae.sites`, checked against the model's sites."""
-    sites = tuple(site.strip() for site in config.sae.sites.split(",") if site.strip())
+def sae_sites(config, model_config) -> dict[str, str]:
+    """`{name: site}` of `sae.sites` (`sites.configured_saes`), checked against the model."""
+    saes = configured_saes(config)
     available = neuron_sites(model_config)
-    missing = [site for site in sites if site not in available]
+    missing = sorted({base for base in saes.values() if base not in available})
     if missing:
         raise ConfigError(f"sae.sites={config.sae.sites!r} names {', '.join(missing)}, which "
                           f"this model does not have; it has: {', '.join(available)}")
-    return sites
+    return saes
 
 
-def sae_settings(config, model_config, site: str) -> SaeSettings:
-    sae = config.sae
-    return SaeSettings(kind=sae.kind, width=sae.expansion * neuron_width(model_config, site),
-                       k=sae.k, l1_coefficient=float(sae.l1_coefficient), aux_k=sae.aux_k,
-                       dead_after_tokens=sae.dead_after_tokens)
+def sae_settings(config, model_config, name: str) -> SaeSettings:
+    """SAE `name`'s settings: the `sae` section's, with its `sae.per_site` entry over them."""
+    sae = {**config.sae.to_dict(), **site_overrides(config, name)}
+    base = configured_saes(config)[name]
+    return SaeSettings(kind=sae["kind"], width=sae["expansion"] * neuron_width(model_config, base),
+                       k=sae["k"], l1_coefficient=float(sae["l1_coefficient"]),
+                       aux_k=sae["aux_k"], dead_after_tokens=sae["dead_after_tokens"])
 
 
 def check_sae_config(config, model) -> None:
-    """The `sae` section, refused with one line before any work."""
+    """The `sae` section and each SAE's own settings, refused with one line before any work."""
     check_rules(config, SAE_RULES)
-    if config.sae.kind not in SAE_KINDS:
-        raise ConfigError(f"sae.kind={config.sae.kind!r} is not one of {', '.join(SAE_KINDS)}")
+    check_per_site_names(config)
     if config.sae.seq_len > config.model.max_len:
         raise ConfigError(f"sae.seq_len={config.sae.seq_len} exceeds model.max_len="
                           f"{config.model.max_len}; lower sae.seq_len")
-    for site in sae_sites(config, model.config):
-        width = config.sae.expansion * neuron_width(model.config, site)
-        if config.sae.kind != "relu_l1" and config.sae.k > width:
-            raise ConfigError(f"sae.k={config.sae.k} exceeds the {width} latents of the {site} "
-                              "SAE (sae.expansion x its width)")
+    for name, base in sae_sites(config, model.config).items():
+        overrides = site_overrides(config, name)
+        where = f"sae.per_site.{name}" if overrides else "sae"
+        settings = {**config.sae.to_dict(), **overrides}
+        check_rules({"sae": settings}, {key: rule for key, rule in SAE_RULES.items()
+                                        if key.split(".")[1] in overrides})
+        if settings["kind"] not in SAE_KINDS:
+            raise ConfigError(f"{where}.kind={settings['kind']!r} is not one of "
+                              f"{', '.join(SAE_KINDS)}")
+        width = settings["expansion"] * neuron_width(model.config, base)
+        if settings["kind"] != "relu_l1" and settings["k"] > width:
+            raise ConfigError(f"{'sae' if 'k' not in overrides else where}.k={settings['k']} "
+                              f"exceeds the {width} latents of the {name} SAE (expansion x the "
+                              f"{base} site's width)")
 
 
 def fit_saes(config, workdir: str | Path) -> dict:
-    """Trains (or resumes) and evaluates every site's SAEs; returns `{site: evaluation}`."""
+    """Trains (or resumes) and evaluates every SAE of `sae.sites`; returns `{name: evaluation}`."""
     layout = RunLayout(workdir)
     model = model_from_config(config)
     check_sae_config(config, model)
-    sites = sae_sites(config, model.config)
-    if not sites:
+    saes = sae_sites(config, model.config)
+    if not saes:
         _say("sae: sae.sites is empty; no SAE to train (e.g. --config.sae.sites=mlp)")
         return {"status": "completed"}
     params, step = _trained_params(config, layout, model)
     tokens = prepare_token_arrays(config.data, model.config.vocab_size, layout.workdir)
     results = {}
-    for site in sites:
-        folder = layout.sae(site)
-        inputs = _sae_inputs(config, site, step, params, tokens.manifest, model.config)
+    for name, site in saes.items():
+        folder = layout.sae(name)
+        inputs = _sae_inputs(config, name, step, params, tokens.manifest, model.config)
         claim_folder(folder.directory, folder.inputs, folder.stale, inputs, _say)
         # The evaluation text is not an input of the SAEs: another amount re-evaluates them.
         if _stored_eval_sequences(folder) != config.sae.eval_sequences:
-            state = _train_site(config, model, params, tokens, site, folder)
-            settings = sae_settings(config, model.config, site)
+            state = _train_site(config, model, params, tokens, name, folder)
+            settings = sae_settings(config, model.config, name)
             windows = evaluation_windows(tokens.validation, config.sae.seq_len,
                                          config.sae.eval_sequences)
-            evaluation = {"site": site, "settings": dataclasses.asdict(settings),
+            evaluation = {"name": name, "site": site, "settings": dataclasses.asdict(settings),
                           "checkpoint_step": step,
                           "eval_sequences": config.sae.eval_sequences, "layers": evaluate_site(
                               model, params, state, settings, site, windows,
                               config.sae.batch_size),
                           "versions": package_versions()}
             write_json_atomically(folder.evaluation, evaluation)
-        results[site] = json.loads(folder.evaluation.read_text())
-        for layer, values in results[site]["layers"].items():
-            _say(f"sae: {site} layer {layer}: L0 {values['l0']:.1f}, FVU {values['fvu']:.3f}, "
+        results[name] = json.loads(folder.evaluation.read_text())
+        for layer, values in results[name]["layers"].items():
+            _say(f"sae: {name} layer {layer}: L0 {values['l0']:.1f}, FVU {values['fvu']:.3f}, "
                  f"dead {values['dead_fraction']:.1%}, loss {values['loss_clean']:.3f} clean, "
                  f"{values['loss_spliced']:.3f} spliced, {values['loss_mean_ablated']:.3f} "
                  "mean-ablated")
@@ -162,10 +173,11 @@ def _trained_params(config, layout: RunLayout, model):
         return checkpointer.restore_params(step, abstract_params(model.config)), step
 
 
-def _sae_inputs(config, site: str, step: int, params, manifest: dict, model_config) -> dict:
-    settings = config.sae.to_dict()
-    for key in ("sites", "log_every", "checkpoint_every", "eval_sequences"):
-        settings.pop(key)
+def _sae_inputs(config, name: str, step: int, params, manifest: dict, model_config) -> dict:
+    site = configured_saes(config)[name]
+    settings = {**config.sae.to_dict(), **site_overrides(config, name)}
+    for key in ("sites", "per_site", "log_every", "checkpoint_every", "eval_sequences"):
+        settings.pop(key, None)
     inputs = {"checkpoint_step": int(step), "params_sha256": params_sha256(params),
               "data_fingerprint": manifest.get("fingerprint"),
               "tokenizer_fingerprint": manifest.get("tokenizer_fingerprint"),
@@ -174,11 +186,12 @@ def _sae_inputs(config, site: str, step: int, params, manifest: dict, model_conf
     return json.loads(json.dumps(inputs))
 
 
-def _train_site(config, model, params, tokens, site: str, folder: SaeLayout) -> SaeState:
-    """Trains the site's SAEs to `sae.num_steps`, resuming from the last checkpoint; returns
+def _train_site(config, model, params, tokens, name: str, folder: SaeLayout) -> SaeState:
+    """Trains SAE `name`'s layers to `sae.num_steps`, resuming from the last checkpoint; returns
     the final state."""
     sae = config.sae
-    settings = sae_settings(config, model.config, site)
+    site = configured_saes(config)[name]
+    settings = sae_settings(config, model.config, name)
     optimizer = sae_optimizer(sae.learning_rate)
     mesh = make_mesh(config.mesh)
     sampler = WindowSampler(tokens.train, sae.seq_len, sae.batch_size, seed=sae.seed,
@@ -210,14 +223,15 @@ def _train_site(config, model, params, tokens, site: str, folder: SaeLayout) -> 
                     values = jax.device_get(metrics)
                     writer.write(done, _per_layer(values))
                     if not math.isfinite(float(np.mean(values["loss"]))):
-                        raise SaeError(f"the {site} SAE's loss is not finite at step "
-                                              f"{done}; lower sae.learning_rate")
-                    _say(f"sae: {site} step {done} | FVU {np.mean(values['fvu']):.3f} | "
+                        raise SaeError(f"the {name} SAE's loss is not finite at step "
+                                       f"{done}; lower sae.learning_rate")
+                    _say(f"sae: {name} step {done} | FVU {np.mean(values['fvu']):.3f} | "
                          f"L0 {np.mean(values['l0']):.1f} | dead "
                          f"{np.mean(values['dead_fraction']):.1%}")
                 if done % sae.checkpoint_every == 0 or done == sae.num_steps:
                     checkpoints.save(done, state.as_dict(),
-                                     {"settings": dataclasses.asdict(settings), "site": site},
+                                     {"settings": dataclasses.asdict(settings), "name": name,
+                                      "site": site},
                                      force=True)
     return state
 
