@@ -42,6 +42,7 @@ from crate_jax.model import ConfigError, model_from_config, neuron_sites
 from crate_jax.report import run_files
 from crate_jax.report.ablation_table import markdown_table
 from crate_jax.report.study_report import write_study_report
+from crate_jax.sae.sites import configured_saes, parse_sae_sites
 from crate_jax.sae.stage import check_sae_config, fit_saes
 from crate_jax.train.loop import save_initial_state, train_and_evaluate
 from crate_jax.workdir_lock import hold_workdir
@@ -102,12 +103,14 @@ def study_variants(config) -> dict[str, tuple[str, list[int]]]:
 
 
 def study_saes(config, variants: dict) -> dict[str, str]:
-    """`study.saes`: `{variant: the sae.sites of its runs}`, naming only the study's variants."""
+    """`study.saes`: `{variant: the sae.sites of its runs}` of the variants this study runs (an
+    entry of a variant it leaves out is set aside; one that names no variant is refused)."""
     saes = dict(config.study.get("saes", None) or {})
-    unknown = sorted(set(saes) - set(variants))
+    unknown = sorted(set(saes) - set(variants) - set(model_variants(config.size)))
     if unknown:
-        raise ConfigError(f"study.saes names {', '.join(unknown)}, which study.variants does "
-                          f"not ({', '.join(variants)})")
+        raise ConfigError(f"study.saes names {', '.join(unknown)}, which is no variant (the "
+                          f"study's: {', '.join(variants)})")
+    saes = {name: sites for name, sites in saes.items() if name in variants}
     empty = sorted(name for name, sites in saes.items() if not str(sites).strip())
     if empty:
         raise ConfigError(f"study.saes gives {', '.join(empty)} no SAE site; drop the entry or "
@@ -115,16 +118,33 @@ def study_saes(config, variants: dict) -> dict[str, str]:
     return {name: str(sites) for name, sites in saes.items()}
 
 
+def _study_per_site(config) -> dict:
+    """`sae.per_site`, naming only SAEs that an entry of `study.saes` fits (each run gets the
+    entries of its own SAEs)."""
+    per_site = config.sae.get("per_site") or {}
+    per_site = per_site.to_dict() if hasattr(per_site, "to_dict") else dict(per_site)
+    saes = dict(config.study.get("saes", None) or {})
+    fitted = {name for sites in saes.values() for name in parse_sae_sites(str(sites))}
+    stray = sorted(set(per_site) - fitted)
+    if stray:
+        raise ConfigError(f"sae.per_site names {', '.join(stray)}, which no entry of "
+                          f"study.saes fits ({saes})")
+    return per_site
+
+
 def sae_k_source(config, variants: dict, saes: dict, runs: dict) -> tuple[str, str] | None:
     """`study.sae_k_from` as `(variant, site)`, or None: sae.k as configured. The variant must
     run before every variant with SAEs (its L0 is measured first) and have the site."""
     source = str(config.study.get("sae_k_from", None) or "").strip()
-    if not source:
+    if not source or not saes:
         return None
     variant, _, site = source.partition("/")
     if variant not in variants or not site:
         raise ConfigError(f"study.sae_k_from={source!r} is not VARIANT/SITE of a study variant "
                           f"(e.g. crate/ista; the variants: {', '.join(variants)})")
+    if variant in saes:
+        raise ConfigError(f"study.sae_k_from measures {variant}'s L0 for the SAEs, so {variant} "
+                          "cannot have SAEs of its own in study.saes")
     order = list(variants)
     early = [name for name in saes if order.index(name) < order.index(variant)]
     if early:
@@ -143,6 +163,7 @@ def run_configs(config) -> dict[str, object]:
     variants = study_variants(config)
     with_controls(config)
     saes = study_saes(config, variants)
+    per_site = _study_per_site(config)
     requested_sites = _names(config.interp.sites, "sites") if config.interp.sites else []
     runs = {}
     for variant, (source, seeds) in variants.items():
@@ -156,6 +177,8 @@ def run_configs(config) -> dict[str, object]:
             run.model.vocab_size = config.model.vocab_size
             run.sae = copy.deepcopy(config.sae)  # its own: `sites` and `k` are set per variant
             run.sae.sites = saes.get(variant, "")
+            run.sae.per_site = {name: settings for name, settings in per_site.items()
+                                if name in configured_saes(run)}
             run.stages = ",".join(run_stages(run))
             model = model_from_config(run)  # checks the variant's model keys
             missing = [s for s in requested_sites if s not in neuron_sites(model.config)]

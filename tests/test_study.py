@@ -798,14 +798,21 @@ def _sae_study(config, **study):
 def test_study_saes_are_checked_before_any_training(prepared, tmp_path):
     config = _sae_study(with_data(ablation.get_config(), prepared), variants="crate,gpt2")
     assert dict(config.study.saes) == {"gpt2": "mlp,mlp_wide=mlp"}
-    config.study.saes = {"no_ista": "mlp"}
-    with pytest.raises(ConfigError, match="study.saes names no_ista, which study.variants"):
+    config.study.saes = {"gtp2": "mlp"}
+    with pytest.raises(ConfigError, match="study.saes names gtp2, which is no variant"):
         run_study(config, tmp_path / "a")
+    config.study.saes = {"gpt2": "mlp,mlp_wide=mlp"}
+    config.study.variants = "crate,no_ista"  # a study without gpt2 fits no SAE
+    assert all(not run.sae.sites for run in run_configs(config).values())
     config.study.saes = {"gpt2": "mlp,mlp_wide=mlp"}
     config.study.variants = "gpt2,crate"
     with pytest.raises(ConfigError, match="list crate first in study.variants"):
         run_study(config, tmp_path / "b")
     config.study.variants = "crate,gpt2"
+    config.study.saes = {"gpt2": "mlp,mlp_wide=mlp", "crate": "ista"}
+    with pytest.raises(ConfigError, match="crate cannot have SAEs of its own"):
+        run_study(config, tmp_path / "b")
+    config.study.saes = {"gpt2": "mlp,mlp_wide=mlp"}
     config.study.sae_k_from = "crate/mlp"
     with pytest.raises(ConfigError, match="crate has no mlp site"):
         run_study(config, tmp_path / "c")

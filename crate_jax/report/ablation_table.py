@@ -38,7 +38,7 @@ from crate_jax.report.text import (
     training_text,
 )
 from crate_jax.report.validity import validity_markdown
-from crate_jax.sae.sites import ordered_sites
+from crate_jax.sae.sites import ordered_sites, sae_site
 from crate_jax.statistics import run_difference, run_interval
 
 REPORTED_SPLITS = ("top_and_random", "random_only", "anthropic", "detection", "fuzzing")
@@ -133,7 +133,7 @@ def sae_counterparts(workdir: Path) -> dict[tuple[str, str], str]:
             settings = evaluation["settings"]
             if (settings["kind"] != "relu_l1" and settings["k"] == matched["k"]
                     and widths == {settings["width"]}):
-                counterparts[(other, f"sae_{name}")] = site
+                counterparts[(other, sae_site(name))] = site
     return counterparts
 
 
@@ -285,6 +285,13 @@ def _left_out_text(row: dict, site: str) -> str:
     return ", ".join(parts) + dead
 
 
+def _counterpart_text(rows: list[dict], site: str) -> str:
+    """` ista`: the site of CRATE's an SAE site is compared with (`sae_counterparts`)."""
+    counterpart = next((row[f"{site}/vs_crate_site"] for row in rows
+                        if f"{site}/vs_crate_site" in row), None)
+    return f" {counterpart}" if counterpart else ""
+
+
 def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[Cell]]]:
     """The wide table's header and cells, shared by `ablation.md` and `index.html`."""
     def present(key: str) -> bool:
@@ -302,7 +309,7 @@ def wide_table_cells(rows: list[dict]) -> tuple[list[str], list[list[Cell]]]:
               + [f"{site} left out (NaN or failed; dead)" for site in sites]
               + [f"{c.split('/')[0]} {_TRUTH_HEADER[c.split('/')[1]]}"
                  + (" untrained" if c.endswith("/untrained") else "") for c in truth]
-              + [f"{c} vs CRATE" for c in columns])
+              + [f"{c} vs CRATE{_counterpart_text(rows, c.split('/')[0])}" for c in columns])
     body = []
     for row in rows:
         cells = [row["variant"], str(row["seeds"]), f"{row['parameters'] / 1e6:.2f}M",

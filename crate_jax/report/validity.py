@@ -38,7 +38,7 @@ from crate_jax.statistics import FAMILY_ERROR, holm_adjusted, run_difference, ru
 
 VALIDITY_SCORES = ("top_and_random", "random_only", "detection", "detection_auroc", "fuzzing")
 GOAL_CORRELATION = 0.5
-GOAL_SHARE = 12 / 14  # of the (variant, site) pairs: 12 of the default study's 14
+GOAL_SHARE = 12 / 14  # of the (variant, site) pairs: 12 of the 14 model sites of the default study
 CONTROL_EXPLAINER = "truth"
 SCORE_NAMES = {"top_and_random": "top-and-random", "random_only": "random-only",
                "detection": "detection", "detection_auroc": "detection AUROC",

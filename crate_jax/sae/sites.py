@@ -30,10 +30,13 @@ def sae_name(site: str) -> str | None:
 def configured_saes(config) -> dict[str, str]:
     """`{name: the site it reads}` of `sae.sites` (none in a config older than the sae stage)."""
     sae = config.get("sae") if hasattr(config, "get") else None
-    if not sae:
-        return {}
+    return parse_sae_sites(sae.sites) if sae else {}
+
+
+def parse_sae_sites(text: str) -> dict[str, str]:
+    """`{name: site}` of a `sae.sites` value (`mlp,mlp_wide=mlp`)."""
     saes: dict[str, str] = {}
-    for entry in (part.strip() for part in sae.sites.split(",")):
+    for entry in (part.strip() for part in text.split(",")):
         if not entry:
             continue
         name, _, base = (part.strip() for part in entry.partition("="))
