@@ -5,7 +5,8 @@
   of the same colour: the untrained controls' mean (open circles) and the token reference's
   (crosses);
 - `sparsity_by_layer.png`: fraction of exact zeros per layer, one panel per site;
-- `sae_fvu_vs_l0.png` (a study with SAEs): each SAE's reconstruction against its sparsity;
+- `sae_fvu_vs_l0.png` (a study with SAEs): each SAE's reconstruction against its sparsity, and
+  its latents' top-and-random score against its reconstruction;
 - `validation_loss.png`: validation loss against training step, one line per run, with the
   reference losses of the data (unigram, bigram, entropy floor) as labelled horizontal lines;
 - `score_vs_loss.png`: each run's final validation loss against its mean `resid` score
@@ -39,7 +40,7 @@ from crate_jax.report.ablation_table import (  # noqa: E402
     study_runs,
 )
 from crate_jax.report.run_files import REFERENCE_KEYS, references, score_entries  # noqa: E402
-from crate_jax.sae.sites import ordered_sites  # noqa: E402
+from crate_jax.sae.sites import ordered_sites, sae_site  # noqa: E402
 from crate_jax.statistics import run_interval, run_mean  # noqa: E402
 
 _FIGURE = dict(figsize=(7.0, 2.6), dpi=150, layout="constrained")
@@ -230,33 +231,43 @@ _SAE_MARKERS = ("o", "s", "^", "D", "v")
 
 def sae_tradeoff_figure(runs: dict[str, list[Path]],
                         controls: dict[str, list[Path]] | None = None) -> Figure | None:
-    """FVU against L0 of every SAE of the study, one point per run and layer (filled: fitted
-    on the trained model; open: on its untrained control), one colour per variant and one
-    marker per SAE; None where the study has no SAE."""
+    """Left: FVU against L0 of every SAE of the study, one point per run and layer (filled:
+    fitted on the trained model; open: on its untrained control). Right: each run's mean
+    top-and-random score of the SAE's latents against its FVU (mean over layers), the
+    reconstruction beside the explainability. One colour per variant, one marker per SAE; None
+    where the study has no SAE."""
     colours = variant_colours(list(runs))
     names = sorted({name for ds in runs.values() for d in ds
                     for name in run_files.sae_evaluations(d)})
     if not names:
         return None
-    figure, axis = plt.subplots(**{**_FIGURE, "figsize": (5.5, 3.0)})
+    figure, (tradeoff, scores) = plt.subplots(1, 2, **_FIGURE)
     handles, labels = [], []
     for variant, run_dirs in runs.items():
         for untrained, dirs in ((False, run_dirs), (True, (controls or {}).get(variant, []))):
             for name in names:
-                marker = _SAE_MARKERS[names.index(name) % len(_SAE_MARKERS)]
-                points = [(layer["l0"], layer["fvu"]) for d in dirs
-                          for layer in run_files.sae_evaluations(d).get(name, {})
-                          .get("layers", {}).values()]
-                if not points:
+                evaluations = {d: run_files.sae_evaluations(d).get(name) for d in dirs}
+                evaluations = {d: e for d, e in evaluations.items() if e}
+                if not evaluations:
                     continue
-                style = dict(marker=marker, color=colours[variant], linestyle="",
+                style = dict(marker=_SAE_MARKERS[names.index(name) % len(_SAE_MARKERS)],
+                             color=colours[variant], linestyle="",
                              markerfacecolor="none" if untrained else colours[variant])
-                axis.plot(*zip(*points, strict=True), **style)
+                layers = [layer for e in evaluations.values() for layer in e["layers"].values()]
+                tradeoff.plot([x["l0"] for x in layers], [x["fvu"] for x in layers], **style)
+                fvu = [float(np.mean([x["fvu"] for x in e["layers"].values()]))
+                       for e in evaluations.values()]
+                score = [run_mean([v for layer in _layer_scores(d, sae_site(name),
+                                                                "top_and_random").values()
+                                   for v in layer]) for d in evaluations]
+                scores.plot(fvu, score, **style)
                 handles.append(Line2D([], [], **style))
-                labels.append(f"{variant} sae_{name}{' untrained' if untrained else ''}")
-    axis.set_xlabel("L0 (active latents per token)")
-    axis.set_ylabel("FVU (held-out)")
-    axis.set_yscale("log")
+                labels.append(f"{variant} {sae_site(name)}{' untrained' if untrained else ''}")
+    tradeoff.set_xlabel("L0 (active latents per token)")
+    tradeoff.set_ylabel("FVU (held-out)")
+    scores.set_xlabel("FVU (held-out, mean over layers)")
+    scores.set_ylabel("mean top-and-random score")
+    tradeoff.set_yscale("log")
     figure.legend(handles, labels, loc="outside right upper", fontsize=7)
     return figure
 
