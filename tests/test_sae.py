@@ -319,6 +319,8 @@ def test_one_site_carries_several_named_saes_each_with_its_own_settings(trained,
     ("ista,wide=ista", {"wide": dict(k=2000)}, "sae.per_site.wide.k=2000 exceeds the 512 "
                                                "latents of the wide SAE"),
     ("ista,wide=ista", {"wide": dict(kind="gated")}, "sae.per_site.wide.kind='gated'"),
+    ("ista,wide=ista", {"wide": dict(expansion=0)}, "sae.per_site.wide.expansion=0 is out of "
+                                                    "range"),
 ])
 def test_named_sae_settings_are_refused_before_any_work(sites, per_site, named):
     from configs import crate

@@ -102,19 +102,28 @@ def check_sae_config(config, model) -> None:
         raise ConfigError(f"sae.seq_len={config.sae.seq_len} exceeds model.max_len="
                           f"{config.model.max_len}; lower sae.seq_len")
     for name, base in sae_sites(config, model.config).items():
-        overrides = site_overrides(config, name)
-        where = f"sae.per_site.{name}" if overrides else "sae"
-        settings = {**config.sae.to_dict(), **overrides}
-        check_rules({"sae": settings}, {key: rule for key, rule in SAE_RULES.items()
-                                        if key.split(".")[1] in overrides})
-        if settings["kind"] not in SAE_KINDS:
-            raise ConfigError(f"{where}.kind={settings['kind']!r} is not one of "
-                              f"{', '.join(SAE_KINDS)}")
-        width = settings["expansion"] * neuron_width(model.config, base)
-        if settings["kind"] != "relu_l1" and settings["k"] > width:
-            raise ConfigError(f"{'sae' if 'k' not in overrides else where}.k={settings['k']} "
-                              f"exceeds the {width} latents of the {name} SAE (expansion x the "
-                              f"{base} site's width)")
+        _check_one_sae(config, model, name, base)
+
+
+def _check_one_sae(config, model, name: str, base: str) -> None:
+    """SAE `name`'s settings (the section's, its `sae.per_site` entry over them), each refusal
+    naming the key the value came from."""
+    overrides = site_overrides(config, name)
+    settings = {**config.sae.to_dict(), **overrides}
+
+    def key(setting: str) -> str:
+        return f"sae.per_site.{name}.{setting}" if setting in overrides else f"sae.{setting}"
+
+    check_rules({"sae": {"per_site": {name: overrides}}},
+                {key(rule_key.split(".")[1]): rule for rule_key, rule in SAE_RULES.items()
+                 if rule_key.split(".")[1] in overrides})
+    if settings["kind"] not in SAE_KINDS:
+        raise ConfigError(f"{key('kind')}={settings['kind']!r} is not one of "
+                          f"{', '.join(SAE_KINDS)}")
+    width = settings["expansion"] * neuron_width(model.config, base)
+    if settings["kind"] != "relu_l1" and settings["k"] > width:
+        raise ConfigError(f"{key('k')}={settings['k']} exceeds the {width} latents of the {name} "
+                          f"SAE (expansion x the {base} site's width)")
 
 
 def fit_saes(config, workdir: str | Path) -> dict:
