@@ -219,20 +219,32 @@ def test_sae_latents_are_scored_like_neurons_and_tie_interp_to_the_sae(trained, 
     workdir = tmp_path / "run"
     shutil.copytree(trained, workdir)
     config = _tiny_config(prepared)
-    config.interp.update(SMALL_INTERP)
+    # Two SAEs on one site (`NAME=SITE`), the second with settings of its own.
+    config.sae.sites = "ista,ista_wide=ista"
+    config.sae.per_site = {"ista_wide": dict(expansion=2, k=3)}
+    config.interp.update({**SMALL_INTERP, "sites": "ista,sae_ista,sae_ista_wide"})
     with pytest.raises(InterpretabilityError, match="run the 'sae' stage first"):
         evaluate_interpretability(config, workdir)
     with contextlib.redirect_stdout(io.StringIO()):
         fit_saes(config, workdir)
         summary = evaluate_interpretability(config, workdir)
     sae_layers = summary["sites"]["sae_ista"]
-    assert set(sae_layers) == {"0", "1"}
+    assert set(sae_layers) == {"0", "1"} and set(summary["sites"]["sae_ista_wide"]) == {"0", "1"}
+    evaluations = {name: json.loads((workdir / "sae" / name / "evaluation.json").read_text())
+                   for name in ("ista", "ista_wide")}
+    assert {name: (e["site"], e["settings"]["width"], e["settings"]["k"])
+            for name, e in evaluations.items()} == {"ista": ("ista", 512, 8),
+                                                    "ista_wide": ("ista", 1024, 3)}
+    wide_inputs = json.loads((workdir / "sae" / "ista_wide" / "inputs.json").read_text())
+    assert wide_inputs["sae"]["k"] == 3 and wide_inputs["sae"]["expansion"] == 2
     records = (workdir / "interp" / "records" / "sae_ista" / "layer_0.jsonl").read_text()
     assert len(records.splitlines()) == 6
     scores = (workdir / "interp" / "scores" / "sae_ista" / "layer_0" / "scores.jsonl")
     assert len(scores.read_text().splitlines()) == 6
     sparsity = json.loads((workdir / "interp" / "sparsity.json").read_text())
     assert sparsity["sae_ista"]["0"]["mean_l0"] <= config.sae.k + 1e-9
+    assert sparsity["sae_ista_wide"]["0"]["num_neurons"] == 1024
+    assert sparsity["sae_ista_wide"]["0"]["mean_l0"] <= 3 + 1e-9
     report = (workdir / "interp" / "report.md").read_text()
     assert "| sae_ista | 1 | topk | 512 | 8 |" in report  # its SAEs beside their scores
 
@@ -243,6 +255,7 @@ def test_sae_latents_are_scored_like_neurons_and_tie_interp_to_the_sae(trained, 
         fit_saes(config, workdir)
         evaluate_interpretability(config, workdir)
     assert "moved ista/ to ista.stale-1/" in output.getvalue()
+    assert "ista_wide.stale" not in output.getvalue()  # its own k: its inputs are unchanged
     assert "inputs changed (saes.ista" in output.getvalue()
     sparsity = json.loads((workdir / "interp" / "sparsity.json").read_text())
     assert sparsity["sae_ista"]["0"]["mean_l0"] <= 4 + 1e-9
@@ -278,36 +291,6 @@ def test_interp_refuses_an_sae_site_no_sae_stage_fits():
         check_run_config(config, ("train", "interp"))
     config.sae.sites = "ista"
     check_run_config(config, ("train", "sae", "interp"))
-
-
-def test_one_site_carries_several_named_saes_each_with_its_own_settings(trained, prepared,
-                                                                        tmp_path):
-    """`sae.sites='ista,ista_wide=ista'` with `sae.per_site`: two SAEs on one site, each in its
-    own folder with its own width and k, each scored as its own site."""
-    from crate_jax.interp.evaluate import evaluate_interpretability
-    from crate_jax.layout import RunLayout
-    from crate_jax.sae.stage import fit_saes
-
-    workdir = tmp_path / "run"
-    shutil.copytree(trained, workdir)
-    config = _tiny_config(prepared)
-    config.sae.sites = "ista,ista_wide=ista"
-    config.sae.per_site = {"ista_wide": dict(expansion=2, k=3)}
-    config.interp.update({**SMALL_INTERP, "sites": "sae_ista,sae_ista_wide"})
-    with contextlib.redirect_stdout(io.StringIO()):
-        fit_saes(config, workdir)
-        summary = evaluate_interpretability(config, workdir)
-    settings = {name: json.loads(RunLayout(workdir).sae(name).evaluation.read_text())
-                for name in ("ista", "ista_wide")}
-    assert {name: (e["site"], e["settings"]["width"], e["settings"]["k"])
-            for name, e in settings.items()} == {"ista": ("ista", 512, 8),
-                                                 "ista_wide": ("ista", 1024, 3)}
-    inputs = json.loads(RunLayout(workdir).sae("ista_wide").inputs.read_text())
-    assert inputs["sae"]["k"] == 3 and inputs["sae"]["expansion"] == 2
-    assert set(summary["sites"]) == {"sae_ista", "sae_ista_wide"}
-    sparsity = json.loads((workdir / "interp" / "sparsity.json").read_text())
-    assert sparsity["sae_ista_wide"]["0"]["num_neurons"] == 1024
-    assert sparsity["sae_ista_wide"]["0"]["mean_l0"] <= 3 + 1e-9
 
 
 @pytest.mark.parametrize("sites, per_site, named", [
