@@ -34,6 +34,7 @@ Both hold `.lock`, the lock of their one writer (`lock_file`). A study's workdir
     controls/<variant>_seed<seed>/ its untrained control: step 0 of the same run, explained the
                                    same way (`study.controls`)
     study.json                     the manifest: which runs, in which order
+    compilation_cache/             JAX's compiled programs, shared by the runs (`compilation_cache`)
     report/                        ablation.json, ablation.csv, ablation.md, <figure>.png,
                                    index.html (`ReportLayout`)
 
@@ -329,6 +330,11 @@ class StudyLayout:
     @property
     def config(self) -> Path:
         return self.workdir / CONFIG_FILE
+
+    @property
+    def compilation_cache(self) -> Path:
+        """The programs compiled by one run, loaded by the others (`compilation_cache`)."""
+        return self.workdir / "compilation_cache"
 
     @property
     def manifest(self) -> Path:

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from crate_jax.atomic_files import write_text_atomically
+from crate_jax.compilation_cache import compilation_cache_in
 from crate_jax.data.token_arrays import prepare_token_arrays
 from crate_jax.input_checks import check_run_config
 from crate_jax.interp.evaluate import evaluate_interpretability
@@ -275,32 +276,34 @@ def run_study(config, workdir: str | Path) -> dict:
                 "seeds": config.study.seeds,
                 "variant_seeds": {name: seeds for name, (_, seeds) in variants.items()},
                 "saes": saes}
-    for index, (name, run) in enumerate(runs.items(), start=1):
-        run_layout = _with_study_data(study, study.run(name))
-        print(f"study: run {index}/{len(runs)}: {name}", flush=True)
-        if run.sae.sites and k_source is not None:
-            manifest.setdefault("sae_k", matched_k(study, manifest, *k_source))
-            run.sae.k = manifest["sae_k"]["k"]
-            check_sae_config(run, model_from_config(run))  # before this run's SAE work
-        # Each run's own lock too: `--workdir=<study>/runs/<name>` from elsewhere is refused.
-        with hold_workdir(run_layout.workdir):
-            trained = train_and_evaluate(run, run_layout.workdir)
-            if trained["status"] == "interrupted":  # saved; the rerun resumes this run
-                return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
-                        "interrupted_run": name}
-            if run.sae.sites:
-                fit_saes(run, run_layout.workdir)
-            evaluate_interpretability(run, run_layout.workdir)
-        manifest["runs"][name] = _manifest_entry(run, configs, run_layout, study)
-        if controls:
-            control = _with_study_data(study, study.control(name))
-            print(f"study: untrained control {index}/{len(runs)}: {name}", flush=True)
-            with hold_workdir(control.workdir):
-                save_initial_state(run, control.workdir)
-                if run.sae.sites:  # SAEs fitted the same way, on the untrained model
-                    fit_saes(run, control.workdir)
-                evaluate_interpretability(run, control.workdir)  # the run's own config object
-            manifest["controls"][name] = _manifest_entry(run, configs, control, study)
+    # Each variant's programs compiled once, by its first run; the others load them.
+    with compilation_cache_in(study.compilation_cache):
+        for index, (name, run) in enumerate(runs.items(), start=1):
+            run_layout = _with_study_data(study, study.run(name))
+            print(f"study: run {index}/{len(runs)}: {name}", flush=True)
+            if run.sae.sites and k_source is not None:
+                manifest.setdefault("sae_k", matched_k(study, manifest, *k_source))
+                run.sae.k = manifest["sae_k"]["k"]
+                check_sae_config(run, model_from_config(run))  # before this run's SAE work
+            # Each run's own lock too: `--workdir=<study>/runs/<name>` from elsewhere is refused.
+            with hold_workdir(run_layout.workdir):
+                trained = train_and_evaluate(run, run_layout.workdir)
+                if trained["status"] == "interrupted":  # saved; the rerun resumes this run
+                    return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
+                            "interrupted_run": name}
+                if run.sae.sites:
+                    fit_saes(run, run_layout.workdir)
+                evaluate_interpretability(run, run_layout.workdir)
+            manifest["runs"][name] = _manifest_entry(run, configs, run_layout, study)
+            if controls:
+                control = _with_study_data(study, study.control(name))
+                print(f"study: untrained control {index}/{len(runs)}: {name}", flush=True)
+                with hold_workdir(control.workdir):
+                    save_initial_state(run, control.workdir)
+                    if run.sae.sites:  # SAEs fitted the same way, on the untrained model
+                        fit_saes(run, control.workdir)
+                    evaluate_interpretability(run, control.workdir)  # the run's own config object
+                manifest["controls"][name] = _manifest_entry(run, configs, control, study)
     write_text_atomically(study.manifest, json.dumps(manifest, indent=2))
     rows, page = write_study_report(study.workdir)
     # What this invocation cost: the whole study when it ran from an empty workdir.
