@@ -114,7 +114,7 @@ def _saes_text(study: dict, config: dict) -> str:
     fitted = "; ".join(f"{variant}: {sites}" for variant, sites in study["saes"].items())
     return (f"; {sae['kind']} SAEs ({fitted}; {k}) fitted for {sae['num_steps']} steps of "
             f"{sae['batch_size']} x {sae['seq_len']} tokens of activations, on the trained "
-            "and on the untrained model")
+            + ("and on the untrained model" if study.get("controls") else "model"))
 
 
 def _compared_text(summary: dict) -> str:
