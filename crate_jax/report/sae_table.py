@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+from crate_jax.report.answer import REFERENCE_VARIANT
 from crate_jax.report.text import interval_text, section_markdown
 from crate_jax.sae.sites import sae_name
 from crate_jax.statistics import run_interval
@@ -75,7 +76,7 @@ def sae_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                         + [interval_text(row.get(f"{site}/{key}")) for key in _SCORES])
         counterparts = dict.fromkeys(row[key] for key in row if key.endswith("/vs_crate_site"))
         for site in counterparts:
-            body.append(_neuron_line(by_variant["crate"], site))
+            body.append(_neuron_line(by_variant[REFERENCE_VARIANT], site))
     return header, body
 
 
