@@ -33,10 +33,17 @@ import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from scipy import stats
 
 LEVEL = 0.95
 FAMILY_ERROR = 0.05  # family-wise error rate of the comparisons a study's answer states
+
+
+def _student_t():
+    """scipy's Student t distribution, imported on first use: `scipy.stats` takes most of a
+    second to import, which every command that never computes an interval would pay."""
+    from scipy import stats
+
+    return stats.t
 
 
 def _finite(values: Iterable[float | None]) -> np.ndarray:
@@ -74,7 +81,7 @@ def run_interval(values: Sequence[float | None]) -> dict:
     mean = float(finite.mean()) if n else math.nan
     if n < 2:
         return {"mean": mean, "ci_low": math.nan, "ci_high": math.nan, "n": n}
-    half = stats.t.ppf((1 + LEVEL) / 2, n - 1) * finite.std(ddof=1) / math.sqrt(n)
+    half = _student_t().ppf((1 + LEVEL) / 2, n - 1) * finite.std(ddof=1) / math.sqrt(n)
     return {"mean": mean, "ci_low": float(mean - half), "ci_high": float(mean + half), "n": n}
 
 
@@ -95,8 +102,8 @@ def run_difference(values: Sequence[float | None], reference: Sequence[float | N
         return result
     freedom = (a + b) ** 2 / (a**2 / (n - 1) + b**2 / (m - 1))  # Welch-Satterthwaite
     error = math.sqrt(a + b)
-    half = stats.t.ppf((1 + LEVEL) / 2, freedom) * error
-    p_value = 2 * stats.t.sf(abs(difference) / error, freedom)
+    half = _student_t().ppf((1 + LEVEL) / 2, freedom) * error
+    p_value = 2 * _student_t().sf(abs(difference) / error, freedom)
     result.update(ci_low=difference - half, ci_high=difference + half, p_value=float(p_value),
                   freedom=freedom)
     return result
@@ -112,9 +119,10 @@ def detectable_difference(difference: dict, family: int, power: float = 0.8) -> 
     if not (math.isfinite(low) and math.isfinite(high)) or family < 1:
         return math.nan
     freedom = difference["freedom"]
-    error = (high - low) / 2 / stats.t.ppf((1 + LEVEL) / 2, freedom)
+    error = (high - low) / 2 / _student_t().ppf((1 + LEVEL) / 2, freedom)
     alpha = FAMILY_ERROR / family
-    return float((stats.t.ppf(1 - alpha / 2, freedom) + stats.t.ppf(power, freedom)) * error)
+    t = _student_t()
+    return float((t.ppf(1 - alpha / 2, freedom) + t.ppf(power, freedom)) * error)
 
 
 def holm_adjusted(p_values: Sequence[float]) -> list[float]:

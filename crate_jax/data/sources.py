@@ -30,11 +30,16 @@ import os
 import pathlib
 import re
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from crate_jax.data import planted, stdlib_corpus
+from crate_jax.data import planted
+
+# tensorflow_datasets (and the stdlib corpus, a TFDS builder) are imported where a TFDS source is
+# read: a third of a second that the planted and text sources, and every other stage, never need.
+if TYPE_CHECKING:
+    import tensorflow_datasets as tfds
 
 VALID_SOURCES = ("'stdlib', 'planted[:<documents>]', 'text:<glob>' or "
                  "'tfds:<name>[/<config>][:<split>]'")
@@ -121,6 +126,8 @@ def source_fingerprint(source: str, data_dir: str | os.PathLike) -> dict:
     """
     scheme, argument = _split_source(source)
     if scheme == "stdlib":
+        from crate_jax.data import stdlib_corpus
+
         fingerprint = stdlib_corpus.stdlib_fingerprint(data_dir)
     elif scheme == "planted":
         fingerprint = {"generator": planted.GENERATOR_VERSION, "seed": PLANTED_SEED,
@@ -259,6 +266,8 @@ def _text_fingerprint(pattern: str) -> dict:
 
 
 def _prepared_stdlib(data_dir: str | os.PathLike) -> _PreparedTfds:
+    from crate_jax.data import stdlib_corpus
+
     stdlib_corpus.prepare_stdlib_corpus(data_dir)
     spec = _TfdsSpec(
         name=stdlib_corpus.STDLIB_CORPUS_NAME,
@@ -321,6 +330,8 @@ def _find_prepared_tfds(spec: _TfdsSpec, data_dir: str | os.PathLike) -> _Prepar
 
 
 def _not_prepared_message(spec: _TfdsSpec, data_dir: str | os.PathLike) -> str:
+    import tensorflow_datasets as tfds
+
     known = tfds.list_builders(with_community_datasets=False)  # The community list needs TF.
     build = (
         f"on a machine with network run `tfds build {spec.label} --data_dir={data_dir} "
@@ -345,6 +356,8 @@ def _data_source(prepared: _PreparedTfds) -> Sequence[dict]:
     With an explicit version tfds reads the folder's own dataset_info.json rather than builder
     code, so data sets prepared elsewhere (or by builders this machine lacks) read the same.
     """
+    import tensorflow_datasets as tfds
+
     try:
         return tfds.data_source(
             prepared.versioned_name,
@@ -380,6 +393,8 @@ def _text_feature(features: tfds.features.FeaturesDict, label: str) -> str:
 
 def _is_string(feature: tfds.features.FeatureConnector) -> bool:
     """Whether `feature` is one string per example (`np_dtype`: `.dtype` would import TF)."""
+    import tensorflow_datasets as tfds
+
     return (
         isinstance(feature, tfds.features.Tensor)
         and feature.shape == ()

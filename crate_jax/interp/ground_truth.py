@@ -46,7 +46,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from crate_jax.data.references import document_in_window
 from crate_jax.model import LanguageModel
@@ -64,6 +63,8 @@ def feature_aurocs(activations: np.ndarray, labels: np.ndarray) -> np.ndarray:
     `activations`: `[tokens, neurons]`; `labels`: `[tokens, features]` bool. A feature present on
     no token or on every token has no AUROC (NaN). A constant neuron scores 0.5.
     """
+    from scipy import stats  # on first use: it takes most of a second to import
+
     ranks = stats.rankdata(activations, axis=0)  # average ranks for ties
     positives = labels.sum(axis=0).astype(np.float64)
     negatives = labels.shape[0] - positives
@@ -216,6 +217,8 @@ def _spearman(pairs: list[tuple[float, float]]) -> dict:
     if len(pairs) >= 3:
         values = np.asarray(pairs, np.float64)
         if np.ptp(values[:, 0]) > 0 and np.ptp(values[:, 1]) > 0:
+            from scipy import stats  # on first use: it takes most of a second to import
+
             result["spearman"] = float(stats.spearmanr(values[:, 0], values[:, 1])[0])
     return result
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from crate_jax.layout import StudyLayout
 from crate_jax.report.ablation_table import build_table, study_controls, study_runs, write_table
 from crate_jax.report.page import write_page
-from crate_jax.report.plots import write_plots
 from crate_jax.report.validity import validity_report
 
 
@@ -32,5 +31,7 @@ def write_study_report(workdir: str | Path) -> tuple[list[dict], Path]:
     rows = build_table(workdir)
     validity = validity_report(rows, study_runs(workdir), study_controls(workdir))
     write_table(rows, report.directory, validity)
+    from crate_jax.report.plots import write_plots  # matplotlib: imported when a report is made
+
     figures = write_plots(workdir, report.directory)
     return rows, write_page(rows, workdir, report.directory, figures, validity)

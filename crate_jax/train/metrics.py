@@ -27,13 +27,14 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
-
-from tensorboardX import SummaryWriter
+from typing import TYPE_CHECKING, Any
 
 from crate_jax.atomic_files import write_text_atomically
 from crate_jax.layout import TENSORBOARD_DIRNAME, RunLayout
 from crate_jax.metrics_file import RESERVED_KEYS, json_number, read_complete_lines
+
+if TYPE_CHECKING:  # imported when the first event file opens: tensorboardX imports torch
+    from tensorboardX import SummaryWriter
 
 TENSORBOARD_FLUSH_SECONDS = 2
 
@@ -146,6 +147,8 @@ class MetricsWriter:
     def _event_writer(self, split: str) -> SummaryWriter:
         """The split's event file, created on first use so unused splits leave no directory."""
         if split not in self._event_writers:
+            from tensorboardX import SummaryWriter
+
             self._event_writers[split] = SummaryWriter(
                 str(self.tensorboard_dir / split), flush_secs=TENSORBOARD_FLUSH_SECONDS,
                 filename_suffix=_event_file_suffix(self.tensorboard_dir / split))
