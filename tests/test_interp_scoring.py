@@ -140,6 +140,22 @@ def test_records_round_trip_in_neuron_explainer_json_layout():
     assert to_json(restored) == text
 
 
+def test_every_nan_in_records_is_written_as_null_and_every_value_is_kept():
+    """`to_json` keeps token texts and activations as they are without a call per item (the
+    mining stage's hot loop): NaN inside an activation list, a NumPy float and a tuple must
+    still come out as strict JSON."""
+    record = NeuronRecord(neuron_id=NeuronId(layer_index=0, neuron_index=2),
+                          random_sample=[ActivationRecord(["x", "y", "z"],
+                                                          [1.0, math.nan, np.float64(math.nan)])],
+                          quantile_boundaries=(0.5, np.float64(2.5)), mean=np.float64(math.nan),
+                          variance=3)
+    raw = json.loads(to_json(record))
+    assert raw["random_sample"][0]["tokens"] == ["x", "y", "z"]
+    assert raw["random_sample"][0]["activations"] == [1.0, None, None]
+    assert raw["quantile_boundaries"] == [0.5, 2.5]
+    assert raw["mean"] is None and raw["variance"] == 3
+
+
 def test_held_out_groups_alternate_with_the_explanation_half_and_snippets_are_3_tokens():
     top = [ActivationRecord([f"t{i}"] * 5, [0.0, 1.0, float(10 - i), 1.0, 0.0])
            for i in range(8)]
