@@ -14,6 +14,7 @@ from crate_jax.data import planted
 from crate_jax.data.token_arrays import prepare_token_arrays, read_planted_truth
 from crate_jax.data.tokenizer import SavedTokenizer
 from crate_jax.interp.ground_truth import (
+    _NEURON_BLOCK,
     MIN_JUDGED_TOKENS,
     activation_mass_shares,
     capture_all_neurons,
@@ -46,6 +47,38 @@ def test_absent_features_have_no_auroc_and_constant_neurons_no_mass():
     shares = activation_mass_shares(activations, labels)
     assert np.isnan(shares[0]).all()
     assert shares[1, 0] == pytest.approx(1.0)  # the mass above the mean (4/3) is on token 1
+
+
+def test_a_layer_wider_than_a_block_of_neurons_gets_each_neuron_its_own_measures():
+    """`layer_ground_truth` measures neurons a block of columns at a time (bounded memory on a
+    2,048-wide SAE layer): every neuron's numbers must equal those of the whole layer at once,
+    whichever block it falls in."""
+    rng = np.random.default_rng(1)
+    labels = _synthetic_labels(tokens=3000)
+    width = 2 * _NEURON_BLOCK + 37  # three blocks, the last partial
+    activations = np.maximum(rng.normal(size=(3000, width)), 0).astype(np.float32)
+    activations[:, 5] = labels[:, 2] * 3.0  # a perfect detector in the first block...
+    activations[:, width - 1] = labels[:, 3] * 2.0  # ...and one in the partial last block
+    truth = layer_ground_truth(activations, labels, ["rare", "common", "five", "other"])
+    aurocs = feature_aurocs(activations, labels)
+    best = [truth["features"][name]["best_neuron"] for name in ("five", "other")]
+    assert best == [5, width - 1]
+    assert [truth["features"][name]["auroc"] for name in ("five", "other")] == [1.0, 1.0]
+    selectivity = feature_selectivity(activations, labels)
+    rows = np.arange(width)
+    chosen = [["rare", "common", "five", "other"].index(name) if name else -1
+              for name in truth["neurons"]["best_feature"]]
+    expected = [None if name is None else float(selectivity[n, chosen[n]])
+                for n, name in enumerate(truth["neurons"]["best_feature"])]
+    # Equal to the last bits or nearly: BLAS may sum a block narrower than `_NEURON_BLOCK` (the
+    # last, partial one) in another order than the whole layer.
+    def floats(values):
+        return np.array([np.nan if v is None else v for v in values])
+    np.testing.assert_allclose(floats(truth["neurons"]["selectivity"]), floats(expected),
+                               rtol=1e-12)
+    np.testing.assert_allclose(floats(truth["neurons"]["best_auroc"]), floats(
+        [None if c < 0 else aurocs[n, c] for n, c in zip(rows, chosen, strict=True)]),
+        rtol=1e-12)
 
 
 def _synthetic_labels(tokens=20000, seed=0):

@@ -127,8 +127,7 @@ def layer_ground_truth(activations: np.ndarray, labels: np.ndarray,
     Features on too few tokens to judge are listed under `too_rare_features` and left out of
     `features`, recovery and each neuron's best feature.
     """
-    aurocs = feature_aurocs(activations, labels)
-    shares = activation_mass_shares(activations, labels)
+    aurocs, shares, firing = _per_neuron_measures(activations, labels)
     selectivity = feature_selectivity(activations, labels, aurocs, shares)
     positives = labels.sum(axis=0)
     judged_feature = ((positives >= MIN_JUDGED_TOKENS)
@@ -148,7 +147,6 @@ def layer_ground_truth(activations: np.ndarray, labels: np.ndarray,
                           -np.inf)
     rows = np.arange(aurocs.shape[0])
     best_feature = np.argmax(candidates, axis=1)
-    firing = firing_counts(activations)
     judged = (firing >= MIN_JUDGED_TOKENS) & judged_feature.any()
     best_selectivity = np.where(judged, selectivity[rows, best_feature], np.nan)
     recovered = [entry["auroc"] >= RECOVERY_AUROC for entry in features.values()]
@@ -169,6 +167,23 @@ def layer_ground_truth(activations: np.ndarray, labels: np.ndarray,
                                                           np.nan)),
                     "firing_tokens": firing.tolist()},
     }
+
+
+# Neurons measured at a time: the ranks and float64 copies of a block of columns are a few tens
+# of MB, where a whole 2,048-wide layer's were about a GB at once (the study's peak memory).
+_NEURON_BLOCK = 256
+
+
+def _per_neuron_measures(activations: np.ndarray, labels: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(`feature_aurocs`, `activation_mass_shares`, `firing_counts`) of every neuron, computed a
+    block of neurons at a time: each neuron's measures depend on its own column only."""
+    measured = []
+    for start in range(0, activations.shape[1], _NEURON_BLOCK):
+        block = np.ascontiguousarray(activations[:, start:start + _NEURON_BLOCK])
+        measured.append((feature_aurocs(block, labels), activation_mass_shares(block, labels),
+                         firing_counts(block)))
+    return tuple(np.concatenate(parts) for parts in zip(*measured, strict=True))
 
 
 def score_vs_truth(layer_truth: dict, scores: dict[int, float]) -> dict:
@@ -242,17 +257,21 @@ def capture_all_neurons(model: LanguageModel | SiteReader, params, sequences: np
         return neurons, nll
 
     forward = jax.jit(forward)
-    chunks: dict[str, list[np.ndarray]] = {site: [] for site in sites}
+    # Filled in place, batch by batch: a list of batches joined at the end held every
+    # activation twice at once.
+    activations: dict[str, np.ndarray] = {}
     losses = []
     for start in range(0, sequences.shape[0], batch_size):
         neurons, nll = jax.device_get(forward(params, sequences[start:start + batch_size]))
         losses.append(np.asarray(nll, np.float64))
         for site in sites:
             layers, batch, seq_len, width = neurons[site].shape
-            chunks[site].append(np.asarray(neurons[site], np.float32)
-                                .reshape(layers, batch * seq_len, width))
-    return ({site: np.concatenate(parts, axis=1) for site, parts in chunks.items()},
-            np.concatenate(losses))
+            if site not in activations:
+                activations[site] = np.empty((layers, sequences.size, width), np.float32)
+            first = start * seq_len
+            activations[site][:, first:first + batch * seq_len] = np.asarray(
+                neurons[site], np.float32).reshape(layers, batch * seq_len, width)
+    return activations, np.concatenate(losses)
 
 
 def loss_above_floor(nll: np.ndarray, floor_nll: np.ndarray, labels: np.ndarray,
