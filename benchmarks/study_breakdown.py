@@ -1,9 +1,11 @@
 """Where a study's wall time goes: the default study (or a slice of it), stage by stage.
 
-    python benchmarks/study_breakdown.py --workdir=/tmp/breakdown --variants=crate,gpt2 --seeds=0
+    python benchmarks/study_breakdown.py --config=configs/ablation.py --config.study.seeds=0 \
+        --workdir=/tmp/breakdown
 
-Runs `configs/ablation.py[:--config_arg]` through the study stage exactly as
-`python -m crate_jax.main` does (`crate_jax.study.run_study`, from an empty `--workdir`), with
+Runs a study config (`--config` and its `--config.<key>=<value>` overrides, as the main entry
+point takes them) through the study stage exactly as `python -m crate_jax.main` does
+(`crate_jax.study.run_study`, from an empty `--workdir`), with
 wall-clock timers around the functions that do the work: the stages the study calls per run
 (train, SAEs, interp, the untrained control's initial state), the parts of each (reference
 losses, evaluation, checkpoint writes; record mining, explanation, simulation and scoring,
@@ -41,18 +43,16 @@ import jax  # noqa: E402
 import crate_jax.interp.evaluate  # noqa: E402
 import crate_jax.study  # noqa: E402
 import crate_jax.train.loop  # noqa: E402
-from configs import ablation  # noqa: E402
+from crate_jax.cli import define_config_flag, parse_flags  # noqa: E402
 from crate_jax.train.checkpoints import Checkpointer  # noqa: E402
 from crate_jax.versions import package_versions  # noqa: E402
 
 _IMPORTED = time.perf_counter()
 
+_CONFIG = define_config_flag()
 _WORKDIR = flags.DEFINE_string("workdir", None, "An empty folder for the study.")
-_CONFIG_ARG = flags.DEFINE_string("config_arg", None, "configs/ablation.py's argument.")
-_VARIANTS = flags.DEFINE_string("variants", None, "Override study.variants.")
-_SEEDS = flags.DEFINE_string("seeds", None, "Override study.seeds.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the breakdown here.")
-flags.mark_flag_as_required("workdir")
+flags.mark_flags_as_required(["config", "workdir"])
 
 # (module, function name, phase): each phase a function the study reaches through that module.
 # A phase inside another is named "<outer>/<inner>".
@@ -185,11 +185,10 @@ def main(argv: list[str]) -> None:
     if workdir.exists() and any(workdir.iterdir()):
         raise app.UsageError(f"--workdir={workdir} is not empty: the breakdown is of a study "
                              "from nothing")
-    config = ablation.get_config(_CONFIG_ARG.value)
-    if _VARIANTS.value:
-        config.study.variants = _VARIANTS.value
-    if _SEEDS.value:
-        config.study.seeds = _SEEDS.value
+    config = _CONFIG.value
+    if "study" not in config:
+        raise app.UsageError("--config names no study (a config with `study` settings, such as "
+                             "configs/ablation.py)")
     clock = Clock()
     install(clock)
     started = time.perf_counter()
@@ -209,4 +208,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -105,3 +105,35 @@ def test_sae_throughput_tables_both_modes():
     assert [row.split(" | ")[0] for row in rows[1:]] == ["| SAE step alone",
                                                         "| model forward + SAE step"]
     assert all(float(row.split(" | ")[2].replace(",", "").rstrip(" |")) > 0 for row in rows[1:])
+
+
+def test_study_breakdown_times_every_stage_of_a_miniature_study(tmp_path):
+    """A one-run study of seconds through the breakdown: each stage the run went through has a
+    row with its time, and the stages with the imports and bookkeeping add up to the total."""
+    budget = {"data.source": "planted:300", "study.variants": "no_ista", "study.seeds": "0",
+              "study.controls": "False", "train.num_steps": 10, "train.batch_size": 8,
+              "train.seq_len": 64, "train.warmup_steps": 2, "train.eval_every": 10,
+              "train.eval_batches": 2, "train.checkpoint_every": 10,
+              "train.progress_bar": "False", "interp.num_sequences": 8, "interp.seq_len": 64,
+              "interp.window": 16, "interp.top_k": 4, "interp.random_k": 4,
+              "interp.quantile_bins": 2, "interp.per_bin": 2, "interp.neurons_per_layer": 8}
+    out = tmp_path / "breakdown.json"
+    finished = _run_benchmark("benchmarks/study_breakdown.py", "--config=configs/ablation.py",
+                              *(f"--config.{key}={value}" for key, value in budget.items()),
+                              f"--workdir={tmp_path / 'study'}", f"--json_out={out}")
+
+    record = json.loads(out.read_text())
+    phases = {row["phase"]: row for row in record["phases"]}
+    stages = ("imports", "data", "train", "interp", "report")
+    assert all(phases[stage]["seconds"] > 0 for stage in stages)
+    assert "sae" not in phases and "control init" not in phases  # this study has neither
+    for part in ("train/compile (XLA)", "train/evaluation", "interp/mining records",
+                 "interp/explaining", "interp/simulating and scoring", "interp/ground truth"):
+        assert phases[part]["seconds"] > 0, part
+    total = phases["total (1 runs, 0 controls)"]
+    other = phases["other (study bookkeeping, locks, copies)"]
+    assert abs(sum(phases[stage]["seconds"] for stage in stages) + other["seconds"]
+               - total["seconds"]) < 1e-6
+    assert other["seconds"] >= 0 and 0 < total["raised_peak_to"] <= record["peak_memory_bytes"]
+    assert (tmp_path / "study" / "report" / "index.html").exists()
+    assert "| total (1 runs, 0 controls) |" in finished.stdout
