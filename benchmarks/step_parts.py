@@ -13,6 +13,7 @@ with respect to the input and the block's parameters), ours jitted, the paper's 
   our `cross_entropy` against the `F.linear` + `F.cross_entropy` of the paper's `forward`.
 
 Each round times every block, ours then theirs; the table reports medians over rounds.
+`--attention_impl` picks our attention kernel (`xla`, the default's on a CPU, or `blockwise`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ _SEQ = flags.DEFINE_integer("seq_len", 256, "Tokens per sequence.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed calls per block and round (median).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; medians are reported.")
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "PyTorch intra-op threads.")
+_ATTENTION_IMPL = flags.DEFINE_string("attention_impl", "xla", "Our attention kernel "
+                                      "(model.attention_impl: xla | blockwise).")
 flags.mark_flag_as_required("paper_repo")
 
 BLOCKS = ("attention", "ista", "head and loss")
@@ -67,7 +70,7 @@ def our_blocks(settings: dict, batch: int, seq: int) -> dict:
     targets = jnp.asarray(rng.integers(0, vocab, (batch, seq)), jnp.int32)
     embedding = jnp.asarray(rng.normal(size=(vocab, width)) * 0.02, jnp.float32)
     modules = {"attention": SubspaceSelfAttention(num_heads=settings["num_heads"],
-                                                  attention_impl="xla"),
+                                                  attention_impl=_ATTENTION_IMPL.value),
                "ista": SparseCodingBlock(expansion=settings["ista_expansion"],
                                          num_steps=settings["ista_steps"],
                                          step_size=settings["ista_step_size"],
@@ -139,7 +142,8 @@ def main(argv: list[str]) -> None:
     print(f"torch {torch.__version__}, {_THREADS.value} threads; jax {jax.__version__}; "
           f"{' '.join(['python', *sys.argv])}")
     print(f"`{_SIZE.value}`, batch {_BATCH.value} x seq {_SEQ.value}, float32, forward + "
-          f"backward per block, medians of {_ROUNDS.value} rounds x {_STEPS.value} calls")
+          f"backward per block, medians of {_ROUNDS.value} rounds x {_STEPS.value} calls; our "
+          f"attention kernel: {_ATTENTION_IMPL.value}")
     print("| block | ours (ms) | paper's PyTorch eager (ms) | ours / theirs |")
     print("|---|---:|---:|---:|")
     for block in BLOCKS:

@@ -56,6 +56,9 @@ _BATCH = flags.DEFINE_integer("batch_size", None, "Override train.batch_size.")
 _SEQ = flags.DEFINE_integer("seq_len", None, "Override train.seq_len.")
 _DTYPE = flags.DEFINE_string("dtype", None, "Override model.dtype (float32 | bfloat16).")
 _FSDP = flags.DEFINE_integer("fsdp", None, "Override mesh.fsdp (mesh.data takes the rest).")
+_ATTENTION_IMPL = flags.DEFINE_string("attention_impl", None,
+                                      "Override model.attention_impl (auto | xla | cudnn | "
+                                      "blockwise).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results and provenance here.")
 flags.register_validator("steps", lambda steps: steps >= 1, "--steps must be at least 1")
 flags.register_validator("warmup", lambda steps: steps >= 0, "--warmup must be at least 0")
@@ -94,6 +97,8 @@ def measure(variant: str) -> dict:
         config.model.dtype = _DTYPE.value
     if _FSDP.value:
         config.mesh.update(data=-1, fsdp=_FSDP.value)
+    if _ATTENTION_IMPL.value:
+        config.model.attention_impl = _ATTENTION_IMPL.value
     train = config.train
     model = model_from_config(config)
     mesh = make_mesh(config.mesh)

@@ -49,7 +49,8 @@ def get_config(arg=None):
     config.model = ml_collections.ConfigDict(dict(
         attention="mssa",        # mssa | mhsa
         attention_impl="auto",   # auto (cuDNN flash attention on Ampere+ NVIDIA GPUs in bfloat16,
-                                 # XLA elsewhere) | xla | cudnn: speed only, same function
+                                 # XLA elsewhere) | xla | cudnn | blockwise (XLA by blocks of
+                                 # queries; faster on CPU): speed only, same function
         sparse_block="ista",     # ista | mlp | none
         use_bias=True,           # LayerNorm and Dense biases (MSSA's U never has one)
         ista_expansion=4,        # dictionary D is d x (4 d)

@@ -1,6 +1,7 @@
 """MSSA and standard attention: against NumPy, and MSSA == MHSA when Wq = Wk = Wv = U; which
 attention kernel (`model.attention_impl`) each platform gets."""
 
+import functools
 import importlib.util
 import os
 import subprocess
@@ -20,7 +21,12 @@ from crate_jax.model import (
     SubspaceSelfAttention,
     model_from_config,
 )
-from crate_jax.model.attention import attention_impl_on_this_machine, resolve_attention_impl
+from crate_jax.model.attention import (
+    QUERY_BLOCK,
+    attention_impl_on_this_machine,
+    blockwise_causal_attention,
+    resolve_attention_impl,
+)
 from crate_jax.train.loop import train_and_evaluate
 
 HEADS, WIDTH = 4, 32
@@ -134,6 +140,43 @@ def test_auto_is_xla_on_this_cpu_and_gives_the_same_outputs_as_xla():
                                       xla.apply({"params": params}, x))
 
 
+@pytest.mark.parametrize("where", [*NOT_CUDNN, "h100 bfloat16"])
+def test_blockwise_is_taken_as_asked_on_every_device(where):
+    device = {**NOT_CUDNN, "h100 bfloat16": ("gpu", "9.0", jnp.bfloat16, 64)}[where]
+    assert resolve_attention_impl("blockwise", *device) == "blockwise"
+
+
+@pytest.mark.parametrize("seq", [1, QUERY_BLOCK - 1, QUERY_BLOCK, 2 * QUERY_BLOCK + 5])
+def test_blockwise_attention_is_xlas_function_forward_and_backward(seq):
+    """Blocks of queries that skip the keys after them compute the same causal attention as XLA's
+    whole masked score matrix, to float32 rounding, also where the last block is partial."""
+    q, k, v, cotangent = (jax.random.normal(jax.random.key(i), (2, seq, HEADS, 8))
+                          for i in range(4))
+
+    def loss(kernel):
+        return lambda q, k, v: (kernel(q, k, v) * cotangent).sum()
+    xla = functools.partial(jax.nn.dot_product_attention, is_causal=True, implementation="xla")
+    np.testing.assert_allclose(blockwise_causal_attention(q, k, v), xla(q, k, v), atol=2e-6)
+    for ours, theirs in zip(jax.grad(loss(blockwise_causal_attention), (0, 1, 2))(q, k, v),
+                            jax.grad(loss(xla), (0, 1, 2))(q, k, v), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=2e-5)
+
+
+def test_a_model_under_blockwise_attention_gives_xlas_logits():
+    config = crate.get_config()
+    config.model.update(vocab_size=64, max_len=2 * QUERY_BLOCK + 5)
+    tokens = jax.random.randint(jax.random.key(1), (2, 2 * QUERY_BLOCK + 5), 0, 64)
+    model = model_from_config(config)
+    params = model.init(jax.random.key(0), tokens)
+    config.model.attention_impl = "blockwise"
+    blockwise = model_from_config(config)
+    np.testing.assert_allclose(blockwise.apply(params, tokens), model.apply(params, tokens),
+                               atol=1e-5)
+    bf16 = jnp.asarray(np.asarray(jax.random.normal(jax.random.key(2), (1, 70, HEADS, 8))),
+                       jnp.bfloat16)
+    assert blockwise_causal_attention(bf16, bf16, bf16).dtype == jnp.bfloat16
+
+
 def test_cudnn_on_this_cpu_is_a_config_error_at_model_build_and_at_trace():
     config = crate.get_config()
     assert config.model.attention_impl == "auto"
@@ -175,7 +218,7 @@ def test_a_run_resumes_under_another_attention_impl(prepared, tmp_path):
 
 def test_unknown_attention_impl_suggests_the_closest():
     with pytest.raises(ConfigError, match=r"model.attention_impl='cudn' is not one of auto, xla, "
-                                          r"cudnn \(did you mean 'cudnn'\?\)"):
+                                          r"cudnn, blockwise \(did you mean 'cudnn'\?\)"):
         ModelConfig(attention_impl="cudn")
 
 
