@@ -16,7 +16,8 @@ import jax.numpy as jnp
 
 ATTENTION_KINDS = ("mssa", "mhsa")
 # Which kernel computes softmax attention (crate_jax/model/attention.py): `auto` picks cuDNN's
-# fused flash attention where it can run and XLA's unfused ops elsewhere.
+# fused flash attention where it can run and XLA's unfused ops elsewhere; `blockwise` is XLA's ops
+# over blocks of queries (faster on a CPU; chosen, not automatic).
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blockwise")
 # Keys that choose how the model is computed (a kernel), not which function it computes: a
 # checkpoint, or an interpretability result, made under one value holds under another.
