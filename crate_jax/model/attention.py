@@ -7,14 +7,13 @@ projection, so with Wq = Wk = Wv = U the two are the same function (a test check
 ablation changes exactly one thing.
 
 The softmax itself is computed by one of three kernels (`model.attention_impl`):
-`jax.nn.dot_product_attention` with XLA's unfused ops, which run everywhere; the same with
-cuDNN's fused flash attention (1.8x the train step of CRATE-B on an H100 in bfloat16, issue 11),
-which runs only on NVIDIA GPUs from Ampere on, in half precision; or `blockwise`, XLA ops over
-blocks of queries that skip the masked keys after each block (CRATE's attention block, forward
-and backward, 1.6x faster than with XLA's on a 2-core CPU at seq 256: `benchmarks/README.md`,
-`step_parts.py`). `auto` chooses at trace time from
-the device the model runs on (not yet `blockwise`: the default study's numbers were computed
-with `xla`, and the two agree to float rounding, not bit for bit).
+`jax.nn.dot_product_attention` with XLA's unfused ops, which run everywhere; the same with cuDNN's
+fused flash attention (1.8x the train step of CRATE-B on an H100 in bfloat16, issue 11), which runs
+only on NVIDIA GPUs from Ampere on, in half precision; or `blockwise`, XLA ops over blocks of
+queries that skip the masked keys after each block (CRATE's attention block, forward and backward,
+1.6x faster than with XLA's on a 2-core CPU at seq 256: `benchmarks/README.md`, `step_parts.py`).
+`auto` chooses at trace time from the device the model runs on (not yet `blockwise`: the default
+study's numbers were computed with `xla`, and the two agree to float rounding, not bit for bit).
 """
 
 from __future__ import annotations
