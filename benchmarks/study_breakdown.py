@@ -31,7 +31,6 @@ import datetime  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -44,6 +43,7 @@ import crate_jax.interp.evaluate  # noqa: E402
 import crate_jax.study  # noqa: E402
 import crate_jax.train.loop  # noqa: E402
 from crate_jax.cli import define_config_flag, parse_flags  # noqa: E402
+from crate_jax.study import peak_memory_bytes  # noqa: E402
 from crate_jax.train.checkpoints import Checkpointer  # noqa: E402
 from crate_jax.versions import package_versions  # noqa: E402
 
@@ -90,14 +90,14 @@ class Clock:
     @contextlib.contextmanager
     def phase(self, name: str):
         self.running.append(name)
-        started, peak_before = time.perf_counter(), _peak_memory_bytes()
+        started, peak_before = time.perf_counter(), peak_memory_bytes()
         try:
             yield
         finally:
             self.seconds[name] += time.perf_counter() - started
             self.calls[name] += 1
             self.running.pop()
-            peak = _peak_memory_bytes()
+            peak = peak_memory_bytes()
             if peak > peak_before:
                 self.raised_peak[name] = max(self.raised_peak.get(name, 0), peak)
 
@@ -128,10 +128,6 @@ class Clock:
                 self.calls[f"{stage}/compile (XLA)"] += 1
 
 
-def _peak_memory_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def install(clock: Clock) -> None:
     for module, name, phase in _TIMED:
         setattr(module, name, clock.wrap(getattr(module, name), phase))
@@ -148,7 +144,7 @@ def install(clock: Clock) -> None:
 def rows(clock: Clock, total: float, imports: float, runs: int, controls: int) -> list[dict]:
     """One row per phase, stages in the order a run meets them, parts under their stage."""
     seconds = {"imports": imports, **clock.seconds}
-    stages = ["imports", "data", "train", "sae", "control init", "interp", "report"]
+    stages = ["imports", *dict.fromkeys(phase for _, _, phase in _TIMED if "/" not in phase)]
     ordered = []
     for stage in stages:
         ordered.append(stage)
@@ -162,7 +158,7 @@ def rows(clock: Clock, total: float, imports: float, runs: int, controls: int) -
                    "seconds": total - accounted, "calls": 1, "share": (total - accounted) / total,
                    "raised_peak_to": None})
     result.append({"phase": f"total ({runs} runs, {controls} controls)", "seconds": total,
-                   "calls": 1, "share": 1.0, "raised_peak_to": _peak_memory_bytes()})
+                   "calls": 1, "share": 1.0, "raised_peak_to": peak_memory_bytes()})
     return result
 
 
@@ -201,7 +197,7 @@ def main(argv: list[str]) -> None:
         record = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                   "command": " ".join(["python", *sys.argv]), "cpu_count": os.cpu_count(),
                   "load_average_at_end": list(os.getloadavg()),
-                  "peak_memory_bytes": _peak_memory_bytes(),
+                  "peak_memory_bytes": peak_memory_bytes(),
                   "versions": package_versions(), "variants": config.study.variants,
                   "seeds": config.study.seeds, "phases": table}
         Path(_JSON_OUT.value).write_text(json.dumps(record, indent=2))

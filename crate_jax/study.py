@@ -308,11 +308,17 @@ def run_study(config, workdir: str | Path) -> dict:
     rows, page = write_study_report(study.workdir)
     # What this invocation cost: the whole study when it ran from an empty workdir.
     manifest.update(wall_seconds=time.perf_counter() - started, resumed=resumed,
-                    peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+                    peak_memory_bytes=peak_memory_bytes())
     write_text_atomically(study.manifest, json.dumps(manifest, indent=2))
     print(markdown_table(rows, answer_last=True), flush=True)
     print(f"study: open {page}", flush=True)
     return manifest
+
+
+def peak_memory_bytes() -> int:
+    """This process's peak resident memory so far, in bytes (Linux's `ru_maxrss` is in KiB): what
+    a study's manifest reports, and what `benchmarks/study_breakdown.py` attributes to stages."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _with_study_data(study: StudyLayout, run_layout: RunLayout) -> RunLayout:

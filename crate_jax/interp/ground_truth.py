@@ -170,7 +170,8 @@ def layer_ground_truth(activations: np.ndarray, labels: np.ndarray,
 
 
 # Neurons measured at a time: the ranks and float64 copies of a block of columns are a few tens
-# of MB, where a whole 2,048-wide layer's were about a GB at once (the study's peak memory).
+# of MB, where a whole 2,048-wide SAE layer's set the study's peak memory (a gpt2 run's interp
+# stage peaked 1.0 GB lower with blocks, benchmarks/README.md).
 _NEURON_BLOCK = 256
 
 

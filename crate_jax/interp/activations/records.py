@@ -122,7 +122,8 @@ def from_json(text: str) -> Any:
 
 def _tagged(value: Any) -> Any:
     # The common types first, by exact type: a layer's records are millions of token strings
-    # and activations, and `is_dataclass` on each took three quarters of the mining stage.
+    # and activations, and an `is_dataclass` check on each made this writer 2.8x slower (about
+    # half of a crate run's mining stage).
     kind = type(value)
     if kind is float:
         return None if math.isnan(value) else value
