@@ -4,15 +4,15 @@
         --workdir=/tmp/breakdown
 
 Runs a study config (`--config` and its `--config.<key>=<value>` overrides, as the main entry
-point takes them) through the study stage exactly as `python -m crate_jax.main` does
-(`crate_jax.study.run_study`, from an empty `--workdir`), with
-wall-clock timers around the functions that do the work: the stages the study calls per run
-(train, SAEs, interp, the untrained control's initial state), the parts of each (reference
-losses, evaluation, checkpoint writes; record mining, explanation, simulation and scoring,
-ground truth) and the report. XLA compilation is read from JAX's own monitoring events
-(tracing, lowering, backend compile; loads from the persistent cache), so it is counted once,
-inside whichever stage compiled. Nothing is changed but the clock: the study's results are the
-study's.
+point takes them) through the study stage as `python -m crate_jax.main` does
+(`crate_jax.study.run_study`, from an empty `--workdir`), one run at a time in this process
+(`study.workers=1`), with wall-clock timers around the functions that do the work: the stages
+the study calls per run (train, SAEs, interp, the untrained control's initial state), the parts
+of each (reference losses, evaluation, checkpoint writes; record mining, explanation,
+simulation and scoring, ground truth) and the report. XLA compilation is read from JAX's own
+monitoring events (tracing, lowering, backend compile; loads from the persistent cache), so it
+is counted once, inside whichever stage compiled. Nothing is changed but the clock: the study's
+results are the study's.
 
 Prints a markdown table: per phase, seconds in all, calls and the share of the whole (nested
 phases indented under the stage they belong to), and, where a phase raised the process's peak
@@ -185,6 +185,9 @@ def main(argv: list[str]) -> None:
     if "study" not in config:
         raise app.UsageError("--config names no study (a config with `study` settings, such as "
                              "configs/ablation.py)")
+    # The timers are in this process: the study's runs must be too, one at a time (a study's
+    # workers, `study.workers`, would run them where no timer is).
+    config.study.workers = 1
     clock = Clock()
     install(clock)
     started = time.perf_counter()

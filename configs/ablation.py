@@ -59,6 +59,10 @@ def get_config(arg=None):
         # Also explain each run's untrained initialisation (same seed, same evaluation): the
         # score a random network already gets, beside every trained score.
         controls=True,
+        # How many runs at a time, each (with its control) in a worker process of its own; 0:
+        # two on a CPU with two cores or more, one on an accelerator. Results do not depend on
+        # it (`crate_jax/study_workers.py`).
+        workers=0,
     )
     # Every run of the default study is also explained by the context-aware `ngram` explainer
     # and the `truth` control, each scored like the headline `token_lookup` and checked against

@@ -35,6 +35,8 @@ Both hold `.lock`, the lock of their one writer (`lock_file`). A study's workdir
                                    same way (`study.controls`)
     study.json                     the manifest: which runs, in which order
     compilation_cache/             JAX's compiled programs, shared by the runs (`compilation_cache`)
+    logs/<variant>_seed<seed>.log  what a run and its control printed, where a worker process ran
+                                   them (`study.workers`, `worker_log`)
     report/                        ablation.json, ablation.csv, ablation.md, <figure>.png,
                                    index.html (`ReportLayout`)
 
@@ -339,6 +341,10 @@ class StudyLayout:
     @property
     def manifest(self) -> Path:
         return self.workdir / "study.json"
+
+    def worker_log(self, name: str) -> Path:
+        """What run `name` and its control printed in a worker process (appended to on resume)."""
+        return self.workdir / "logs" / f"{name}.log"
 
     @property
     def runs_dir(self) -> Path:

@@ -45,6 +45,7 @@ from crate_jax.report.ablation_table import markdown_table
 from crate_jax.report.study_report import write_study_report
 from crate_jax.sae.sites import configured_saes, parse_sae_sites
 from crate_jax.sae.stage import check_sae_config, fit_saes
+from crate_jax.study_workers import InProcess, Workers, workers_for
 from crate_jax.train.loop import save_initial_state, train_and_evaluate
 from crate_jax.workdir_lock import hold_workdir
 
@@ -190,6 +191,7 @@ def run_configs(config) -> dict[str, object]:
             check_run_config(run, run_stages(run))
             runs[StudyLayout.run_name(variant, seed)] = run
     sae_k_source(config, variants, saes, runs)
+    workers_for(config, len(runs))
     return runs
 
 
@@ -276,49 +278,105 @@ def run_study(config, workdir: str | Path) -> dict:
                 "seeds": config.study.seeds,
                 "variant_seeds": {name: seeds for name, (_, seeds) in variants.items()},
                 "saes": saes}
+    workers = workers_for(config, len(runs))
+    if workers > 1:
+        print(f"study: {workers} runs at a time, each in a worker process; their output is in "
+              f"{study.worker_log('*')}", flush=True)
+    finished = {}
+    pending = list(runs.items())
     # Each variant's programs compiled once, by its first run; the others load them.
-    with compilation_cache_in(study.compilation_cache):
-        for index, (name, run) in enumerate(runs.items(), start=1):
-            run_layout = _with_study_data(study, study.run(name))
-            print(f"study: run {index}/{len(runs)}: {name}", flush=True)
-            if run.sae.sites and k_source is not None:
-                manifest.setdefault("sae_k", matched_k(study, manifest, *k_source))
-                run.sae.k = manifest["sae_k"]["k"]
-                check_sae_config(run, model_from_config(run))  # before this run's SAE work
-            # Each run's own lock too: `--workdir=<study>/runs/<name>` from elsewhere is refused.
-            with hold_workdir(run_layout.workdir):
-                trained = train_and_evaluate(run, run_layout.workdir)
-                if trained["status"] == "interrupted":  # saved; the rerun resumes this run
-                    return {**manifest, "status": "interrupted", "signal": trained.get("signal"),
-                            "interrupted_run": name}
-                if run.sae.sites:
-                    fit_saes(run, run_layout.workdir)
-                evaluate_interpretability(run, run_layout.workdir)
-            manifest["runs"][name] = _manifest_entry(run, configs, run_layout, study)
-            if controls:
-                control = _with_study_data(study, study.control(name))
-                print(f"study: untrained control {index}/{len(runs)}: {name}", flush=True)
-                with hold_workdir(control.workdir):
-                    save_initial_state(run, control.workdir)
-                    if run.sae.sites:  # SAEs fitted the same way, on the untrained model
-                        fit_saes(run, control.workdir)
-                    evaluate_interpretability(run, control.workdir)  # the run's own config object
-                manifest["controls"][name] = _manifest_entry(run, configs, control, study)
+    with compilation_cache_in(study.compilation_cache), \
+            (Workers(workers) if workers > 1 else InProcess()) as runner:
+        while pending or runner.running:
+            while pending and runner.has_room() and _may_start(pending[0][1], k_source, runs,
+                                                               finished):
+                name, run = pending.pop(0)
+                index = list(runs).index(name) + 1
+                print(f"study: run {index}/{len(runs)}: {name}", flush=True)
+                if run.sae.sites and k_source is not None:
+                    manifest.setdefault("sae_k", matched_k(study, _in_order(finished, runs),
+                                                           *k_source))
+                    run.sae.k = manifest["sae_k"]["k"]
+                    check_sae_config(run, model_from_config(run))  # before this run's SAE work
+                runner.start(name, run_with_control,
+                             (name, run, str(study.workdir), controls, configs, index, len(runs)),
+                             study.worker_log(name))
+            name, outcome = runner.next_finished()
+            if outcome["status"] == "interrupted":  # saved; the rerun resumes this run
+                runner.stop()
+                return {**manifest, "status": "interrupted", "signal": outcome.get("signal"),
+                        "interrupted_run": name}
+            finished[name] = outcome
+            if workers > 1:
+                print(f"study: {name} done ({len(finished)}/{len(runs)})", flush=True)
+    manifest.update(_in_order(finished, runs))
     write_text_atomically(study.manifest, json.dumps(manifest, indent=2))
     rows, page = write_study_report(study.workdir)
     # What this invocation cost: the whole study when it ran from an empty workdir.
     manifest.update(wall_seconds=time.perf_counter() - started, resumed=resumed,
-                    peak_memory_bytes=peak_memory_bytes())
+                    peak_memory_bytes=peak_memory_bytes(workers=True), workers=workers)
     write_text_atomically(study.manifest, json.dumps(manifest, indent=2))
     print(markdown_table(rows, answer_last=True), flush=True)
     print(f"study: open {page}", flush=True)
     return manifest
 
 
-def peak_memory_bytes() -> int:
+def run_with_control(name: str, run, workdir: str, controls: bool, configs: dict[str, str],
+                     index: int, total: int) -> dict:
+    """One job of the study: run `name` through its stages, then its untrained control; in the
+    study's process or in a worker (`study_workers`). Returns `{"status": "completed", "run":
+    its manifest entry, "control": ...}`, or `{"status": "interrupted", "signal": ...}` where a
+    signal stopped its training (saved: the rerun resumes it)."""
+    study = StudyLayout(workdir)
+    with compilation_cache_in(study.compilation_cache):  # a worker's own; the study's already
+        run_layout = _with_study_data(study, study.run(name))
+        # Each run's own lock too: `--workdir=<study>/runs/<name>` from elsewhere is refused.
+        with hold_workdir(run_layout.workdir):
+            trained = train_and_evaluate(run, run_layout.workdir)
+            if trained["status"] == "interrupted":
+                return {"status": "interrupted", "signal": trained.get("signal")}
+            if run.sae.sites:
+                fit_saes(run, run_layout.workdir)
+            evaluate_interpretability(run, run_layout.workdir)
+        result = {"status": "completed", "run": _manifest_entry(run, configs, run_layout, study)}
+        if controls:
+            control = _with_study_data(study, study.control(name))
+            print(f"study: untrained control {index}/{total}: {name}", flush=True)
+            with hold_workdir(control.workdir):
+                save_initial_state(run, control.workdir)
+                if run.sae.sites:  # SAEs fitted the same way, on the untrained model
+                    fit_saes(run, control.workdir)
+                evaluate_interpretability(run, control.workdir)  # the run's own config object
+            result["control"] = _manifest_entry(run, configs, control, study)
+    return result
+
+
+def _may_start(run, k_source: tuple[str, str] | None, runs: dict, finished: dict) -> bool:
+    """Whether `run` can start now: a run with SAEs whose k is measured (`study.sae_k_from`)
+    waits until every run of the measured variant has finished."""
+    if not (run.sae.sites and k_source is not None):
+        return True
+    return all(name in finished for name, other in runs.items() if other.variant == k_source[0])
+
+
+def _in_order(finished: dict[str, dict], runs: dict) -> dict:
+    """The manifest's `runs` and `controls` entries of the finished jobs, in the study's order
+    (workers finish in any order; the manifest, the measured k and the report do not)."""
+    names = [name for name in runs if name in finished]
+    return {"runs": {name: finished[name]["run"] for name in names},
+            "controls": {name: finished[name]["control"] for name in names
+                         if "control" in finished[name]}}
+
+
+def peak_memory_bytes(workers: bool = False) -> int:
     """This process's peak resident memory so far, in bytes (Linux's `ru_maxrss` is in KiB): what
-    a study's manifest reports, and what `benchmarks/study_breakdown.py` attributes to stages."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    `benchmarks/study_breakdown.py` attributes to stages. With `workers`, the largest of it and of
+    every process it started and waited for (a study's worker processes): a study's manifest's
+    figure, per process; with `workers` runs at a time, their sum can be in use at once."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if workers:
+        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return peak * 1024
 
 
 def _with_study_data(study: StudyLayout, run_layout: RunLayout) -> RunLayout:

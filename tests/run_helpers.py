@@ -49,7 +49,7 @@ def miniature_study(config, **study):
     config.interp.update(dict(num_sequences=8, seq_len=64, window=16, top_k=4, random_k=4,
                               quantile_bins=2, per_bin=2, neurons_per_layer=8,
                               bootstrap_samples=100))
-    config.study.update(study)
+    config.study.update({"workers": 1, **study})  # in the test's process, unless asked
     return config
 
 

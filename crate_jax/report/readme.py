@@ -87,6 +87,8 @@ def facts_text(workdir: Path, rows: list[dict]) -> str:
                  + (" (of the last, resumed invocation)" if study.get("resumed") else ""))
         if "peak_memory_bytes" in study:
             text += f", peak memory {study['peak_memory_bytes'] / 1e9:.1f} GB"
+            if study.get("workers", 1) > 1:
+                text += f" per process ({study['workers']} runs at a time)"
         text += "."
     with_references = [row for row in rows if row.get("references")]
     if with_references:
