@@ -1,8 +1,13 @@
 """The ablation study stage: validation before training, and resuming without retraining."""
 
+import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,7 @@ from run_helpers import REPO, miniature_study, with_data, workdir_with_data
 from configs import ablation
 from crate_jax.model import ConfigError
 from crate_jax.study import run_configs, run_study
+from crate_jax.train.checkpoints import Checkpointer
 
 
 def _study(prepared, **study):
@@ -246,6 +252,94 @@ def test_rerunning_a_finished_study_retrains_nothing(miniature):
     run_study(config, workdir)  # finished runs are skipped, their files untouched
     for run_dir in runs:
         assert _finished_work(run_dir) == finished[run_dir], run_dir.name
+
+
+# What a run's files record of the machine's clock, not of its computation.
+_TIMINGS = {"time", "tokens_per_second", "seconds_per_step", "seconds_this_run"}
+
+
+def _computed_files(run_dir: Path) -> dict:
+    """Every file a run (or control) computed, timings left out: what workers must not change.
+    (Checkpoints hold write times; their parameters are in the metrics and scores.)"""
+    files = {}
+    for path in sorted(run_dir.rglob("*")):
+        relative = path.relative_to(run_dir)
+        if not path.is_file() or relative.parts[0] in ("checkpoints", "tensorboard", ".lock"):
+            continue
+        if path.name == "metrics.jsonl":
+            files[relative] = [_untimed(json.loads(line))
+                               for line in path.read_text().splitlines()]
+        elif path.name == "summary.json":
+            files[relative] = _untimed(json.loads(path.read_text()))
+        else:
+            files[relative] = path.read_bytes()
+    return files
+
+
+def _untimed(value):
+    if isinstance(value, dict):
+        return {key: _untimed(item) for key, item in value.items() if key not in _TIMINGS}
+    return [_untimed(item) for item in value] if isinstance(value, list) else value
+
+
+def test_workers_write_the_very_files_of_the_study_process(miniature, prepared, tmp_path):
+    """Two runs at a time, each with its control in a worker process: every file they compute
+    is the one the study's own process computed (`miniature`, `study.workers=1`)."""
+    _, alone = miniature
+    workdir = workdir_with_data(prepared, tmp_path, "study")
+    manifest = run_study(_study(prepared, variants="crate,no_ista", seeds="0", workers=2),
+                         workdir)
+    assert manifest["workers"] == 2
+    names = ["crate_seed0", "no_ista_seed0"]
+    assert list(manifest["runs"]) == names and list(manifest["controls"]) == names
+    assert sorted(path.stem for path in (workdir / "logs").glob("*.log")) == names
+    for kind in ("runs", "controls"):
+        for name in names:
+            computed = _computed_files(workdir / kind / name)
+            assert any(path.parts[0] == "interp" for path in computed)
+            assert computed == _computed_files(alone / kind / name), f"{kind}/{name}"
+
+
+def test_a_signal_to_a_study_with_workers_lets_each_save_and_the_rerun_finishes(prepared,
+                                                                               tmp_path):
+    """SIGTERM to `python -m crate_jax.main` while its workers train: each worker saves a
+    checkpoint and stops, the study ends as interrupted, and the same command finishes it."""
+    workdir = workdir_with_data(prepared, tmp_path, "study")
+    command = [sys.executable, "-m", "crate_jax.main", "--config=configs/ablation.py:stdlib",
+               f"--workdir={workdir}", f"--config.data.data_dir={prepared / 'tfds'}",
+               "--config.study.variants=crate,no_ista", "--config.study.seeds=0",
+               "--config.study.workers=2", "--config.train.num_steps=100",
+               "--config.train.batch_size=8", "--config.train.seq_len=64",
+               "--config.train.log_every=5", "--config.train.eval_every=100",
+               "--config.train.checkpoint_every=100", "--config.train.progress_bar=False",
+               "--config.interp.num_sequences=8", "--config.interp.neurons_per_layer=4",
+               "--config.interp.seq_len=64"]
+    environment = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    study = subprocess.Popen(command, cwd=REPO, env=environment, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    logs = [workdir / "logs" / f"{name}.log" for name in ("crate_seed0", "no_ista_seed0")]
+    deadline = time.monotonic() + 240
+    while not all(log.exists() and "step 10 |" in log.read_text() for log in logs):
+        assert study.poll() is None and time.monotonic() < deadline, study.communicate()[0]
+        time.sleep(0.2)
+    study.send_signal(signal.SIGTERM)
+    output = study.communicate(timeout=120)[0]
+    assert study.returncode == 128 + signal.SIGTERM, output
+    assert "study: interrupted" in output, output
+    for log in logs:
+        assert "stopped by signal at step" in log.read_text(), log.read_text()[-2000:]
+    saved = [Checkpointer(workdir / "runs" / name / "checkpoints", save_every=100).latest_step()
+             for name in ("crate_seed0", "no_ista_seed0")]
+    assert all(step is not None and 10 <= step < 100 for step in saved), saved
+    assert not (workdir / "study.json").exists() and not (workdir / "controls").exists()
+    finished = subprocess.run(command, cwd=REPO, env=environment, capture_output=True,
+                              text=True, timeout=600)
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    manifest = json.loads((workdir / "study.json").read_text())
+    assert set(manifest["controls"]) == {"crate_seed0", "no_ista_seed0"}
+    for log in logs:  # each resumed from its checkpoint, not started over
+        resumed = log.read_text().split("stopped by signal")[-1]
+        assert "step 0 |" not in resumed and "step 100 | validation loss" in resumed, resumed
 
 
 def test_report_page_renders_in_a_headless_browser(miniature, tmp_path):
@@ -650,12 +744,14 @@ def _sae_study(config, **study):
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """The default study's config (the planted corpus, its SAEs on gpt2) at a budget of seconds,
-    with CRATE, ablation B and GPT-2, one seed each: its workdir."""
+    with CRATE, ablation B and GPT-2, one seed each, two at a time as the default study runs
+    them (gpt2's SAEs wait for crate's measured L0): its workdir."""
     config = ablation.get_config()
     assert config.data.source == "planted" and config.model.vocab_size == 128
     config.data.source = "planted:300"
     workdir = tmp_path_factory.mktemp("planted")
-    run_study(_sae_study(config, variants="crate,standard_attention,gpt2", seeds="0"), workdir)
+    run_study(_sae_study(config, variants="crate,standard_attention,gpt2", seeds="0",
+                         workers=2), workdir)
     return workdir
 
 
