@@ -1,6 +1,6 @@
 """Where a study's wall time goes: the default study (or a slice of it), stage by stage.
 
-    python benchmarks/study_breakdown.py --config=configs/ablation.py --config.study.seeds=0 \
+    python benchmarks/study_breakdown.py --config=configs/ablation.py:full --config.study.seeds=0 \
         --workdir=/tmp/breakdown
 
 Runs a study config (`--config` and its `--config.<key>=<value>` overrides, as the main entry

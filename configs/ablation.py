@@ -1,16 +1,24 @@
-"""The ablation study: every variant, several seeds, one shared corpus, budget and evaluation.
+"""The ablation study: the variants, several seeds, one shared corpus, budget and evaluation.
 
     python -m crate_jax.main --config=configs/ablation.py --workdir=runs/ablation
+    python -m crate_jax.main --config=configs/ablation.py:full --workdir=runs/ablation_full
     python -m crate_jax.main --config=configs/ablation.py:stdlib --workdir=runs/ablation_stdlib
     python -m crate_jax.main --config=configs/ablation.py:aa --workdir=runs/ablation_aa
 
-The argument names a corpus, a size preset and/or `aa`, comma-separated (`planted`, `stdlib`,
-`tiny`, `2l`, ...; default `planted,tiny`):
+The argument names a corpus, a size preset, `full` and/or `aa`, comma-separated (`planted`,
+`stdlib`, `tiny`, `2l`, ...; default `planted,tiny`):
 - `planted` (default): the generated corpus with known per-token features and entropy floor
   (`crate_jax/data/planted.py`). Small models get close to its floor on a laptop CPU, so the
-  study compares models that learned, and scores neurons against ground truth.
-- `stdlib`: the embedded natural-text corpus (Python's standard-library prose). At the CPU
-  budget below its models do not reach the count-based bigram reference; the report flags them.
+  study compares models that learned, and scores neurons against ground truth. By default it
+  answers the two ablations: CRATE, A (`no_ista`), B (`standard_attention`) and the GPT-2
+  baseline, each neuron also explained by the context-aware `ngram` explainer and the `truth`
+  control (the validity check), on a laptop in about half an hour (the README gives the time).
+- `full`: the full factorial on the planted corpus: also ISTA -> MLP (`ista_to_mlp`, which
+  separates "sparse coding" from "having an MLP") and the SAE rows (SAEs fitted on GPT-2's MLP,
+  the field's comparator), at about twice the time.
+- `stdlib`: the embedded natural-text corpus (Python's standard-library prose), every variant.
+  At the CPU budget below its models do not reach the count-based bigram reference; the report
+  flags them.
 - `aa`: the A/A check of the statistics: CRATE against a copy of CRATE (`crate_copy=crate`)
   under other seeds, at the same budget. No difference is real, so the answer must report no
   detectable change on every site.
@@ -18,7 +26,8 @@ The argument names a corpus, a size preset and/or `aa`, comma-separated (`plante
 Each variant keeps its own ablation keys (from its config file); the size preset, the corpus
 (data settings and vocabulary size), training budget and interpretability settings come from
 here and are the same for all, so the comparison is fair. Each variant/seed is an ordinary run
-in `runs/<variant>_seed<seed>/`.
+in `runs/<variant>_seed<seed>/`; the default study's runs are trained exactly as the full
+factorial's (gpt2's without the SAE stage).
 """
 
 from configs import crate
@@ -32,14 +41,17 @@ CORPORA = {
 
 def get_config(arg=None):
     parts = [part.strip() for part in (arg or "").split(",") if part.strip()]
-    a_a = "aa" in parts
-    parts = [part for part in parts if part != "aa"]
+    a_a, full = "aa" in parts, "full" in parts
+    parts = [part for part in parts if part not in ("aa", "full")]
     corpora = [part for part in parts if part in CORPORA]
     sizes = [part for part in parts if part not in CORPORA]
     if len(corpora) > 1 or len(sizes) > 1:
         raise ValueError(f"configs/ablation.py:{arg}: give at most one corpus "
                          f"({', '.join(CORPORA)}) and one size preset, e.g. ablation.py:stdlib,2l")
     corpus = corpora[0] if corpora else "planted"
+    if full and (a_a or corpus != "planted"):
+        raise ValueError(f"configs/ablation.py:{arg}: `full` is the planted corpus's full "
+                         "factorial; the natural-text and A/A studies run their own variants")
     config = crate.get_config(sizes[0] if sizes else None)
     config.variant = "ablation"
     config.data.update(CORPORA[corpus]["data"])
@@ -47,7 +59,8 @@ def get_config(arg=None):
         config.model.vocab_size = CORPORA[corpus]["vocab_size"]
     config.study = dict(
         # Config files under configs/: CRATE, ablation A, ablation B, the GPT-2 baseline, and
-        # ISTA -> MLP (separates "sparse coding" from "having an MLP").
+        # ISTA -> MLP (separates "sparse coding" from "having an MLP"; the planted corpus's
+        # default leaves it to `full`, below).
         variants="crate,no_ista,standard_attention,gpt2,ista_to_mlp",
         # The training run is the unit of replication: differences between variants are
         # Welch t tests over these runs. 3 seeds leave 2 degrees of freedom per variant (a 95%
@@ -70,6 +83,11 @@ def get_config(arg=None):
     # against, and the A/A check is about the statistics of the headline scores.)
     if corpus == "planted" and not a_a:
         config.interp.compared_explainers = "ngram,truth"
+    if corpus == "planted" and not a_a and not full:
+        # The two ablations and their baselines in about half an hour on a 2-core CPU: the
+        # full factorial's runs of these four variants, less what `full` adds.
+        config.study.variants = "crate,no_ista,standard_attention,gpt2"
+    if full:
         # The field's comparator: SAEs fitted afterwards on GPT-2's MLP hidden layer, one with
         # as many latents as CRATE's ISTA code (4d: the MLP's own width) and one four times
         # wider (16d, the paper's SAE width), both as sparse as CRATE's ISTA code measured in
@@ -82,8 +100,8 @@ def get_config(arg=None):
         config.study.variants = "crate,crate_copy=crate"
         config.study.variant_seeds = {"crate_copy": "5,6,7,8,9"}
     if config.size == "tiny" and corpus == "planted":
-        # 25 runs and their untrained controls on a 2-core laptop CPU (the README gives the
-        # time), each run past the bigram reference.
+        # 20 runs and their untrained controls (25 and the SAEs with `full`) on a 2-core laptop
+        # CPU (the README gives the times), each run past the bigram reference.
         config.train.update(dict(num_steps=600, warmup_steps=60, eval_every=100,
                                  checkpoint_every=200))
         config.interp.update(dict(num_sequences=128, neurons_per_layer=128))

@@ -47,6 +47,7 @@ from crate_jax.metrics_file import MetricsError
 from crate_jax.model import ConfigError
 from crate_jax.sae.stage import SaeError, fit_saes
 from crate_jax.study import run_configs, run_study
+from crate_jax.study_workers import WorkerDied
 from crate_jax.train.checkpoints import CheckpointError
 from crate_jax.train.loop import TrainingError, train_and_evaluate
 from crate_jax.workdir_lock import WorkdirInUse, hold_workdir
@@ -72,7 +73,7 @@ STAGES = {"train": train_and_evaluate, "interp": evaluate_interpretability, "sae
 # Failures with a message written for the user: printed as one line, no traceback.
 _USER_ERRORS = (ConfigError, SourceError, DataPreparationError, TokenizerError, CheckpointError,
                 TrainingError, InterpretabilityError, BackendError, MetricsError, WorkdirError,
-                DistributedError, WorkdirInUse, SaeError)
+                DistributedError, WorkdirInUse, SaeError, WorkerDied)
 
 
 def stage_names(stages: str) -> list[str]:

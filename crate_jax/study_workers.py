@@ -176,7 +176,9 @@ class Workers:
         if kind == "error":
             return {"error": value}
         return {"error": WorkerDied(f"the study's worker for {name} ended without a result "
-                                    f"(exit code {process.returncode}); its output: {log}")}
+                                    f"(exit code {process.returncode}: killed, or out of "
+                                    f"memory?); its output is in {log}; finished work is kept, "
+                                    "rerun the same command to resume")}
 
     def stop(self) -> None:
         """Asks every running worker to stop (SIGTERM) and waits until each has saved and ended."""

@@ -117,3 +117,29 @@ def test_unknown_interp_protocol_stops_the_run_with_one_fatal_line(tmp_path):
             in result.stderr.splitlines())
     assert "Traceback" not in result.stderr
     assert crate.get_config().interp.protocol == "default"
+
+
+def test_the_default_study_answers_a_and_b_and_full_adds_ista_to_mlp_and_the_saes():
+    """The README's first command: CRATE, ablations A and B and GPT-2; `full` is the factorial
+    with ISTA -> MLP and the SAE rows, on the same runs (same budget, data and evaluation)."""
+    from configs import ablation
+
+    default, full = ablation.get_config(), ablation.get_config("full")
+    assert default.study.variants == "crate,no_ista,standard_attention,gpt2"
+    assert not default.study.get("saes")
+    assert full.study.variants == "crate,no_ista,standard_attention,gpt2,ista_to_mlp"
+    assert dict(full.study.saes) == {"gpt2": "mlp,mlp_wide=mlp"}
+    from crate_jax.study import run_configs
+
+    default_runs, full_runs = run_configs(default), run_configs(full)
+    assert set(default_runs) < set(full_runs)
+    for name, run in default_runs.items():  # gpt2's runs: the same, less the SAE stage
+        settings, in_full = run.to_dict(), full_runs[name].to_dict()
+        if run.variant == "gpt2":
+            assert in_full["stages"] == "train,sae,interp" and in_full["sae"]["sites"]
+            for key in ("stages", "sae"):
+                settings.pop(key), in_full.pop(key)
+        assert settings == in_full, name
+    for arg in ("stdlib,full", "aa,full"):
+        with pytest.raises(ValueError, match="`full` is the planted corpus's"):
+            ablation.get_config(arg)

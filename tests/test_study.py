@@ -734,7 +734,7 @@ def test_readme_study_blocks_are_regenerated_from_the_study(miniature, tmp_path)
 
 
 def _sae_study(config, **study):
-    """A miniature study whose gpt2 runs get the default study's SAEs, at a budget of seconds."""
+    """A miniature study whose gpt2 runs get the full factorial's SAEs, at a budget of seconds."""
     config = miniature_study(config, **study)
     config.sae.update(dict(num_steps=6, batch_size=2, seq_len=32, log_every=3,
                            checkpoint_every=3, eval_sequences=2))
@@ -743,10 +743,10 @@ def _sae_study(config, **study):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """The default study's config (the planted corpus, its SAEs on gpt2) at a budget of seconds,
-    with CRATE, ablation B and GPT-2, one seed each, two at a time as the default study runs
-    them (gpt2's SAEs wait for crate's measured L0): its workdir."""
-    config = ablation.get_config()
+    """The full factorial's config (the planted corpus, its SAEs on gpt2) at a budget of
+    seconds, with CRATE, ablation B and GPT-2, one seed each, two at a time as a study on a CPU
+    runs them (gpt2's SAEs wait for crate's measured L0): its workdir."""
+    config = ablation.get_config("full")
     assert config.data.source == "planted" and config.model.vocab_size == 128
     config.data.source = "planted:300"
     workdir = tmp_path_factory.mktemp("planted")
@@ -901,7 +901,7 @@ def test_an_installed_copy_finds_the_study_variants_from_any_directory(tmp_path)
 
 
 def test_study_saes_are_checked_before_any_training(tmp_path):
-    config = _sae_study(ablation.get_config(), variants="crate,gpt2")
+    config = _sae_study(ablation.get_config("full"), variants="crate,gpt2")
     assert dict(config.study.saes) == {"gpt2": "mlp,mlp_wide=mlp"}
     config.study.saes = {"gtp2": "mlp"}
     with pytest.raises(ConfigError, match="study.saes names gtp2, which is no variant"):
