@@ -308,7 +308,8 @@ def test_a_signal_to_a_study_with_workers_lets_each_save_and_the_rerun_finishes(
     command = [sys.executable, "-m", "crate_jax.main", "--config=configs/ablation.py:stdlib",
                f"--workdir={workdir}", f"--config.data.data_dir={prepared / 'tfds'}",
                "--config.study.variants=crate,no_ista", "--config.study.seeds=0",
-               "--config.study.workers=2", "--config.train.num_steps=100",
+               "--config.study.workers=2", "--config.study.controls=False",
+               "--config.train.num_steps=100",
                "--config.train.batch_size=8", "--config.train.seq_len=64",
                "--config.train.log_every=5", "--config.train.eval_every=100",
                "--config.train.checkpoint_every=100", "--config.train.progress_bar=False",
@@ -331,12 +332,12 @@ def test_a_signal_to_a_study_with_workers_lets_each_save_and_the_rerun_finishes(
     saved = [Checkpointer(workdir / "runs" / name / "checkpoints", save_every=100).latest_step()
              for name in ("crate_seed0", "no_ista_seed0")]
     assert all(step is not None and 10 <= step < 100 for step in saved), saved
-    assert not (workdir / "study.json").exists() and not (workdir / "controls").exists()
+    assert not (workdir / "study.json").exists()
     finished = subprocess.run(command, cwd=REPO, env=environment, capture_output=True,
                               text=True, timeout=600)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     manifest = json.loads((workdir / "study.json").read_text())
-    assert set(manifest["controls"]) == {"crate_seed0", "no_ista_seed0"}
+    assert set(manifest["runs"]) == {"crate_seed0", "no_ista_seed0"}
     for log in logs:  # each resumed from its checkpoint, not started over
         resumed = log.read_text().split("stopped by signal")[-1]
         assert "step 0 |" not in resumed and "step 100 | validation loss" in resumed, resumed
