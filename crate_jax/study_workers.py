@@ -80,7 +80,8 @@ def _cores() -> int:
 
 
 class InProcess:
-    """One job at a time in the study's own process: its output on the terminal."""
+    """One job at a time in the study's own process, its output on the terminal: `start` runs
+    the job to its end, and `running` says its result is still to be collected."""
 
     def __init__(self) -> None:
         self._done: list[tuple[str, dict]] = []
