@@ -191,7 +191,6 @@ def run_configs(config) -> dict[str, object]:
             check_run_config(run, run_stages(run))
             runs[StudyLayout.run_name(variant, seed)] = run
     sae_k_source(config, variants, saes, runs)
-    workers_for(config, len(runs))
     return runs
 
 
@@ -265,6 +264,7 @@ def run_study(config, workdir: str | Path) -> dict:
     study = StudyLayout(workdir)
     runs = run_configs(config)
     controls = with_controls(config)
+    workers = workers_for(config, len(runs))  # checked before any work, as the runs are
     study.workdir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(study.config, config.to_json(indent=2, sort_keys=True))
     resumed = study.runs_dir.exists()
@@ -278,7 +278,6 @@ def run_study(config, workdir: str | Path) -> dict:
                 "seeds": config.study.seeds,
                 "variant_seeds": {name: seeds for name, (_, seeds) in variants.items()},
                 "saes": saes}
-    workers = workers_for(config, len(runs))
     if workers > 1:
         print(f"study: {workers} runs at a time, each in a worker process; their output is in "
               f"{study.worker_log('*')}", flush=True)
