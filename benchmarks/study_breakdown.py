@@ -43,7 +43,7 @@ import crate_jax.interp.evaluate  # noqa: E402
 import crate_jax.study  # noqa: E402
 import crate_jax.train.loop  # noqa: E402
 from crate_jax.cli import define_config_flag, parse_flags  # noqa: E402
-from crate_jax.study import peak_memory_bytes  # noqa: E402
+from crate_jax.process_memory import peak_memory_bytes  # noqa: E402
 from crate_jax.train.checkpoints import Checkpointer  # noqa: E402
 from crate_jax.versions import package_versions  # noqa: E402
 

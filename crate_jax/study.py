@@ -28,7 +28,6 @@ import copy
 import importlib
 import json
 import pkgutil
-import resource
 import shutil
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from crate_jax.input_checks import check_run_config
 from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.layout import RunLayout, StudyLayout
 from crate_jax.model import ConfigError, model_from_config, neuron_sites
+from crate_jax.process_memory import peak_memory_bytes, release_memory
 from crate_jax.report import run_files
 from crate_jax.report.ablation_table import markdown_table
 from crate_jax.report.study_report import write_study_report
@@ -334,9 +334,12 @@ def run_with_control(name: str, run, workdir: str, controls: bool, configs: dict
             trained = train_and_evaluate(run, run_layout.workdir)
             if trained["status"] == "interrupted":
                 return {"status": "interrupted", "signal": trained.get("signal")}
+            release_memory()  # each stage's peak on its own, not on the last one's leftovers
             if run.sae.sites:
                 fit_saes(run, run_layout.workdir)
+                release_memory()
             evaluate_interpretability(run, run_layout.workdir)
+            release_memory()
         result = {"status": "completed", "run": _manifest_entry(run, configs, run_layout, study)}
         if controls:
             control = _with_study_data(study, study.control(name))
@@ -345,7 +348,9 @@ def run_with_control(name: str, run, workdir: str, controls: bool, configs: dict
                 save_initial_state(run, control.workdir)
                 if run.sae.sites:  # SAEs fitted the same way, on the untrained model
                     fit_saes(run, control.workdir)
+                    release_memory()
                 evaluate_interpretability(run, control.workdir)  # the run's own config object
+                release_memory()
             result["control"] = _manifest_entry(run, configs, control, study)
     return result
 
@@ -365,17 +370,6 @@ def _in_order(finished: dict[str, dict], runs: dict) -> dict:
     return {"runs": {name: finished[name]["run"] for name in names},
             "controls": {name: finished[name]["control"] for name in names
                          if "control" in finished[name]}}
-
-
-def peak_memory_bytes(workers: bool = False) -> int:
-    """This process's peak resident memory so far, in bytes (Linux's `ru_maxrss` is in KiB): what
-    `benchmarks/study_breakdown.py` attributes to stages. With `workers`, the largest of it and of
-    every process it started and waited for (a study's worker processes): a study's manifest's
-    figure, per process; with `workers` runs at a time, their sum can be in use at once."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if workers:
-        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return peak * 1024
 
 
 def _with_study_data(study: StudyLayout, run_layout: RunLayout) -> RunLayout:

@@ -137,3 +137,32 @@ def test_study_breakdown_times_every_stage_of_a_miniature_study(tmp_path):
     assert other["seconds"] >= 0 and 0 < total["raised_peak_to"] <= record["peak_memory_bytes"]
     assert (tmp_path / "study" / "report" / "index.html").exists()
     assert "| total (1 runs, 0 controls) |" in finished.stdout
+
+
+def test_copy_budget_measures_each_checkpoint_and_resumes(tmp_path):
+    """Two budgets of a small planted run: a row per measured step with the loss above the floor
+    on copied tokens; the rerun finds the runs finished (no training time) and measures the
+    same numbers from the same checkpoints."""
+    budget = {"data.source": "planted:300", "train.batch_size": 8, "train.seq_len": 64,
+              "train.warmup_steps": 2, "train.eval_batches": 2, "interp.num_sequences": 16,
+              "interp.seq_len": 64}
+    arguments = ["--config=configs/ablation.py",
+                 *(f"--config.{key}={value}" for key, value in budget.items()),
+                 "--variants=gpt2", "--steps=4,8", "--every=4", f"--workdir={tmp_path / 'runs'}"]
+    records = []
+    for attempt in ("first", "again"):
+        out = tmp_path / f"{attempt}.json"
+        _run_benchmark("benchmarks/copy_budget.py", *arguments, f"--json_out={out}")
+        records.append(json.loads(out.read_text())["rows"])
+
+    first, again = records
+    assert [(r["budget"], r["step"]) for r in first] == [(4, 4), (8, 4), (8, 8)]
+    assert all(r["train_seconds"] is None for r in again)
+    assert [r["train_seconds"] is None for r in first] == [False, True, False]
+    for r in first:
+        assert r["copy:copied_above_floor"] > 0.5  # 8 steps copy nothing yet
+        assert abs(r["loss"] - r["floor"] - r["above_floor"]) < 1e-9
+    assert first[1]["loss"] != first[2]["loss"]  # step 4 and step 8 of one run differ
+    for r, s in zip(first, again, strict=True):
+        assert {k: v for k, v in r.items() if k != "train_seconds"} == \
+            {k: v for k, v in s.items() if k != "train_seconds"}

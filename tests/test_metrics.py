@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -169,3 +172,23 @@ def test_tensorboard_reads_scalars_for_two_splits(tmp_path):
             np.testing.assert_array_equal(
                 np.float32([event.value for event in scalars]),
                 np.float32([value for _, value in expected]))
+
+
+def test_event_files_do_not_import_torch(tmp_path):
+    """tensorboardX imports torch where it is installed, ~0.2 GB a training process kept for
+    its life; a fresh process writing event files through our writer must not, and a torch
+    imported afterwards (a notebook's) still works."""
+    pytest.importorskip("torch")
+    script = (
+        "import sys\n"
+        "from crate_jax.train.metrics import MetricsWriter\n"
+        f"with MetricsWriter({str(tmp_path)!r}) as writer:\n"
+        "    writer.write(1, {'loss': 2.5})\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "import torch\n"
+        "print(float(torch.ones(2).sum()))\n")
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert finished.stdout.strip() == "2.0"
+    assert list((tmp_path / "tensorboard" / "train").glob("events.out.tfevents.*"))
