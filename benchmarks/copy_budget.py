@@ -23,6 +23,7 @@ for a run it found finished); `--json_out` also writes the rows.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import sys
@@ -60,12 +61,17 @@ COPY_FEATURES = ("copy:copied", "copy:next_copied")
 TARGET_NATS = 0.2  # the speed issue's goal: copied tokens within 0.2 nats of the floor
 
 
-def budget_config(study_config, variant: str, steps: int, every: int):
-    """Seed 0 of `variant` in the study, trained for `steps` (checkpoints every `every` steps
-    and at the end, all kept); train stage only."""
+def seed_zero_runs(study_config, variants: list[str]) -> dict[str, object]:
+    """`{variant: its seed-0 run config in the study}` (checked as the study checks them)."""
     runs = run_configs(study_config)
-    name = next(name for name, run in runs.items() if run.variant == variant and run.seed == 0)
-    run = runs[name]
+    return {variant: next(run for run in runs.values()
+                          if run.variant == variant and run.seed == 0) for variant in variants}
+
+
+def budget_config(seed_zero_run, steps: int, every: int):
+    """A copy of `seed_zero_run` trained for `steps` (checkpoints every `every` steps and at the
+    end, all kept); train stage only."""
+    run = copy.deepcopy(seed_zero_run)
     run.train.num_steps = steps
     run.train.checkpoint_every = every if every else steps
     run.train.eval_every = min(run.train.eval_every, steps)
@@ -91,10 +97,11 @@ def copy_gaps(run, workdir: Path, steps: list[int]) -> dict[int, dict]:
     labels = truth["labels"][:sequences.size]
     names = [str(name) for name in truth["features"]]
     gaps = {}
+    shapes = abstract_params(model.config)
     with Checkpointer(RunLayout(workdir).checkpoints, save_every=run.train.checkpoint_every,
                       keep=None) as checkpointer:
         for step in steps:
-            params = checkpointer.restore_params(step, abstract_params(model.config))
+            params = checkpointer.restore_params(step, shapes)
             _, nll = capture_all_neurons(model, params, sequences, (), run.interp.batch_size)
             gaps[step] = loss_above_floor(nll, truth["floor_nll"][:sequences.size], labels,
                                           names, sequences=sequences, end_of_text=end_of_text)
@@ -138,9 +145,9 @@ def main(argv: list[str]) -> None:
     variants = [v.strip() for v in _VARIANTS.value.split(",") if v.strip()]
     budgets = [int(s) for s in _STEPS.value.split(",") if s.strip()]
     rows = []
-    for variant in variants:
+    for variant, seed_zero_run in seed_zero_runs(study_config, variants).items():
         for budget in budgets:
-            run = budget_config(study_config, variant, budget, _EVERY.value)
+            run = budget_config(seed_zero_run, budget, _EVERY.value)
             workdir = Path(_WORKDIR.value) / f"{variant}_{budget}"
             trained_before = _last_checkpoint(run, workdir) == budget
             started = time.perf_counter()

@@ -4,7 +4,7 @@ Why the second: a study job runs its stages one after another in one process (tr
 run's interp, then its untrained control's), and each stage's peak stacked on what the stages
 before it left resident: the compiled programs JAX keeps for functions nobody calls again, and
 heap pages the C allocator keeps after Python and XLA free them. Measured on one job of the
-default study (crate, planted `tiny`, 2-core CPU): 1.33 GB peak, 0.96 GB with this between
+default study (crate, planted `tiny`, 2-core CPU): 1.34 GB peak, 0.95 GB with this between
 stages (and tensorboardX kept from importing torch: `train/metrics.py`); two workers at once
 are what a study's memory figure adds up.
 """
