@@ -13,7 +13,8 @@ with respect to the input and the block's parameters), ours jitted, the paper's 
   our `cross_entropy` against the `F.linear` + `F.cross_entropy` of the paper's `forward`.
 
 Each round times every block, ours then theirs; the table reports medians over rounds.
-`--attention_impl` picks our attention kernel (`xla`, the default's on a CPU, or `blockwise`).
+`--attention_impl` picks our attention kernel (`xla`, the default's on a CPU, or `blockwise`),
+`--head_impl` our head and loss (`logits`, the default, or `chunked`: `chunked_head.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from crate_jax.losses import cross_entropy  # noqa: E402
+from crate_jax.model.chunked_head import chunked_next_token_loss  # noqa: E402
 from crate_jax.model.attention import SubspaceSelfAttention  # noqa: E402
 from crate_jax.model.ista import SparseCodingBlock  # noqa: E402
 
@@ -45,6 +47,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; medians are rep
 _THREADS = flags.DEFINE_integer("threads", os.cpu_count(), "PyTorch intra-op threads.")
 _ATTENTION_IMPL = flags.DEFINE_string("attention_impl", "xla", "Our attention kernel "
                                       "(model.attention_impl: xla | blockwise).")
+_HEAD_IMPL = flags.DEFINE_string("head_impl", "logits", "How our head and loss are computed "
+                                 "(model.head_impl: logits | chunked).")
 flags.mark_flag_as_required("paper_repo")
 
 BLOCKS = ("attention", "ista", "head and loss")
@@ -86,6 +90,8 @@ def our_blocks(settings: dict, batch: int, seq: int) -> dict:
             gradient(params, x))
 
     def head_loss(embedding, x):
+        if _HEAD_IMPL.value == "chunked":
+            return chunked_next_token_loss(x, embedding, targets)
         return cross_entropy(x @ embedding.T, targets).mean()
     head_gradient = jax.jit(jax.grad(head_loss, argnums=(0, 1)))
     calls["head and loss"] = lambda: jax.block_until_ready(head_gradient(embedding, x))

@@ -59,6 +59,8 @@ _FSDP = flags.DEFINE_integer("fsdp", None, "Override mesh.fsdp (mesh.data takes 
 _ATTENTION_IMPL = flags.DEFINE_string("attention_impl", None,
                                       "Override model.attention_impl (auto | xla | cudnn | "
                                       "blockwise).")
+_HEAD_IMPL = flags.DEFINE_string("head_impl", None,
+                                 "Override model.head_impl (logits | chunked).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Also write the results and provenance here.")
 flags.register_validator("steps", lambda steps: steps >= 1, "--steps must be at least 1")
 flags.register_validator("warmup", lambda steps: steps >= 0, "--warmup must be at least 0")
@@ -99,6 +101,8 @@ def measure(variant: str) -> dict:
         config.mesh.update(data=-1, fsdp=_FSDP.value)
     if _ATTENTION_IMPL.value:
         config.model.attention_impl = _ATTENTION_IMPL.value
+    if _HEAD_IMPL.value:
+        config.model.head_impl = _HEAD_IMPL.value
     train = config.train
     model = model_from_config(config)
     mesh = make_mesh(config.mesh)

@@ -51,6 +51,8 @@ def get_config(arg=None):
         attention_impl="auto",   # auto (cuDNN flash attention on Ampere+ NVIDIA GPUs in bfloat16,
                                  # XLA elsewhere) | xla | cudnn | blockwise (XLA by blocks of
                                  # queries; faster on CPU): speed only, same function
+        head_impl="logits",      # logits | chunked (the tied head's training loss a block of
+                                 # positions at a time; faster on CPU): speed only
         sparse_block="ista",     # ista | mlp | none
         use_bias=True,           # LayerNorm and Dense biases (MSSA's U never has one)
         ista_expansion=4,        # dictionary D is d x (4 d)

@@ -109,7 +109,9 @@ THREE_STEP_TRAIN = dict(num_steps=THREE_STEPS, checkpoint_every=1, log_every=1,
 THREE_STEP_ARGS = [f"--config.train.{key}={value}" for key, value in THREE_STEP_TRAIN.items()]
 # layout -> (forced host devices, mesh overrides)
 MESH_LAYOUTS = {"one_device": (1, []), "fsdp8": (8, ["--config.mesh.fsdp=8"]),
-                "data8": (8, ["--config.mesh.data=8"])}
+                "data8": (8, ["--config.mesh.data=8"]),
+                "fsdp8_chunked_head": (8, ["--config.mesh.fsdp=8",
+                                           "--config.model.head_impl=chunked"])}
 
 
 def train_three_steps(workdir: Path, prepared: Path, variant: str, layout: str) -> str:

@@ -5,6 +5,7 @@ Equal means: per-step train losses and validation losses within a relative 1e-5,
 within rtol 1e-5 / atol 1e-6 (float32; sums are reduced in another order across devices).
 """
 
+import json
 import shutil
 
 import jax
@@ -144,6 +145,13 @@ def test_three_fsdp_steps_on_eight_devices_equal_one_device(variant, three_step_
                                      *LARGE_MATRIX[variant]) == (None, FSDP_AXIS)
     assert _saved_partition_spec(fsdp, "params", "final_norm", "scale") == ()
     _assert_same_run(one_device, fsdp, VARIANTS[variant])
+
+
+def test_the_chunked_head_split_over_eight_devices_trains_as_whole_logits_on_one(
+        three_step_runs):
+    chunked = three_step_runs("crate", "fsdp8_chunked_head")
+    assert json.loads((chunked / "config.json").read_text())["model"]["head_impl"] == "chunked"
+    _assert_same_run(three_step_runs("crate", "one_device"), chunked, crate)
 
 
 # (Restoring an fsdp=8 checkpoint's parameters onto one device is done by every comparison.)

@@ -19,9 +19,13 @@ ATTENTION_KINDS = ("mssa", "mhsa")
 # fused flash attention where it can run and XLA's unfused ops elsewhere; `blockwise` is XLA's ops
 # over blocks of queries (faster on a CPU; chosen, not automatic).
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blockwise")
+# How a train step computes the tied head and its loss (crate_jax/model/chunked_head.py):
+# `logits` holds the whole [batch, seq, vocab] logits; `chunked` a block of positions at a time,
+# with the gradient computed in the forward pass (faster on a CPU at a large vocabulary; chosen).
+HEAD_IMPLS = ("logits", "chunked")
 # Keys that choose how the model is computed (a kernel), not which function it computes: a
 # checkpoint, or an interpretability result, made under one value holds under another.
-KERNEL_KEYS = ("attention_impl",)
+KERNEL_KEYS = ("attention_impl", "head_impl")
 SPARSE_BLOCK_KINDS = ("ista", "mlp", "none")
 # gelu is the exact (erf) form; gelu_tanh its tanh approximation, GPT-2's (`gelu_new` in
 # transformers).
@@ -56,6 +60,8 @@ class ModelConfig:
     # How attention is computed, not what: every choice is the same function (within bfloat16
     # rounding), so it is a speed setting.
     attention_impl: str = "auto"
+    # How training computes the tied head's loss: the same function either way, a speed setting.
+    head_impl: str = "logits"
     sparse_block: str = "ista"
     # Biases of LayerNorm and of every Dense except MSSA's shared projection U (which never has
     # one). CRATE keeps them; the paper's GPT-2 baseline is bias-free.
@@ -75,6 +81,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _require_choice("attention", self.attention, ATTENTION_KINDS)
         _require_choice("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        _require_choice("head_impl", self.head_impl, HEAD_IMPLS)
         _require_choice("sparse_block", self.sparse_block, SPARSE_BLOCK_KINDS)
         _require_choice("mlp_activation", self.mlp_activation, MLP_ACTIVATIONS)
         _require_choice("dtype", self.dtype, COMPUTE_DTYPES)

@@ -78,13 +78,15 @@ class LanguageModel(nn.Module):
     With `decode=True` (generation, `cache` mutable) the tokens continue the ones of earlier
     calls: they sit at absolute positions from the cache's `position` on, and attention reads
     the earlier keys and values from the cache. A `steering` collection, if given, sets or scales
-    neurons (`steering.py`).
+    neurons (`steering.py`). With `head=False` it returns the final LayerNorm's output `[batch,
+    seq, d]` instead, for a loss that applies the tied head itself (`chunked_head.py`).
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, train: bool = False, decode: bool = False) -> jax.Array:
+    def __call__(self, tokens: jax.Array, train: bool = False, decode: bool = False,
+                 head: bool = True) -> jax.Array:
         config = self.config
         seq = tokens.shape[-1]
         if seq > config.max_len:
@@ -105,6 +107,8 @@ class LanguageModel(nn.Module):
                                                      decode=decode)
         x = nn.LayerNorm(epsilon=config.layer_norm_epsilon, use_bias=config.use_bias,
                          dtype=config.compute_dtype, name="final_norm")(x)
+        if not head:  # the final hidden states, for a loss that applies the head itself
+            return x
         # Tied head; logits in float32 so the softmax cross-entropy is accurate under bfloat16.
         return token_embedding.attend(x).astype(jnp.float32)
 

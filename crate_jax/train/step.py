@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from crate_jax.losses import cross_entropy
 from crate_jax.model import LanguageModel
+from crate_jax.model.chunked_head import chunked_next_token_loss
 from crate_jax.train.sharding import batch_sharding, replicated, train_batch_sharding
 from crate_jax.train.state import TrainState
 
@@ -41,6 +42,18 @@ def _token_losses(model: LanguageModel, params, windows: jax.Array, mesh: Mesh,
     return cross_entropy(logits, windows[:, 1:])
 
 
+def _mean_train_loss(model: LanguageModel, params, windows: jax.Array, mesh: Mesh,
+                     dropout_key: jax.Array) -> jax.Array:
+    """Mean next-token loss of `windows [batch, seq + 1]` in training mode, computed as
+    `model.head_impl` says: the same function either way (`chunked_head.py`)."""
+    if model.config.head_impl == "logits":
+        return _token_losses(model, params, windows, mesh, True, dropout_key).mean()
+    hidden = model.apply({"params": params}, windows[:, :-1], train=True,
+                         rngs={"dropout": dropout_key}, head=False)
+    hidden = jax.lax.with_sharding_constraint(hidden, batch_sharding(mesh))
+    return chunked_next_token_loss(hidden, params["token_embedding"]["embedding"], windows[:, 1:])
+
+
 def make_train_step(model: LanguageModel, optimizer: optax.GradientTransformation,
                     schedule: optax.Schedule, mesh: Mesh, state_sharding,
                     ) -> Callable[[TrainState, jax.Array], tuple[TrainState, dict]]:
@@ -53,8 +66,7 @@ def make_train_step(model: LanguageModel, optimizer: optax.GradientTransformatio
     def train_step(state: TrainState, batch: jax.Array) -> tuple[TrainState, dict]:
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.dropout_key), state.step)
         grad_fn = jax.value_and_grad(
-            lambda params, windows, key: _token_losses(model, params, windows, mesh, True,
-                                                       key).mean())
+            lambda params, windows, key: _mean_train_loss(model, params, windows, mesh, key))
 
         def accumulate(carry, indexed_windows):
             index, windows = indexed_windows
