@@ -149,7 +149,7 @@ def main(argv: list[str]) -> None:
           f"{' '.join(['python', *sys.argv])}")
     print(f"`{_SIZE.value}`, batch {_BATCH.value} x seq {_SEQ.value}, float32, forward + "
           f"backward per block, medians of {_ROUNDS.value} rounds x {_STEPS.value} calls; our "
-          f"attention kernel: {_ATTENTION_IMPL.value}")
+          f"attention kernel: {_ATTENTION_IMPL.value}; our head and loss: {_HEAD_IMPL.value}")
     print("| block | ours (ms) | paper's PyTorch eager (ms) | ours / theirs |")
     print("|---|---:|---:|---:|")
     for block in BLOCKS:

@@ -22,11 +22,11 @@ def _run_benchmark(script: str, *arguments: str) -> subprocess.CompletedProcess:
 
 
 def test_benchmark_reports_every_column_and_its_provenance(tmp_path):
-    """One variant, 2 timed steps of a small batch: seconds on a CPU."""
+    """One variant, 2 timed steps of a small batch (the chunked head): seconds on a CPU."""
     out = tmp_path / "throughput.json"
     finished = _run_benchmark("benchmarks/train_throughput.py", "--variants=gpt2",
                               "--size=tiny", "--steps=2", "--warmup=1", "--batch_size=2",
-                              "--seq_len=32", f"--json_out={out}")
+                              "--seq_len=32", "--head_impl=chunked", f"--json_out={out}")
 
     record = json.loads(out.read_text())
     assert record["machine"]["platform"] == "cpu"
@@ -41,6 +41,7 @@ def test_benchmark_reports_every_column_and_its_provenance(tmp_path):
         assert row["compile_seconds"] > 0 and row["median_seconds_per_step"] > 0
         assert row["tokens_per_second"] == 2 * 32 / row["median_seconds_per_step"]
         assert row["model_config"]["attention"] in ("mssa", "mhsa")
+        assert row["model_config"]["head_impl"] == "chunked"
         assert row["mfu"] is None  # no peak for a CPU
         assert row["peak_memory_bytes"] is None  # the CPU backend reports no memory stats
     gpt2_model = ModelConfig.from_mapping(gpt2.get_config("tiny").model)
