@@ -15,7 +15,7 @@ The argument names a corpus, a size preset, `full` and/or `aa`, comma-separated 
   control (the validity check), on a laptop in about half an hour (the README gives the time).
 - `full`: the full factorial on the planted corpus: also ISTA -> MLP (`ista_to_mlp`, which
   separates "sparse coding" from "having an MLP") and the SAE rows (SAEs fitted on GPT-2's MLP,
-  the field's comparator), at about twice the time (projected from one measured seed).
+  the field's comparator), at about twice the time (58 minutes on a 2-core CPU; the README).
 - `stdlib`: the embedded natural-text corpus (Python's standard-library prose), every variant.
   At the CPU budget below its models do not reach the count-based bigram reference; the report
   flags them.
