@@ -34,8 +34,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from crate_jax.losses import cross_entropy  # noqa: E402
-from crate_jax.model.chunked_head import chunked_next_token_loss  # noqa: E402
 from crate_jax.model.attention import SubspaceSelfAttention  # noqa: E402
+from crate_jax.model.chunked_head import chunked_next_token_loss  # noqa: E402
 from crate_jax.model.ista import SparseCodingBlock  # noqa: E402
 
 _PAPER_REPO = flags.DEFINE_string("paper_repo", None, "A checkout of crate-lm/crate-lm.")
