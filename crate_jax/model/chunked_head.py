@@ -57,7 +57,7 @@ def _mean_loss(hidden, embedding, targets, length):
 def _loss_and_gradients(hidden, embedding, targets, length):
     """(mean loss, (its gradient in `hidden`, in `embedding`)), a block of `length` positions
     of every sequence at a time."""
-    batch, seq_len, width = hidden.shape
+    batch, seq_len, _ = hidden.shape
     blocks = seq_len // length
     weights = embedding.astype(hidden.dtype)
 
