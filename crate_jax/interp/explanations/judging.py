@@ -107,9 +107,10 @@ class SimulatorJudge:
     def fuzz(self, explanation: Explanation, contexts, highlighted) -> list[float]:
         # A context shown with right and with wrong highlights is one object: simulate it once.
         distinct = list({id(context): context for context in contexts}.values())
-        simulated = dict(zip(map(id, distinct), self.simulator.simulate(explanation, distinct),
+        simulated = dict(zip(map(id, distinct),
+                             map(np.asarray, self.simulator.simulate(explanation, distinct)),
                              strict=True))
-        return [float(np.asarray(simulated[id(context)])[np.asarray(marks, bool)].mean())
+        return [float(simulated[id(context)][np.asarray(marks, bool)].mean())
                 if any(marks) else 0.0
                 for context, marks in zip(contexts, highlighted, strict=True)]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -34,8 +35,10 @@ def correlation_score(true_activations: Sequence[Sequence[float]],
                              f"{len(predicted)} simulated")
     if not true_activations:  # a split with no records (too few sequences to hold them)
         return math.nan
-    true = np.concatenate([np.asarray(r, np.float64) for r in true_activations])
-    predicted = np.concatenate([np.asarray(r, np.float64) for r in predicted_activations])
+    # One array of all tokens rather than one per record: fewer numpy calls (a run scores
+    # about 14,000 splits).
+    true = np.array(list(chain.from_iterable(true_activations)), np.float64)
+    predicted = np.array(list(chain.from_iterable(predicted_activations)), np.float64)
     if true.size < 2 or np.ptp(true) == 0 or np.ptp(predicted) == 0:
         return math.nan
     return float(np.corrcoef(true, predicted)[0, 1])

@@ -46,6 +46,6 @@ class TokenLookupSimulator:
 
     def simulate(self, explanation: Explanation,
                  token_sequences: Sequence[Sequence[str]]) -> list[list[float]]:
-        weights = explanation.details.get("token_weights", {})
-        return [[float(weights.get(token, 0.0)) for token in tokens]
-                for tokens in token_sequences]
+        weight = {token: float(value)
+                  for token, value in explanation.details.get("token_weights", {}).items()}.get
+        return [[weight(token, 0.0) for token in tokens] for tokens in token_sequences]

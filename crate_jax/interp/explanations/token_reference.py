@@ -61,19 +61,25 @@ class TokenReference:
 
     def predict(self, neuron_index: int, tokens: list[str]) -> list[float]:
         """Each token text's mean activation for this neuron (see the class)."""
+        return self._predictor(neuron_index)(tokens)
+
+    def _predictor(self, neuron_index: int) -> Callable[[list[str]], list[float]]:
+        """`predict` for one neuron, its column read once as Python floats (the fallback
+        last), so each token is one lookup: a neuron's records are predicted by one."""
         column = self.column[neuron_index]
-        return [float(self.means[self.row[token], column]) if token in self.row
-                else float(self.fallback[column]) for token in tokens]
+        values = [*self.means[:, column].tolist(), float(self.fallback[column])]
+        row, other = self.row.get, len(self.texts)
+        return lambda tokens: [values[row(token, other)] for token in tokens]
 
     def scores(self, neuron: NeuronRecord, record_protocol: str) -> dict[str, float | None]:
         """`{split: r}` of every split of `PROTOCOL_OF_SPLIT`, over the split's held-out records
         (`interp.protocol` = `record_protocol`); None where r is undefined (a constant
         prediction or activation)."""
-        index = neuron.neuron_id.neuron_index
+        predict = self._predictor(neuron.neuron_id.neuron_index)
         result = {}
         for protocol in sorted(set(PROTOCOL_OF_SPLIT.values())):
             groups = held_out_records(neuron, protocol, record_protocol)
-            predicted = {name: [self.predict(index, r.tokens) for r in records]
+            predicted = {name: [predict(r.tokens) for r in records]
                          for name, records in groups.items()}
             result.update(split_scores(groups, predicted, protocol_splits(protocol)))
         return {split: None if math.isnan(r) else r for split, r in result.items()}
