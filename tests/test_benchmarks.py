@@ -167,3 +167,14 @@ def test_copy_budget_measures_each_checkpoint_and_resumes(tmp_path):
     for r, s in zip(first, again, strict=True):
         assert {k: v for k, v in r.items() if k != "train_seconds"} == \
             {k: v for k, v in s.items() if k != "train_seconds"}
+
+
+def test_gpu_table_refuses_a_folder_that_is_not_the_papers_code(tmp_path):
+    """The GPU check's one command names what is wrong before it starts any benchmark (a wasted
+    device lease otherwise), and writes nothing."""
+    finished = subprocess.run(["bash", "benchmarks/gpu_table.sh", str(tmp_path),
+                               str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True,
+                              timeout=60)
+    assert finished.returncode == 2
+    assert finished.stderr.startswith("FATAL: ") and "crate_overcomplete.py" in finished.stderr
+    assert not (tmp_path / "out").exists()
