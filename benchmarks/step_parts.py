@@ -13,8 +13,9 @@ with respect to the input and the block's parameters), ours jitted, the paper's 
   our `cross_entropy` against the `F.linear` + `F.cross_entropy` of the paper's `forward`.
 
 Each round times every block, ours then theirs; the table reports medians over rounds.
-`--attention_impl` picks our attention kernel (`xla`, the default's on a CPU, or `blockwise`),
-`--head_impl` our head and loss (`logits`, the default, or `chunked`: `chunked_head.py`).
+`--attention_impl` picks our attention kernel (`xla`, this script's default, or `blockwise`,
+what `auto` picks on a CPU), `--head_impl` our head and loss (`logits`, this script's default,
+or `chunked`, `auto`'s on a CPU: `chunked_head.py`).
 """
 
 from __future__ import annotations

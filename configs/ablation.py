@@ -99,6 +99,12 @@ def get_config(arg=None):
     if a_a:
         config.study.variants = "crate,crate_copy=crate"
         config.study.variant_seeds = {"crate_copy": "5,6,7,8,9"}
+    if config.size == "tiny":
+        # The kernels the README's studies were computed with. `auto` on a CPU is now `blockwise`
+        # attention and the `chunked` head (about 10% faster a step at this shape), the same
+        # function to float rounding but not bit for bit: switching these studies to it means
+        # rerunning every one of them for the README.
+        config.model.update(dict(attention_impl="xla", head_impl="logits"))
     if config.size == "tiny" and corpus == "planted":
         # 20 runs and their untrained controls (25 and the SAEs with `full`) on a 2-core laptop
         # CPU (the README gives the times), each run past the bigram reference.

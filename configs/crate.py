@@ -49,10 +49,11 @@ def get_config(arg=None):
     config.model = ml_collections.ConfigDict(dict(
         attention="mssa",        # mssa | mhsa
         attention_impl="auto",   # auto (cuDNN flash attention on Ampere+ NVIDIA GPUs in bfloat16,
-                                 # XLA elsewhere) | xla | cudnn | blockwise (XLA by blocks of
-                                 # queries; faster on CPU): speed only, same function
-        head_impl="logits",      # logits | chunked (the tied head's training loss a block of
-                                 # positions at a time; faster on CPU): speed only
+                                 # blockwise on a CPU, XLA elsewhere) | xla | cudnn | blockwise
+                                 # (XLA by blocks of queries): speed only, same function
+        head_impl="auto",        # auto (chunked on a CPU, logits elsewhere) | logits | chunked
+                                 # (the tied head's training loss a block of positions at a
+                                 # time): speed only
         sparse_block="ista",     # ista | mlp | none
         use_bias=True,           # LayerNorm and Dense biases (MSSA's U never has one)
         ista_expansion=4,        # dictionary D is d x (4 d)

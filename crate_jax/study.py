@@ -39,6 +39,7 @@ from crate_jax.input_checks import check_run_config
 from crate_jax.interp.evaluate import evaluate_interpretability
 from crate_jax.layout import RunLayout, StudyLayout
 from crate_jax.model import ConfigError, model_from_config, neuron_sites
+from crate_jax.model.config import KERNEL_KEYS
 from crate_jax.process_memory import peak_memory_bytes, release_memory
 from crate_jax.report import run_files
 from crate_jax.report.ablation_table import markdown_table
@@ -175,8 +176,11 @@ def run_configs(config) -> dict[str, object]:
             run.variant, run.seed = variant, seed
             for section in SHARED_SECTIONS:
                 run[section] = config[section]
-            # The corpus decides the vocabulary; the rest of the model is the variant's own.
+            # The corpus decides the vocabulary and the study the kernels (every variant computed
+            # alike); the rest of the model is the variant's own.
             run.model.vocab_size = config.model.vocab_size
+            for key in KERNEL_KEYS:
+                run.model[key] = config.model[key]
             run.sae = copy.deepcopy(config.sae)  # its own: `sites` and `k` are set per variant
             run.sae.sites = saes.get(variant, "")
             run.sae.per_site = {name: settings for name, settings in per_site.items()

@@ -110,8 +110,8 @@ THREE_STEP_ARGS = [f"--config.train.{key}={value}" for key, value in THREE_STEP_
 # layout -> (forced host devices, mesh overrides)
 MESH_LAYOUTS = {"one_device": (1, []), "fsdp8": (8, ["--config.mesh.fsdp=8"]),
                 "data8": (8, ["--config.mesh.data=8"]),
-                "fsdp8_chunked_head": (8, ["--config.mesh.fsdp=8",
-                                           "--config.model.head_impl=chunked"])}
+                "fsdp8_whole_logits": (8, ["--config.mesh.fsdp=8",
+                                           "--config.model.head_impl=logits"])}
 
 
 def train_three_steps(workdir: Path, prepared: Path, variant: str, layout: str) -> str:

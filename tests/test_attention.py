@@ -106,8 +106,9 @@ NOT_CUDNN = {
 
 
 @pytest.mark.parametrize("where", list(NOT_CUDNN))
-def test_auto_resolves_to_xla_where_cudnn_cannot_run(where):
-    assert resolve_attention_impl("auto", *NOT_CUDNN[where]) == "xla"
+def test_auto_resolves_to_blockwise_on_a_cpu_and_xla_elsewhere_where_cudnn_cannot_run(where):
+    expected = "blockwise" if NOT_CUDNN[where][0] == "cpu" else "xla"
+    assert resolve_attention_impl("auto", *NOT_CUDNN[where]) == expected
     assert resolve_attention_impl("xla", *NOT_CUDNN[where]) == "xla"
 
 
@@ -129,15 +130,15 @@ def test_forcing_cudnn_where_it_cannot_run_names_the_reason_and_the_fix(where):
         resolve_attention_impl("cudnn", *NOT_CUDNN[where])
 
 
-def test_auto_is_xla_on_this_cpu_and_gives_the_same_outputs_as_xla():
-    assert attention_impl_on_this_machine("auto", jnp.bfloat16, 64) == "xla"
+def test_auto_is_blockwise_on_this_cpu_and_gives_the_same_outputs_as_blockwise():
+    assert attention_impl_on_this_machine("auto", jnp.bfloat16, 64) == "blockwise"
     x = _inputs()
     for module_type in (SubspaceSelfAttention, MultiHeadSelfAttention):
         auto = module_type(num_heads=HEADS)
         params = auto.init(jax.random.key(0), x)["params"]
-        xla = module_type(num_heads=HEADS, attention_impl="xla")
+        blockwise = module_type(num_heads=HEADS, attention_impl="blockwise")
         np.testing.assert_array_equal(auto.apply({"params": params}, x),
-                                      xla.apply({"params": params}, x))
+                                      blockwise.apply({"params": params}, x))
 
 
 @pytest.mark.parametrize("where", [*NOT_CUDNN, "h100 bfloat16"])
@@ -200,7 +201,8 @@ def test_cudnn_on_this_cpu_stops_the_run_with_one_fatal_line_before_any_work(tmp
     assert result.stderr.strip().splitlines() == [
         "FATAL: model.attention_impl='cudnn' needs an NVIDIA GPU of compute capability >= 8.0 "
         "(Ampere or later) and model.dtype bfloat16, but the device is cpu; use "
-        "model.attention_impl=auto (cuDNN where it can run, XLA elsewhere) or xla"]
+        "model.attention_impl=auto (cuDNN where it can run, blockwise on a CPU, XLA elsewhere) "
+        "or xla"]
     assert not workdir.exists()
 
 

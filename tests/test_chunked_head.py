@@ -10,7 +10,11 @@ from run_helpers import tiny_config
 from configs import crate, gpt2
 from crate_jax.losses import cross_entropy
 from crate_jax.model import ConfigError, model_from_config, model_identity
-from crate_jax.model.chunked_head import block_length, chunked_next_token_loss
+from crate_jax.model.chunked_head import (
+    block_length,
+    chunked_next_token_loss,
+    resolve_head_impl,
+)
 from crate_jax.train.optimizer import make_optimizer
 from crate_jax.train.sharding import make_mesh
 from crate_jax.train.state import initial_state
@@ -71,6 +75,31 @@ def test_a_models_training_loss_and_gradients_are_the_same_under_either_head(
     for got, want in zip(jax.tree_util.tree_leaves(chunked_gradients),
                          jax.tree_util.tree_leaves(gradients), strict=True):
         np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance * scale)
+
+
+def test_auto_is_the_chunked_head_on_a_cpu_and_whole_logits_elsewhere():
+    assert [resolve_head_impl("auto", platform) for platform in ("cpu", "gpu", "tpu")] == [
+        "chunked", "logits", "logits"]
+    assert [resolve_head_impl(forced, "gpu") for forced in ("logits", "chunked")] == [
+        "logits", "chunked"]
+    # On this CPU the default computes the chunked head's loss and gradients, bit for bit.
+    config = tiny_config()
+    assert config.model.head_impl == "auto"
+    mesh = make_mesh(config.mesh)
+    windows = jnp.asarray(np.random.default_rng(2).integers(
+        0, config.model.vocab_size, (2, 33)), jnp.int32)
+    results = []
+    for head_impl in ("auto", "chunked", "logits"):
+        config.model.head_impl = head_impl
+        model = model_from_config(config)
+        params = initial_state(model, make_optimizer(config.train), seed=0).params
+        results.append(jax.jit(jax.value_and_grad(
+            lambda params, model=model: _mean_train_loss(
+                model, params, windows, mesh, jax.random.key(0))))(params))
+    auto, chunked, logits = (jax.tree_util.tree_leaves(result) for result in results)
+    for got, want in zip(auto, chunked, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.array_equal(got, want) for got, want in zip(auto, logits, strict=True))
 
 
 def test_head_impl_is_a_speed_setting_checked_by_name():

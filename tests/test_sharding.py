@@ -147,11 +147,15 @@ def test_three_fsdp_steps_on_eight_devices_equal_one_device(variant, three_step_
     _assert_same_run(one_device, fsdp, VARIANTS[variant])
 
 
-def test_the_chunked_head_split_over_eight_devices_trains_as_whole_logits_on_one(
+def test_whole_logits_split_over_eight_devices_train_as_the_chunked_head_on_one(
         three_step_runs):
-    chunked = three_step_runs("crate", "fsdp8_chunked_head")
-    assert json.loads((chunked / "config.json").read_text())["model"]["head_impl"] == "chunked"
-    _assert_same_run(three_step_runs("crate", "one_device"), chunked, crate)
+    """`head_impl=auto` is the chunked head on this CPU, so one device runs it; eight run the
+    whole logits, split over the batch."""
+    whole = three_step_runs("crate", "fsdp8_whole_logits")
+    one_device = three_step_runs("crate", "one_device")
+    assert json.loads((whole / "config.json").read_text())["model"]["head_impl"] == "logits"
+    assert json.loads((one_device / "config.json").read_text())["model"]["head_impl"] == "auto"
+    _assert_same_run(one_device, whole, crate)
 
 
 # (Restoring an fsdp=8 checkpoint's parameters onto one device is done by every comparison.)

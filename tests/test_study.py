@@ -38,6 +38,19 @@ def test_every_run_shares_the_study_settings_and_keeps_its_ablation_keys(prepare
                for run in runs.values())
 
 
+def test_the_study_chooses_every_runs_kernels_and_the_readme_studies_keep_theirs(prepared):
+    """The README's studies were computed with XLA's attention and whole logits; `auto` on a CPU
+    now differs from them in float rounding, so their config keeps them, for every variant."""
+    for arg in ("", "stdlib", "aa", "full"):
+        runs = run_configs(ablation.get_config(arg or None))
+        assert {(run.model.attention_impl, run.model.head_impl)
+                for run in runs.values()} == {("xla", "logits")}, arg
+    config = _study(prepared)
+    config.model.attention_impl, config.model.head_impl = "blockwise", "chunked"
+    assert {(run.model.attention_impl, run.model.head_impl)
+            for run in run_configs(config).values()} == {("blockwise", "chunked")}
+
+
 def test_unknown_variant_or_missing_site_fails_before_any_training(prepared, tmp_path):
     with pytest.raises(ConfigError, match="no configs/no_sta.py"):
         run_study(_study(prepared, variants="crate,no_sta"), tmp_path / "a")

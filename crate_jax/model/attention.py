@@ -12,9 +12,10 @@ fused flash attention (1.8x the train step of CRATE-B on an H100 in bfloat16, is
 only on NVIDIA GPUs from Ampere on, in half precision; or `blockwise`, XLA ops over blocks of
 queries that skip the masked keys after each block (CRATE's attention block, forward and backward,
 about twice as fast as with XLA's on a 2-core CPU at seq 256: `benchmarks/README.md`,
-`step_parts.py`). `auto` chooses at trace time from the device the model runs on (not yet
-`blockwise`: the default study's numbers were computed with `xla`, and the two agree to float
-rounding, not bit for bit).
+`step_parts.py`). `auto` chooses at trace time from the device the model runs on: cuDNN where it
+can run, `blockwise` on a CPU (faster there at every shape measured, seq 128 and 256), XLA's
+elsewhere. `blockwise` and `xla` agree to float rounding, not bit for bit, so the README's
+studies keep the kernel they were computed with (`configs/ablation.py`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ CACHE = "cache"
 # a multiple of 8, at most 128 before Hopper (SM 9.0) and 256 from it.
 CUDNN_MIN_COMPUTE_CAPABILITY = (8, 0)
 CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+# What `model.attention_impl=auto` picks, in the words error messages use.
+AUTO_ATTENTION = "cuDNN where it can run, blockwise on a CPU, XLA elsewhere"
 
 
 def _cudnn_unsupported(platform: str, compute_capability: str | None, dtype: jnp.dtype,
@@ -59,12 +62,14 @@ def _cudnn_unsupported(platform: str, compute_capability: str | None, dtype: jnp
 
 def resolve_attention_impl(requested: str, platform: str, compute_capability: str | None,
                            dtype: jnp.dtype, head_dim: int) -> str:
-    """The kernel `jax.nn.dot_product_attention` gets: 'xla' or 'cudnn'.
+    """The kernel the attention runs: 'xla' or 'cudnn' (of `jax.nn.dot_product_attention`), or
+    'blockwise'.
 
     A pure function of the device's platform (`Device.platform`: cpu, gpu, tpu), its CUDA compute
     capability (`Device.compute_capability`, e.g. '9.0'; None off NVIDIA), the dtype of the
     attention inputs and the head dim, so it can be checked for any device on any machine.
-    `auto` takes cuDNN wherever it can run; `cudnn` where it cannot is a ConfigError that says why,
+    `auto` takes cuDNN wherever it can run, `blockwise` on a CPU, XLA's kernel elsewhere (TPUs,
+    other GPUs, float32 on a GPU); `cudnn` where it cannot run is a ConfigError that says why,
     instead of an error from inside XLA's compiler.
     """
     if requested in ("xla", "blockwise"):
@@ -76,8 +81,8 @@ def resolve_attention_impl(requested: str, platform: str, compute_capability: st
         raise ConfigError(
             "model.attention_impl='cudnn' needs an NVIDIA GPU of compute capability >= 8.0 "
             f"(Ampere or later) and model.dtype bfloat16, but {reason}; use "
-            "model.attention_impl=auto (cuDNN where it can run, XLA elsewhere) or xla")
-    return "xla"
+            f"model.attention_impl=auto ({AUTO_ATTENTION}) or xla")
+    return "blockwise" if platform == "cpu" else "xla"
 
 
 def attention_impl_on_this_machine(requested: str, dtype: jnp.dtype, head_dim: int) -> str:

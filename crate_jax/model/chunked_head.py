@@ -27,6 +27,21 @@ import jax.numpy as jnp
 BLOCK_ROWS = 256
 
 
+def resolve_head_impl(requested: str, platform: str) -> str:
+    """`logits` or `chunked` for a `model.head_impl` on a device of `platform` (cpu, gpu, tpu):
+    `auto` is `chunked` on a CPU (the train step 1.24x (CRATE) and 1.20x (GPT-2) at vocab 8192,
+    seq 256; within 5% either way at the planted study's vocab 128: `benchmarks/README.md`) and
+    `logits` elsewhere (not measured on an accelerator)."""
+    if requested != "auto":
+        return requested
+    return "chunked" if platform == "cpu" else "logits"
+
+
+def head_impl_on_this_machine(requested: str) -> str:
+    """`resolve_head_impl` for the default device, the one a jitted train step runs on."""
+    return resolve_head_impl(requested, jax.devices()[0].platform)
+
+
 def block_length(seq_len: int, batch: int, block_rows: int = BLOCK_ROWS) -> int:
     """The longest run of positions, dividing `seq_len`, whose `batch` rows fit `block_rows`
     (at least one position)."""

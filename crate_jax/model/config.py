@@ -16,13 +16,14 @@ import jax.numpy as jnp
 
 ATTENTION_KINDS = ("mssa", "mhsa")
 # Which kernel computes softmax attention (crate_jax/model/attention.py): `auto` picks cuDNN's
-# fused flash attention where it can run and XLA's unfused ops elsewhere; `blockwise` is XLA's ops
-# over blocks of queries (faster on a CPU; chosen, not automatic).
+# fused flash attention where it can run, `blockwise` (XLA's ops over blocks of queries, faster
+# on a CPU) on a CPU, and XLA's unfused ops elsewhere.
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blockwise")
 # How a train step computes the tied head and its loss (crate_jax/model/chunked_head.py):
 # `logits` holds the whole [batch, seq, vocab] logits; `chunked` a block of positions at a time,
-# with the gradient computed in the forward pass (faster on a CPU at a large vocabulary; chosen).
-HEAD_IMPLS = ("logits", "chunked")
+# with the gradient computed in the forward pass (faster on a CPU at a large vocabulary); `auto`
+# is `chunked` on a CPU, `logits` elsewhere (`chunked_head.resolve_head_impl`).
+HEAD_IMPLS = ("auto", "logits", "chunked")
 # Keys that choose how the model is computed (a kernel), not which function it computes: a
 # checkpoint, or an interpretability result, made under one value holds under another.
 KERNEL_KEYS = ("attention_impl", "head_impl")
@@ -61,7 +62,7 @@ class ModelConfig:
     # rounding), so it is a speed setting.
     attention_impl: str = "auto"
     # How training computes the tied head's loss: the same function either way, a speed setting.
-    head_impl: str = "logits"
+    head_impl: str = "auto"
     sparse_block: str = "ista"
     # Biases of LayerNorm and of every Dense except MSSA's shared projection U (which never has
     # one). CRATE keeps them; the paper's GPT-2 baseline is bias-free.

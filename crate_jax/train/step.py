@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from crate_jax.losses import cross_entropy
 from crate_jax.model import LanguageModel
-from crate_jax.model.chunked_head import chunked_next_token_loss
+from crate_jax.model.chunked_head import chunked_next_token_loss, head_impl_on_this_machine
 from crate_jax.train.sharding import batch_sharding, replicated, train_batch_sharding
 from crate_jax.train.state import TrainState
 
@@ -46,7 +46,7 @@ def _mean_train_loss(model: LanguageModel, params, windows: jax.Array, mesh: Mes
                      dropout_key: jax.Array) -> jax.Array:
     """Mean next-token loss of `windows [batch, seq + 1]` in training mode, computed as
     `model.head_impl` says: the same function either way (`chunked_head.py`)."""
-    if model.config.head_impl == "logits":
+    if head_impl_on_this_machine(model.config.head_impl) == "logits":
         return _token_losses(model, params, windows, mesh, True, dropout_key).mean()
     hidden = model.apply({"params": params}, windows[:, :-1], train=True,
                          rngs={"dropout": dropout_key}, head=False)
