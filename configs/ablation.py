@@ -24,8 +24,9 @@ The argument names a corpus, a size preset, `full` and/or `aa`, comma-separated 
   detectable change on every site.
 
 Each variant keeps its own ablation keys (from its config file); the size preset, the corpus
-(data settings and vocabulary size), training budget and interpretability settings come from
-here and are the same for all, so the comparison is fair. Each variant/seed is an ordinary run
+(data settings and vocabulary size), the kernels (`model.attention_impl`, `model.head_impl`),
+training budget and interpretability settings come from here and are the same for all, so the
+comparison is fair. Each variant/seed is an ordinary run
 in `runs/<variant>_seed<seed>/`; the default study's runs are trained exactly as the full
 factorial's (gpt2's without the SAE stage).
 """
@@ -101,9 +102,10 @@ def get_config(arg=None):
         config.study.variant_seeds = {"crate_copy": "5,6,7,8,9"}
     if config.size == "tiny":
         # The kernels the README's studies were computed with. `auto` on a CPU is now `blockwise`
-        # attention and the `chunked` head (about 10% faster a step at this shape), the same
-        # function to float rounding but not bit for bit: switching these studies to it means
-        # rerunning every one of them for the README.
+        # attention and the `chunked` head (the default study 9% faster), the same function to
+        # float rounding but not bit for bit (a replication: its scores move within their
+        # intervals, a detection near the threshold can flip; benchmarks/README.md): switching
+        # these studies to it means rerunning every one of them for the README.
         config.model.update(dict(attention_impl="xla", head_impl="logits"))
     if config.size == "tiny" and corpus == "planted":
         # 20 runs and their untrained controls (25 and the SAEs with `full`) on a 2-core laptop

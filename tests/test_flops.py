@@ -73,10 +73,11 @@ def _dot_flops(jaxpr) -> int:
 @pytest.mark.parametrize("model", [dict(), dict(num_layers=2, ista_steps=3, mlp_expansion=2,
                                                 ista_expansion=3)])
 def test_formula_counts_the_matmuls_the_model_runs(variant, model):
-    """The formula equals the dot_general FLOPs of the model's own forward pass, traced on CPU
-    (where attention is XLA's unfused einsums over the full T x T), so a block added to the
-    model, a changed number of ISTA steps or widths the formula ignores all make this fail."""
-    config = one_layer(VARIANTS[variant], **model)
+    """The formula equals the dot_general FLOPs of the model's own forward pass, traced with
+    XLA's attention (unfused einsums over the full T x T, as the formula counts it; `blockwise`,
+    `auto`'s choice on a CPU, skips the masked blocks), so a block added to the model, a changed
+    number of ISTA steps or widths the formula ignores all make this fail."""
+    config = one_layer(VARIANTS[variant], attention_impl="xla", **model)
     model_module = LanguageModel(config)
     params = abstract_params(config)
     tokens = jax.ShapeDtypeStruct((1, SEQ), np.int32)
