@@ -99,8 +99,11 @@ def test_a_signal_during_interp_is_one_line_and_a_rerun_finishes(prepared, tmp_p
     """Outside the training loop a signal ended the process silently (SIGTERM, rc -15) or with
     a KeyboardInterrupt traceback (Ctrl-C); now: one line, 128 + the signal, work kept."""
     workdir = tmp_path / "run"
+    # Records mined from 256 sequences: the stage runs about 3 s after its first line (0.5 s
+    # with 8 sequences and 4 neurons, which a loaded CI machine let finish before this test had
+    # read that line and sent the signal).
     arguments = ("--config.train.num_steps=4", "--config.train.checkpoint_every=4",
-                 "--config.interp.num_sequences=8", "--config.interp.neurons_per_layer=4",
+                 "--config.interp.num_sequences=256", "--config.interp.neurons_per_layer=16",
                  "--config.stages=train,interp")
     process = run_main(workdir, prepared, *arguments, wait=False)
     text = _signalled_when(process, "interp: mining records", signum)
