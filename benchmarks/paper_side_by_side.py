@@ -120,12 +120,14 @@ def main(argv: list[str]) -> None:
             print(line, flush=True)
     print(f"\ntorch {torch.__version__} on {_TORCH_DEVICE.value}, {_THREADS.value} threads; "
           f"{train_throughput.exact_command()}")
-    print(markdown_table(variants, paper_modes, ours, theirs, last))
+    print(markdown_table(variants, paper_modes, ours, theirs, last,
+                         train_throughput.machine()["platform"]))
 
 
 def markdown_table(variants: list[str], paper_modes: list[str], ours: dict, theirs: dict,
-                   last: dict) -> str:
-    """Medians over rounds; ours' MFU, compile time and peak memory from its last round."""
+                   last: dict, platform_name: str) -> str:
+    """Medians over rounds; ours' MFU, compile time and peak memory from its last round (the
+    cells as `train_throughput.py` writes them)."""
     header = "| variant | batch x seq, dtype | ours (tok/s) | MFU | compile (s) | peak memory |"
     rule = "|---|---|---:|---:|---:|---:|"
     for mode in paper_modes:
@@ -134,11 +136,10 @@ def markdown_table(variants: list[str], paper_modes: list[str], ours: dict, thei
     lines = [header, rule]
     for variant in variants:
         result, mine = last[variant], statistics.median(ours[variant])
-        mfu = "n/a" if result["mfu"] is None else f"{100 * result['mfu']:.1f}%"
-        peak = result["peak_memory_bytes"]
         row = (f"| {variant} | {result['batch_size']} x {result['seq_len']}, {result['dtype']} "
-               f"| {mine:,.0f} | {mfu} | {result['compile_seconds']:.1f} "
-               f"| {'n/a' if peak is None else f'{peak / 2**30:.1f} GiB'} |")
+               f"| {mine:,.0f} | {train_throughput.mfu_cell(result['mfu'], platform_name)} "
+               f"| {result['compile_seconds']:.1f} "
+               f"| {train_throughput.mebibytes(result['peak_memory_bytes'])} |")
         for mode in paper_modes:
             paper = statistics.median(theirs[variant, mode])
             row += f" {paper:,.0f} | {mine / paper:.2f}x |"

@@ -167,8 +167,16 @@ def exact_command() -> str:
     return " ".join([*environment, shlex.join(["python", *sys.argv])])
 
 
-def _mebibytes(value: int | None) -> str:
+def mebibytes(value: int | None) -> str:
+    """A memory cell of a table (also `paper_side_by_side.py`'s)."""
     return "n/a" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def mfu_cell(mfu: float | None, platform_name: str) -> str:
+    """An MFU cell of a table (also `paper_side_by_side.py`'s), saying why one is missing."""
+    if mfu is not None:
+        return f"{100 * mfu:.1f}%"
+    return "n/a on cpu" if platform_name == "cpu" else "n/a (no peak known)"
 
 
 def markdown_table(results: list[dict], platform_name: str) -> str:
@@ -176,15 +184,12 @@ def markdown_table(results: list[dict], platform_name: str) -> str:
              "| train FLOPs/token | MFU | peak memory | step memory (XLA) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in results:
-        if row["mfu"] is not None:
-            mfu = f"{100 * row['mfu']:.1f}%"
-        else:
-            mfu = "n/a on cpu" if platform_name == "cpu" else "n/a (no peak known)"
         lines.append(
             f"| {row['variant']} | {row['parameters'] / 1e6:.2f}M | {row['compile_seconds']:.1f} "
             f"| {1e3 * row['median_seconds_per_step']:.1f} | {row['tokens_per_second']:,.0f} "
-            f"| {row['model_flops_per_token']['training'] / 1e6:,.1f}M | {mfu} "
-            f"| {_mebibytes(row['peak_memory_bytes'])} | {_mebibytes(row['step_memory_bytes'])} |")
+            f"| {row['model_flops_per_token']['training'] / 1e6:,.1f}M "
+            f"| {mfu_cell(row['mfu'], platform_name)} "
+            f"| {mebibytes(row['peak_memory_bytes'])} | {mebibytes(row['step_memory_bytes'])} |")
     return "\n".join(lines)
 
 

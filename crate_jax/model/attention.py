@@ -38,8 +38,6 @@ CACHE = "cache"
 # a multiple of 8, at most 128 before Hopper (SM 9.0) and 256 from it.
 CUDNN_MIN_COMPUTE_CAPABILITY = (8, 0)
 CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-# What `model.attention_impl=auto` picks, in the words error messages use.
-AUTO_ATTENTION = "cuDNN where it can run, blockwise on a CPU, XLA elsewhere"
 
 
 def _cudnn_unsupported(platform: str, compute_capability: str | None, dtype: jnp.dtype,
@@ -81,7 +79,8 @@ def resolve_attention_impl(requested: str, platform: str, compute_capability: st
         raise ConfigError(
             "model.attention_impl='cudnn' needs an NVIDIA GPU of compute capability >= 8.0 "
             f"(Ampere or later) and model.dtype bfloat16, but {reason}; use "
-            f"model.attention_impl=auto ({AUTO_ATTENTION}) or xla")
+            "model.attention_impl=auto (cuDNN where it can run, blockwise on a CPU, XLA "
+            "elsewhere) or xla")
     return "blockwise" if platform == "cpu" else "xla"
 
 
